@@ -1,0 +1,31 @@
+"""hf_rgtg: reward-guided text generation for Hugging Face transformers.
+
+Importing the package registers `PrefixRewardConfig` with `AutoConfig`, so saved prefix reward models load without
+`trust_remote_code`. It patches nothing else.
+"""
+
+from transformers import AutoConfig
+
+from .auto import AutoModelForPrefixReward
+from .configuration import PrefixRewardConfig
+from .defaults import DEFAULT_LM_INSTALL_COMMAND, DEFAULT_LM_NAME, default_cache_dir, load_default_lm
+from .modeling import PrefixRewardModel, PrefixRewardOutput, PrefixRewardPreTrainedModel
+from .tokenization import ensure_pad_token
+
+__version__ = "0.1.0.dev0"
+
+AutoConfig.register(PrefixRewardConfig.model_type, PrefixRewardConfig, exist_ok=True)
+
+__all__ = [
+    "DEFAULT_LM_INSTALL_COMMAND",
+    "DEFAULT_LM_NAME",
+    "AutoModelForPrefixReward",
+    "PrefixRewardConfig",
+    "PrefixRewardModel",
+    "PrefixRewardOutput",
+    "PrefixRewardPreTrainedModel",
+    "__version__",
+    "default_cache_dir",
+    "ensure_pad_token",
+    "load_default_lm",
+]

@@ -1,0 +1,180 @@
+"""`AutoModelForPrefixReward`: load a prefix reward model from any compatible checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from .configuration import PrefixRewardConfig
+from .modeling import PrefixRewardModel, is_incrementally_scorable
+
+logger = logging.getLogger(__name__)
+
+# Keyword arguments that locate a checkpoint; they go to `AutoConfig` as well as to the model's `from_pretrained`.
+_HUB_KWARGS = (
+    "revision",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "force_download",
+    "proxies",
+    "subfolder",
+)
+# `PrefixRewardConfig` fields that may be set when wrapping a foreign checkpoint.
+_HEAD_KWARGS = ("head_layer", "head_hidden_size", "head_bias")
+
+
+def _is_sequence_classifier(config: PreTrainedConfig) -> bool:
+    return any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or []))
+
+
+def _base_model_prefix(config: PreTrainedConfig) -> str:
+    model_class = MODEL_MAPPING[type(config)]
+    if isinstance(model_class, (list, tuple)):
+        model_class = model_class[0]
+    return model_class.base_model_prefix
+
+
+def _check_backbone_config(config: PreTrainedConfig, name: str) -> None:
+    if config.is_encoder_decoder:
+        raise ValueError(
+            f"{name!r} is an encoder-decoder model (model_type={config.model_type!r}); a prefix reward model needs "
+            "a decoder-only backbone (GPT-2, Llama, Qwen2, Mistral, Gemma, ...) or, without incremental scoring, "
+            "an encoder-only one (BERT, DeBERTa, ...). Pick such a checkpoint."
+        )
+    if type(config) not in MODEL_MAPPING:
+        raise ValueError(
+            f"{name!r} has model_type={config.model_type!r}, which `transformers.AutoModel` cannot build, so it "
+            "cannot serve as a prefix reward model's backbone."
+        )
+    if _is_sequence_classifier(config):
+        if config.num_labels != 1:
+            raise ValueError(
+                f"{name!r} is a sequence-classification model with num_labels={config.num_labels}; a reward model "
+                "has exactly one output. Use a reward model saved with `num_labels=1`, or load the backbone from a "
+                "causal-LM checkpoint and train a new head."
+            )
+        if not is_incrementally_scorable(config):
+            raise ValueError(
+                f"{name!r} is an encoder sequence-classification model ({config.model_type}); its pooled "
+                "classifier head cannot be turned into a per-position head. Only decoder reward models "
+                "(`*ForSequenceClassification` on GPT-2, Llama, Qwen2, ...) are supported."
+            )
+
+
+class AutoModelForPrefixReward:
+    r"""
+    Builds a [`PrefixRewardModel`] from a checkpoint or a configuration, in the style of the `transformers` Auto
+    classes.
+
+    [`~AutoModelForPrefixReward.from_pretrained`] accepts three kinds of checkpoints, as local directories or Hub
+    ids:
+
+    1. a saved prefix reward model (`model_type="prefix_reward"`): loaded as is;
+    2. any causal-LM (or base-model) checkpoint: the backbone's weights load, the reward head is new and untrained
+       (a warning says so);
+    3. a decoder reward model saved as `*ForSequenceClassification` with `num_labels=1`: its `score` head becomes
+       the per-position head, so the last-position reward equals the original model's logit. This is how an
+       ordinary full-sequence reward model scores prefixes (ARGS style).
+
+    Examples:
+
+    ```python
+    >>> import tempfile
+    >>> import torch
+    >>> from transformers import AutoModelForSequenceClassification, GPT2Config
+    >>> from hf_rgtg import AutoModelForPrefixReward
+
+    >>> config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, num_labels=1, pad_token_id=0)
+    >>> classifier = AutoModelForSequenceClassification.from_config(config).eval()
+    >>> path = tempfile.mkdtemp()
+    >>> classifier.save_pretrained(path)
+    >>> rm = AutoModelForPrefixReward.from_pretrained(path).eval()
+    >>> input_ids = torch.tensor([[3, 4, 5]])
+    >>> torch.allclose(rm(input_ids).reward, classifier(input_ids).logits[:, 0], atol=1e-5)
+    True
+    ```
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise OSError(
+            "AutoModelForPrefixReward is designed to be instantiated with "
+            "`AutoModelForPrefixReward.from_pretrained(name_or_path)` or `AutoModelForPrefixReward.from_config(config)`."
+        )
+
+    @classmethod
+    def from_config(cls, config: PreTrainedConfig, **kwargs: Any) -> PrefixRewardModel:
+        """Build a randomly initialised prefix reward model.
+
+        Args:
+            config (`PreTrainedConfig`):
+                A [`PrefixRewardConfig`], or any backbone configuration (it becomes the `text_config`).
+            kwargs:
+                `PrefixRewardConfig` head settings (`head_layer`, ...) when `config` is a backbone configuration;
+                otherwise passed to `PreTrainedModel._from_config` (`dtype`, `attn_implementation`).
+        """
+        if not isinstance(config, PrefixRewardConfig):
+            _check_backbone_config(config, type(config).__name__)
+            head = {key: kwargs.pop(key) for key in _HEAD_KWARGS if key in kwargs}
+            config = PrefixRewardConfig(text_config=config, **head)
+        return PrefixRewardModel._from_config(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs: Any
+    ) -> PrefixRewardModel:
+        """Load a prefix reward model from a prefix-RM, causal-LM or decoder sequence-classification checkpoint.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                A Hub id (`"org/name"`) or a local directory.
+            kwargs:
+                The usual `from_pretrained` arguments (`dtype`/`torch_dtype`, `device_map`, `attn_implementation`,
+                `revision`, `token`, `cache_dir`, ...), plus `head_layer`, `head_hidden_size` and `head_bias` when
+                wrapping a checkpoint that is not a prefix reward model yet.
+        """
+        name = str(pretrained_model_name_or_path)
+        config = kwargs.pop("config", None)
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        if config is None:
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if isinstance(config, PrefixRewardConfig):
+            return PrefixRewardModel.from_pretrained(
+                pretrained_model_name_or_path, *model_args, config=config, **kwargs
+            )
+
+        _check_backbone_config(config, name)
+        is_classifier = _is_sequence_classifier(config)
+        head = {key: kwargs.pop(key) for key in _HEAD_KWARGS if key in kwargs}
+        return_info = kwargs.pop("output_loading_info", False)
+        prefix_config = PrefixRewardConfig(text_config=config, base_model_name_or_path=name, **head)
+        key_mapping = {rf"^{_base_model_prefix(config)}\.": "backbone."}
+        model, info = PrefixRewardModel.from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            config=prefix_config,
+            key_mapping=key_mapping,
+            output_loading_info=True,
+            **kwargs,
+        )
+        head_missing = any(key.startswith("score.") for key in info["missing_keys"])
+        if is_classifier:
+            if head_missing or any(key.startswith("score.") for key in info["unexpected_keys"]):
+                raise ValueError(
+                    f"{name!r} is a sequence-classification model, but its head could not be used as the reward "
+                    f"head (missing: {sorted(info['missing_keys'])}, unexpected: {sorted(info['unexpected_keys'])}). "
+                    "Only heads stored as `score.weight` (and `score.bias` with `head_bias=True`) are supported."
+                )
+        elif head_missing:
+            logger.warning(
+                f"The reward head of the prefix reward model built from {name!r} is newly initialised and untrained: "
+                "its rewards are meaningless until it is trained (see `PrefixRewardTrainer` / `hf-rgtg train`)."
+            )
+        return (model, info) if return_info else model
+
+
+__all__ = ["AutoModelForPrefixReward"]

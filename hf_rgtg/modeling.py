@@ -1,0 +1,301 @@
+"""Prefix reward models: a backbone with a scalar reward head at every position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+from transformers.utils import ModelOutput
+
+from .configuration import PrefixRewardConfig
+
+
+def is_incrementally_scorable(config: PreTrainedConfig) -> bool:
+    """Whether a backbone of this configuration is a causal decoder whose keys and values can be cached.
+
+    Decoder-only language models (GPT-2, Llama, Qwen2, ...) are; encoder-only models (BERT, DeBERTa, ...) are not,
+    unless configured as decoders (`is_decoder=True`).
+    """
+    model_type = config.model_type
+    if getattr(config, "is_encoder_decoder", False) or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return False
+    return model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or bool(getattr(config, "is_decoder", False))
+
+
+def last_token_index(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int) -> torch.Tensor:
+    """Index of each row's last non-pad token among the last `seq_len` columns of `attention_mask`.
+
+    Works for left and right padding alike: it is the rightmost column whose mask is 1. Rows with no such column
+    get index 0.
+    """
+    if attention_mask is None:
+        return torch.full((batch_size,), seq_len - 1, dtype=torch.long)
+    mask = attention_mask[:, -seq_len:].to(torch.long)
+    positions = torch.arange(seq_len, device=mask.device)
+    return (positions * mask).argmax(-1)
+
+
+def position_ids_from_attention_mask(attention_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Position ids of the last `seq_len` tokens, counting only non-pad tokens (as `generate()` does)."""
+    positions = attention_mask.to(torch.long).cumsum(-1) - 1
+    return positions.clamp(min=0)[:, -seq_len:]
+
+
+@dataclass
+class PrefixRewardOutput(ModelOutput):
+    r"""
+    Output of a [`PrefixRewardModel`].
+
+    Args:
+        rewards (`torch.FloatTensor` of shape `(batch_size, sequence_length)`):
+            The reward of every prefix: `rewards[:, t]` scores the input up to and including token `t`. Positions
+            that are padding carry meaningless values. (For encoder-only backbones every position sees the whole
+            input, so only `reward` is meaningful.)
+        reward (`torch.FloatTensor` of shape `(batch_size,)`):
+            The reward at each row's last non-pad token, under left or right padding alike.
+        past_key_values (`Cache`, *optional*):
+            The backbone's key/value cache, returned when `use_cache=True`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The backbone's hidden states, when `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The backbone's attention weights, when `output_attentions=True`.
+    """
+
+    rewards: torch.FloatTensor | None = None
+    reward: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class PrefixRewardPreTrainedModel(PreTrainedModel):
+    """Base class holding the loading and initialisation settings shared by prefix reward models."""
+
+    config_class = PrefixRewardConfig
+    config: PrefixRewardConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # A causal-LM checkpoint carries a language-model head that a reward model does not use.
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)lm_head\.", r"^cls\."]
+
+
+class PrefixRewardModel(PrefixRewardPreTrainedModel):
+    r"""
+    A prefix reward model: any `AutoModel` backbone with a scalar head applied at **every** position, so one forward
+    pass returns `r(x, y[:t])` for every prefix length `t`.
+
+    On a decoder backbone the model can be fed incrementally with `past_key_values`, giving the same per-position
+    rewards as one full forward. Padding may be on either side: position ids are computed from the attention mask
+    when not given, exactly as `generate()` does.
+
+    Load one with [`AutoModelForPrefixReward.from_pretrained`], which also turns causal-LM checkpoints and decoder
+    `*ForSequenceClassification` reward models into prefix reward models.
+
+    Args:
+        config ([`PrefixRewardConfig`]): the backbone's configuration and the head's settings.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from transformers import LlamaConfig
+    >>> from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
+
+    >>> text_config = LlamaConfig(
+    ...     vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    ...     num_attention_heads=4, num_key_value_heads=2,
+    ... )
+    >>> model = PrefixRewardModel(PrefixRewardConfig(text_config=text_config)).eval()
+    >>> input_ids = torch.tensor([[5, 6, 7, 8]])
+    >>> out = model(input_ids)
+    >>> out.rewards.shape, out.reward.shape
+    (torch.Size([1, 4]), torch.Size([1]))
+
+    >>> # Feeding the last token on top of a cache gives the same reward as the full forward.
+    >>> first = model(input_ids[:, :3], use_cache=True)
+    >>> step = model(input_ids[:, 3:], past_key_values=first.past_key_values)
+    >>> torch.allclose(step.reward, out.reward, atol=1e-5)
+    True
+    ```
+    """
+
+    def __init__(self, config: PrefixRewardConfig):
+        super().__init__(config)
+        self.backbone = AutoModel.from_config(config.text_config)
+        hidden_size = config.text_config.get_text_config().hidden_size
+        if config.head_hidden_size is None:
+            self.score = nn.Linear(hidden_size, 1, bias=config.head_bias)
+        else:
+            self.score = nn.Sequential(
+                nn.Linear(hidden_size, config.head_hidden_size),
+                nn.GELU(),
+                nn.Linear(config.head_hidden_size, 1, bias=config.head_bias),
+            )
+        self.post_init()
+
+    @property
+    def supports_incremental_scoring(self) -> bool:
+        """Whether rewards can be computed token by token on top of a key/value cache (decoder backbones only)."""
+        return is_incrementally_scorable(self.config.text_config)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The backbone's maximum number of positions, if it declares one."""
+        return getattr(self.config.text_config, "max_position_embeddings", None)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def _check_inputs(
+        self,
+        batch_size: int,
+        seq_len: int,
+        past_len: int,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> None:
+        if attention_mask is None:
+            return
+        if attention_mask.dim() == 2:
+            expected = (batch_size, past_len + seq_len)
+            if tuple(attention_mask.shape) != expected:
+                raise ValueError(
+                    f"`attention_mask` has shape {tuple(attention_mask.shape)}, but the input has batch size "
+                    f"{batch_size}, {seq_len} new tokens and {past_len} cached tokens, so it must have shape "
+                    f"{expected}: one column per cached and new token."
+                )
+        elif attention_mask.dim() == 4:
+            if position_ids is None:
+                raise ValueError(
+                    "A 4D `attention_mask` needs explicit `position_ids`: they cannot be derived from a 4D mask."
+                )
+        else:
+            raise ValueError(
+                f"`attention_mask` must be 2D (batch_size, sequence_length) or 4D, got shape "
+                f"{tuple(attention_mask.shape)}."
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> PrefixRewardOutput:
+        r"""
+        Score every prefix of the input.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Token ids. Only the new tokens when `past_key_values` is given.
+            attention_mask (`torch.Tensor`, *optional*):
+                `(batch_size, cached_length + sequence_length)`, 1 for real tokens and 0 for padding (either side).
+                A 4D mask is passed through to the backbone as is and then needs `position_ids`.
+            past_key_values (`Cache`, *optional*):
+                A cache returned by an earlier call with `use_cache=True` (decoder backbones only).
+            use_cache (`bool`, *optional*):
+                Whether to return the updated cache. Defaults to the backbone's setting.
+            position_ids (`torch.LongTensor`, *optional*):
+                Defaults to positions counted over non-pad tokens of `attention_mask`.
+            inputs_embeds (`torch.FloatTensor`, *optional*):
+                Embeddings to use instead of `input_ids`.
+
+        Returns:
+            [`PrefixRewardOutput`] with `rewards` `(batch_size, sequence_length)` and `reward` `(batch_size,)`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        batch_size, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        incremental = self.supports_incremental_scoring
+        if past_key_values is not None and not incremental:
+            raise ValueError(
+                f"`past_key_values` was given, but this reward model's backbone "
+                f"({self.config.text_config.model_type}) is not a causal decoder and cannot be scored "
+                "incrementally. Re-encode the whole sequence instead."
+            )
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        self._check_inputs(batch_size, seq_len, past_len, attention_mask, position_ids)
+
+        backbone_kwargs = dict(kwargs)
+        if incremental:
+            if position_ids is None:
+                if attention_mask is not None:
+                    position_ids = position_ids_from_attention_mask(attention_mask, seq_len)
+                else:
+                    device = (input_ids if input_ids is not None else inputs_embeds).device
+                    position_ids = torch.arange(past_len, past_len + seq_len, device=device).expand(
+                        batch_size, -1
+                    )
+            backbone_kwargs.update(past_key_values=past_key_values, use_cache=use_cache)
+        if position_ids is not None:
+            self._check_length(position_ids)
+            backbone_kwargs["position_ids"] = position_ids
+        elif self.max_positions is not None and seq_len > self.max_positions:
+            raise ValueError(self._too_long_message(seq_len))
+
+        need_hidden = self.config.head_layer is not None
+        outputs = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=bool(output_hidden_states or need_hidden),
+            output_attentions=output_attentions,
+            return_dict=True,
+            **backbone_kwargs,
+        )
+        hidden = (
+            outputs.last_hidden_state if not need_hidden else outputs.hidden_states[self.config.head_layer]
+        )
+        rewards = self.score(hidden).squeeze(-1).float()
+        mask_2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        index = last_token_index(mask_2d, batch_size, seq_len).to(rewards.device)
+        reward = rewards[torch.arange(batch_size, device=rewards.device), index]
+        return PrefixRewardOutput(
+            rewards=rewards,
+            reward=reward,
+            past_key_values=getattr(outputs, "past_key_values", None),
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    def _check_length(self, position_ids: torch.Tensor) -> None:
+        if self.max_positions is None or position_ids.numel() == 0:
+            return
+        needed = int(position_ids.max()) + 1
+        if needed > self.max_positions:
+            raise ValueError(self._too_long_message(needed))
+
+    def _too_long_message(self, length: int) -> str:
+        return (
+            f"The input reaches position {length}, but the reward model's backbone "
+            f"({self.config.text_config.model_type}) has at most {self.max_positions} positions "
+            "(`max_position_embeddings`). Truncate the prompt or generate fewer tokens."
+        )
+
+
+__all__ = [
+    "PrefixRewardModel",
+    "PrefixRewardOutput",
+    "PrefixRewardPreTrainedModel",
+    "is_incrementally_scorable",
+]

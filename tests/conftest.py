@@ -1,0 +1,165 @@
+"""Offline test fixtures: tiny models with random weights, a locally trained tokenizer, a private hub cache.
+
+The environment is set before anything imports `huggingface_hub`, whose constants are read at import time:
+`HF_HUB_OFFLINE=1` (a Hub call would otherwise hang for minutes here) and `HF_HOME` pointing at a temporary folder
+that `publish_to_hub_cache` fills, so tests exercise the real `from_pretrained("org/name")` path.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_HF_HOME = tempfile.mkdtemp(prefix="hf_rgtg-tests-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from huggingface_hub import constants as hub_constants  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()
+
+ARCHITECTURES = ("gpt2", "llama", "qwen2")
+VOCAB_SIZE = 384
+MAX_POSITIONS = 128
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A reward model scores every prefix of an answer, one token at a time.",
+    "Thank you so much, this is wonderful and I love it!",
+    "This is terrible, I hate it and it makes me sad.",
+    "Language models predict the next token given the previous ones.",
+    "Please tell me a story about a happy little robot who likes to help.",
+    "What a great day to learn something new about decoding and alignment.",
+    "The weather is cold and grey, and the train is late again.",
+]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a few sentences: deterministic and instant, no download."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+
+
+def tiny_config(arch: str, **overrides) -> PreTrainedConfig:
+    """A 2-layer, hidden-size-64 configuration of `arch` ("gpt2", "llama" or "qwen2")."""
+    common = {"vocab_size": VOCAB_SIZE, "bos_token_id": 0, "eos_token_id": 0}
+    if arch == "gpt2":
+        kwargs = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": MAX_POSITIONS}
+        return GPT2Config(**{**common, **kwargs, **overrides})
+    kwargs = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": MAX_POSITIONS,
+    }
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    return config_class(**{**common, **kwargs, **overrides})
+
+
+def tiny_causal_lm(arch: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(arch, **overrides)).eval()
+
+
+def tiny_sequence_classifier(arch: str, seed: int = 0, num_labels: int = 1, **overrides):
+    torch.manual_seed(seed)
+    config = tiny_config(arch, num_labels=num_labels, pad_token_id=0, **overrides)
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def tiny_prefix_rm(arch: str, seed: int = 0, **head_kwargs):
+    from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
+
+    torch.manual_seed(seed)
+    return PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config(arch), **head_kwargs)).eval()
+
+
+def publish_to_hub_cache(
+    local_dir: str | os.PathLike, repo_id: str, cache_dir: str | os.PathLike | None = None
+) -> str:
+    """Lay out a saved model folder as the Hub cache does (`blobs/`, `snapshots/<commit>/`, `refs/main`).
+
+    Files are stored once under their sha256 in `blobs/` and linked from the snapshot, as `huggingface_hub` does,
+    so `from_pretrained(repo_id)` with `HF_HUB_OFFLINE=1` resolves them exactly as it would a downloaded repo.
+    Returns the fake commit hash.
+    """
+    cache_dir = Path(cache_dir or hub_constants.HF_HUB_CACHE)
+    repo_folder = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(path.relative_to(local_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    commit = digest.hexdigest()
+    snapshot = repo_folder / "snapshots" / commit
+    (repo_folder / "blobs").mkdir(parents=True, exist_ok=True)
+    for path in files:
+        blob = repo_folder / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        if not blob.exists():
+            shutil.copyfile(path, blob)
+        link = snapshot / path.relative_to(local_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo_folder / "refs").mkdir(exist_ok=True)
+    (repo_folder / "refs" / "main").write_text(commit)
+    return commit
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer()
+
+
+@pytest.fixture
+def hub_cache(tmp_path):
+    """Publish a model (anything with `save_pretrained`) under a Hub id in the session's private hub cache."""
+    assert Path(hub_constants.HF_HUB_CACHE).is_relative_to(_HF_HOME), (
+        "HF_HOME was not redirected before import"
+    )
+
+    def publish(model, repo_id: str, tokenizer=None) -> str:
+        folder = tmp_path / repo_id.replace("/", "--")
+        model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        publish_to_hub_cache(folder, repo_id)
+        return repo_id
+
+    return publish

@@ -1,0 +1,155 @@
+import logging
+import os
+
+import pytest
+import torch
+from conftest import (
+    ARCHITECTURES,
+    VOCAB_SIZE,
+    tiny_causal_lm,
+    tiny_config,
+    tiny_prefix_rm,
+    tiny_sequence_classifier,
+)
+from transformers import AutoModelForSequenceClassification, BartConfig, BertConfig, T5Config
+
+from hf_rgtg import AutoModelForPrefixReward, PrefixRewardConfig, PrefixRewardModel
+
+
+def test_hub_offline_for_the_whole_session():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_saved_prefix_reward_model_from_hub_id(arch, hub_cache):
+    model = tiny_prefix_rm(arch, head_bias=True)
+    repo = hub_cache(model, f"org/prefix-rm-{arch}")
+    loaded = AutoModelForPrefixReward.from_pretrained(repo).eval()
+    assert isinstance(loaded, PrefixRewardModel)
+    ids = torch.randint(1, VOCAB_SIZE, (2, 7))
+    assert torch.equal(loaded(ids).rewards, model(ids).rewards)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_causal_lm_checkpoint_gives_backbone_and_untrained_head(arch, hub_cache, caplog):
+    lm = tiny_causal_lm(arch, seed=1)
+    repo = hub_cache(lm, f"org/causal-lm-{arch}")
+    with caplog.at_level(logging.WARNING, logger="hf_rgtg"):
+        rm = AutoModelForPrefixReward.from_pretrained(repo).eval()
+    assert "newly initialised and untrained" in caplog.text
+    assert rm.config.base_model_name_or_path == repo
+    assert rm.config.text_config.model_type == arch
+    expected = lm.base_model.state_dict()
+    actual = rm.backbone.state_dict()
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    ids = torch.randint(1, VOCAB_SIZE, (1, 5))
+    hidden = lm.base_model(ids).last_hidden_state
+    torch.testing.assert_close(rm(ids).rewards, rm.score(hidden).squeeze(-1))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_sequence_classifier_reward_equals_original_logit(arch, hub_cache, caplog):
+    classifier = tiny_sequence_classifier(arch, seed=2)
+    repo = hub_cache(classifier, f"org/seq-cls-rm-{arch}")
+    with caplog.at_level(logging.WARNING, logger="hf_rgtg"):
+        rm = AutoModelForPrefixReward.from_pretrained(repo).eval()
+    assert "untrained" not in caplog.text
+    generator = torch.Generator().manual_seed(0)
+    for length in (1, 4, 11):
+        ids = torch.randint(1, VOCAB_SIZE, (3, length), generator=generator)
+        expected = classifier(ids).logits[:, 0]
+        out = rm(ids)
+        torch.testing.assert_close(out.reward, expected, atol=1e-5, rtol=0)
+        # Every prefix's reward is the classifier's logit on that prefix.
+        prefix = classifier(ids[:, : (length + 1) // 2]).logits[:, 0]
+        torch.testing.assert_close(out.rewards[:, (length + 1) // 2 - 1], prefix, atol=1e-5, rtol=0)
+    # Right padding: the classifier finds the last non-pad token by pad id, the prefix RM by the mask.
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    mask = (ids != 0).long()
+    torch.testing.assert_close(
+        rm(ids, attention_mask=mask).reward,
+        classifier(ids, attention_mask=mask).logits[:, 0],
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def test_from_pretrained_keyword_arguments_pass_through(hub_cache, tmp_path):
+    repo = hub_cache(tiny_causal_lm("llama"), "org/kwargs-lm")
+    rm = AutoModelForPrefixReward.from_pretrained(
+        repo,
+        dtype=torch.bfloat16,
+        attn_implementation="eager",
+        device_map="cpu",
+        revision="main",
+        token=False,
+    )
+    assert all(p.dtype == torch.bfloat16 for p in rm.parameters())
+    assert rm.config.text_config._attn_implementation == "eager"
+    assert next(rm.parameters()).device.type == "cpu"
+    rm = AutoModelForPrefixReward.from_pretrained(repo, torch_dtype=torch.float16, head_layer=1)
+    assert next(rm.parameters()).dtype == torch.float16
+    assert rm.config.head_layer == 1
+    # An explicit `cache_dir` is honoured: the repo is not in an empty one, and offline mode says so.
+    with pytest.raises(OSError):
+        AutoModelForPrefixReward.from_pretrained(repo, cache_dir=tmp_path / "empty-cache")
+
+
+def test_local_directory_and_from_config(tmp_path):
+    tiny_causal_lm("qwen2").save_pretrained(tmp_path)
+    assert isinstance(AutoModelForPrefixReward.from_pretrained(tmp_path), PrefixRewardModel)
+    model = AutoModelForPrefixReward.from_config(tiny_config("gpt2"), head_hidden_size=8)
+    assert isinstance(model, PrefixRewardModel) and model.config.head_hidden_size == 8
+    config = PrefixRewardConfig(text_config=tiny_config("llama"))
+    assert AutoModelForPrefixReward.from_config(config).config is not None
+    with pytest.raises(OSError, match="from_pretrained"):
+        AutoModelForPrefixReward()
+
+
+def test_sequence_classifier_with_several_labels_is_rejected(hub_cache):
+    repo = hub_cache(tiny_sequence_classifier("llama", num_labels=3), "org/three-labels")
+    with pytest.raises(ValueError, match="num_labels=3.*exactly one output"):
+        AutoModelForPrefixReward.from_pretrained(repo)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        T5Config(vocab_size=VOCAB_SIZE, d_model=32, num_layers=1, num_heads=2, d_ff=32, d_kv=16),
+        BartConfig(
+            vocab_size=VOCAB_SIZE,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+        ),
+    ],
+    ids=["t5", "bart"],
+)
+def test_encoder_decoder_checkpoint_is_rejected(config, tmp_path):
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="encoder-decoder.*decoder-only backbone"):
+        AutoModelForPrefixReward.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        AutoModelForPrefixReward.from_config(config)
+
+
+def test_encoder_only_checkpoint_loads_but_is_not_incremental(tmp_path):
+    bert = BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    AutoModelForSequenceClassification.from_config(
+        BertConfig(**bert.to_dict(), num_labels=1)
+    ).save_pretrained(tmp_path / "cls")
+    with pytest.raises(ValueError, match="encoder sequence-classification"):
+        AutoModelForPrefixReward.from_pretrained(tmp_path / "cls")
+    model = AutoModelForPrefixReward.from_config(bert)
+    assert not model.supports_incremental_scoring

