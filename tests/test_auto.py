@@ -26,8 +26,11 @@ def test_saved_prefix_reward_model_from_hub_id(arch, hub_cache):
     repo = hub_cache(model, f"org/prefix-rm-{arch}")
     loaded = AutoModelForPrefixReward.from_pretrained(repo).eval()
     assert isinstance(loaded, PrefixRewardModel)
+    expected, actual = model.state_dict(), loaded.state_dict()
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
     ids = torch.randint(1, VOCAB_SIZE, (2, 7))
-    assert torch.equal(loaded(ids).rewards, model(ids).rewards)
+    torch.testing.assert_close(loaded(ids).rewards, model(ids).rewards, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
