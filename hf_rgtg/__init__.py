@@ -9,7 +9,24 @@ from transformers import AutoConfig
 from .auto import AutoModelForPrefixReward
 from .configuration import PrefixRewardConfig
 from .defaults import DEFAULT_LM_INSTALL_COMMAND, DEFAULT_LM_NAME, default_cache_dir, load_default_lm
+from .generation import (
+    RewardGuidance,
+    disable_reward_guided_generate,
+    enable_reward_guided_generate,
+    reward_guided_generate,
+    reward_guided_generate_enabled,
+    score_sequences,
+)
 from .modeling import PrefixRewardModel, PrefixRewardOutput, PrefixRewardPreTrainedModel
+from .processing import (
+    GuidanceState,
+    GuidanceTrace,
+    RewardGuidanceConfig,
+    RewardGuidedLogitsProcessor,
+    RewardStoppingCriteria,
+    StepRecord,
+)
+from .scoring import CachedScorer, CandidateScorer, ReferenceScorer
 from .tokenization import ensure_pad_token
 
 __version__ = "0.1.0.dev0"
@@ -17,6 +34,21 @@ __version__ = "0.1.0.dev0"
 AutoConfig.register(PrefixRewardConfig.model_type, PrefixRewardConfig, exist_ok=True)
 
 __all__ = [
+    "CachedScorer",
+    "CandidateScorer",
+    "GuidanceState",
+    "GuidanceTrace",
+    "ReferenceScorer",
+    "RewardGuidance",
+    "RewardGuidanceConfig",
+    "RewardGuidedLogitsProcessor",
+    "RewardStoppingCriteria",
+    "StepRecord",
+    "disable_reward_guided_generate",
+    "enable_reward_guided_generate",
+    "reward_guided_generate",
+    "reward_guided_generate_enabled",
+    "score_sequences",
     "DEFAULT_LM_INSTALL_COMMAND",
     "DEFAULT_LM_NAME",
     "AutoModelForPrefixReward",

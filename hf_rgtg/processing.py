@@ -1,0 +1,498 @@
+"""The logits processor and stopping criteria of reward-guided decoding, and the state they share."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from .modeling import PrefixRewardModel
+from .scoring import CachedScorer, CandidateScorer, ReferenceScorer
+
+REWARD_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda r: r,
+    "clamp": lambda r: r.clamp(0.0, 1.0),  # RAD
+    "sigmoid": torch.sigmoid,
+}
+
+
+@dataclass
+class RewardGuidanceConfig:
+    """Settings of reward-guided decoding.
+
+    Attributes:
+        beta (`float`, defaults to 1.0): weight of the reward against the language model's log-probability. The
+            PARGS paper uses 1 for greedy decoding and 2 for sampling.
+        top_k (`int`, defaults to 10): how many of the language model's best tokens are scored at each step.
+        score_with (`str`, defaults to `"logprobs"`): `"logprobs"` combines the reward with
+            `log_softmax(scores)`; `"logits"` with the raw scores, as ARGS does.
+        reward_transform (`str` or callable, defaults to `"identity"`): applied to the rewards before use:
+            `"identity"`, `"clamp"` (to [0, 1], as RAD does), `"sigmoid"`, or a function of a tensor.
+        standardize_rewards (`bool`, defaults to `False`): standardise the rewards within each row's k candidates
+            (zero mean, unit variance) before weighting them.
+        reward_threshold (`float`, *optional*): stop a sequence once its prefix reward reaches this value.
+        max_reward_calls (`int`, *optional*): stop every sequence once the reward model has scored this many steps
+            (one call scores the k candidates of every row).
+        max_time (`float`, *optional*): stop every sequence once this many seconds have passed since the first
+            guided step.
+        record_candidates (`bool`, defaults to `False`): keep every step's k candidates and their rewards in the
+            trace.
+        scorer (`str`, defaults to `"auto"`): `"cached"` (KV-cached, decoder reward models), `"reference"`
+            (re-encode every prefix) or `"auto"` (cached when the reward model allows it).
+    """
+
+    beta: float = 1.0
+    top_k: int = 10
+    score_with: str = "logprobs"
+    reward_transform: str | Callable[[torch.Tensor], torch.Tensor] = "identity"
+    standardize_rewards: bool = False
+    reward_threshold: float | None = None
+    max_reward_calls: int | None = None
+    max_time: float | None = None
+    record_candidates: bool = False
+    scorer: str = "auto"
+
+    def __post_init__(self):
+        if (
+            isinstance(self.beta, bool)
+            or not isinstance(self.beta, (int, float))
+            or not math.isfinite(self.beta)
+        ):
+            raise ValueError(f"`beta` (={self.beta!r}) has to be a finite number, e.g. `beta=1.0`.")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"`top_k` (={self.top_k!r}) has to be a positive integer, e.g. `top_k=10`.")
+        if self.score_with not in ("logprobs", "logits"):
+            raise ValueError(f"`score_with` (={self.score_with!r}) has to be 'logprobs' or 'logits'.")
+        if not callable(self.reward_transform) and self.reward_transform not in REWARD_TRANSFORMS:
+            raise ValueError(
+                f"`reward_transform` (={self.reward_transform!r}) has to be one of {sorted(REWARD_TRANSFORMS)} or a "
+                "function of a tensor."
+            )
+        if self.max_reward_calls is not None and self.max_reward_calls < 1:
+            raise ValueError(
+                f"`max_reward_calls` (={self.max_reward_calls}) has to be a positive integer or None."
+            )
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(f"`max_time` (={self.max_time}) has to be a positive number of seconds or None.")
+        if self.scorer not in ("auto", "cached", "reference"):
+            raise ValueError(f"`scorer` (={self.scorer!r}) has to be 'auto', 'cached' or 'reference'.")
+
+    def transform(self, rewards: torch.Tensor) -> torch.Tensor:
+        fn = (
+            self.reward_transform
+            if callable(self.reward_transform)
+            else REWARD_TRANSFORMS[self.reward_transform]
+        )
+        return fn(rewards)
+
+
+def make_scorer(reward_model: PrefixRewardModel, kind: str = "auto") -> CandidateScorer:
+    """The scorer for `reward_model`: cached when it is a decoder with a plain attention implementation."""
+    cacheable = (
+        reward_model.supports_incremental_scoring
+        and reward_model.config.text_config._attn_implementation
+        in (
+            "sdpa",
+            "eager",
+        )
+    )
+    if kind == "cached" or (kind == "auto" and cacheable):
+        return CachedScorer(reward_model)
+    return ReferenceScorer(reward_model)
+
+
+@dataclass
+class StepRecord:
+    """One generated token of one sequence in a [`GuidanceTrace`]."""
+
+    token: int
+    reward: float
+    candidates: list[int] | None = None
+    candidate_rewards: list[float] | None = None
+
+
+@dataclass
+class GuidanceTrace:
+    """What reward-guided decoding did: a prefix tree of every sequence it extended.
+
+    Each node is a prefix; it holds the token that ended it, that prefix's reward, and (with
+    `record_candidates=True`) the k candidates scored from it. Rows that share a prefix share nodes, so the trace
+    follows beam-search reordering and `num_return_sequences` without copying. Read it with
+    [`~GuidanceTrace.steps`] for the sequences `generate()` returned.
+    """
+
+    prompts: list[tuple[int, ...]] = field(default_factory=list)
+    prompt_rewards: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    children: dict[tuple[int, int], int] = field(default_factory=dict)
+    roots: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    def add_root(self, prompt: tuple[int, ...], reward: float) -> int:
+        if prompt not in self.roots:
+            self.roots[prompt] = self._new_node(-1, reward)
+            self.prompts.append(prompt)
+            self.prompt_rewards.append(reward)
+        return self.roots[prompt]
+
+    def _new_node(self, token: int, reward: float) -> int:
+        self.tokens.append(token)
+        self.rewards.append(reward)
+        return len(self.tokens) - 1
+
+    def child(self, node: int, token: int, reward: float) -> int:
+        key = (node, token)
+        if key not in self.children:
+            self.children[key] = self._new_node(token, reward)
+        elif math.isnan(self.rewards[self.children[key]]):
+            self.rewards[self.children[key]] = reward
+        return self.children[key]
+
+    def steps(self, sequence: Sequence[int] | torch.Tensor, prompt_length: int) -> list[StepRecord]:
+        """The guided steps of one returned sequence: each generated token with its prefix reward.
+
+        Args:
+            sequence: one row of `generate()`'s output (prompt included).
+            prompt_length: the prompt's length in that output (`input_ids.shape[1]`).
+
+        Returns:
+            One [`StepRecord`] per generated token that guidance produced; the list stops where the sequence
+            leaves the trace (padding after a finished sequence).
+        """
+        ids = sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
+        node = self.roots.get(tuple(ids[:prompt_length]))
+        records: list[StepRecord] = []
+        if node is None:
+            return records
+        for token in ids[prompt_length:]:
+            parent, node = node, self.children.get((node, token))
+            if node is None:
+                break
+            record = StepRecord(token=token, reward=self.rewards[node])
+            if parent in self.candidates:
+                record.candidates, record.candidate_rewards = self.candidates[parent]
+            records.append(record)
+        return records
+
+    def rewards_of(self, sequences: torch.Tensor, prompt_length: int) -> list[list[float]]:
+        """The prefix reward after each generated token, for every returned sequence."""
+        return [[step.reward for step in self.steps(row, prompt_length)] for row in sequences]
+
+
+def leading_padding_mask(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """An attention mask that masks each row's leading run of `pad_token_id` (left padding) and nothing else."""
+    if pad_token_id is None:
+        return torch.ones_like(input_ids)
+    return (input_ids != pad_token_id).long().cummax(dim=1).values
+
+
+class GuidanceState:
+    """The state one reward-guided `generate()` call shares between the logits processor and the stopping criteria.
+
+    It owns the scorer and the trace, finds which row each row extends when `generate()` reorders rows (beam
+    search), and resets itself when a new `generate()` call starts (a call whose rows do not extend the previous
+    step's rows by exactly one token).
+
+    Args:
+        reward_model ([`PrefixRewardModel`]): the reward model.
+        config ([`RewardGuidanceConfig`]): the decoding settings.
+        eos_token_id (`int` or list of `int`, *optional*): the language model's end-of-sequence ids; a row that
+            produced one is finished, and its later (padding) tokens are not scored into the trace.
+        pad_token_id (`int`, *optional*): the padding id, used to infer the prompts' left padding when no
+            attention mask is given.
+    """
+
+    def __init__(
+        self,
+        reward_model: PrefixRewardModel,
+        config: RewardGuidanceConfig,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+    ):
+        self.reward_model = reward_model
+        self.config = config
+        self.scorer = make_scorer(reward_model, config.scorer)
+        eos = (
+            []
+            if eos_token_id is None
+            else [eos_token_id]
+            if isinstance(eos_token_id, int)
+            else list(eos_token_id)
+        )
+        self.eos_token_ids = torch.tensor(eos, dtype=torch.long)
+        self.pad_token_id = pad_token_id
+        self.trace = GuidanceTrace()
+        self.reward_calls = 0
+        self.start_time: float | None = None
+        self._prompt_mask: torch.Tensor | None = None
+        self._clear()
+
+    def _clear(self) -> None:
+        self._ids: torch.Tensor | None = None  # the rows at the last scoring step
+        self._candidates: torch.Tensor | None = None  # (rows, k) scored at that step
+        self._candidate_rewards: torch.Tensor | None = None
+        self._nodes: list[int] = []
+        self._finished: torch.Tensor | None = None
+        self._last_rewards: torch.Tensor | None = None
+        self._committed: tuple[int, torch.Tensor | None, torch.Tensor] | None = (
+            None  # (length, parents, chosen)
+        )
+
+    def prepare(self, attention_mask: torch.Tensor | None = None) -> None:
+        """Forget everything and start a new `generate()` call; `attention_mask` is the expanded prompts' mask."""
+        self._clear()
+        self._prompt_mask = attention_mask
+        self.trace = GuidanceTrace()
+        self.reward_calls = 0
+        self.start_time = None
+
+    def _reset(self, input_ids: torch.Tensor) -> None:
+        mask = self._prompt_mask
+        if mask is None or mask.shape != input_ids.shape:
+            mask = leading_padding_mask(input_ids, self.pad_token_id)
+        if self._ids is not None or self.reward_calls:
+            self.prepare()
+        self._prompt_mask = None
+        prompt_rewards = self.scorer.reset(input_ids, mask).float().cpu()
+        self.start_time = time.monotonic()
+        self._ids = input_ids
+        self._finished = torch.zeros(len(input_ids), dtype=torch.bool)
+        self._last_rewards = prompt_rewards.clone()
+        self._nodes = [
+            self.trace.add_root(tuple(row), reward)
+            for row, reward in zip(input_ids.tolist(), prompt_rewards.tolist(), strict=True)
+        ]
+
+    def _parents(self, input_ids: torch.Tensor) -> torch.Tensor | None | bool:
+        """`None` when row i extends row i, a tensor of parent rows after a reorder, `False` for a new call."""
+        previous = self._ids
+        if previous is None or input_ids.shape != (previous.shape[0], previous.shape[1] + 1):
+            return False
+        prefix = input_ids[:, :-1]
+        if torch.equal(prefix, previous):
+            return None
+        matches = (prefix[:, None, :] == previous[None, :, :]).all(-1)
+        if not bool(matches.any(-1).all()):
+            return False
+        return matches.int().argmax(-1)
+
+    def commit(self, input_ids: torch.Tensor) -> bool:
+        """Record the tokens `generate()` appended after the last scoring step. Returns whether `input_ids` extends
+        that step (otherwise nothing is recorded)."""
+        if self._committed is not None and self._committed[0] == input_ids.shape[1]:
+            return True
+        if self._candidates is None:
+            return False
+        parents = self._parents(input_ids)
+        if parents is False:
+            return False
+        cpu_parents = None if parents is None else parents.cpu()
+        candidates, rewards = self._candidates, self._candidate_rewards
+        finished = self._finished
+        if cpu_parents is not None:
+            candidates, rewards, finished = (
+                candidates[cpu_parents],
+                rewards[cpu_parents],
+                finished[cpu_parents],
+            )
+            self._nodes = [self._nodes[p] for p in cpu_parents.tolist()]
+            self._last_rewards = self._last_rewards[cpu_parents]
+        tokens = input_ids[:, -1].cpu()
+        hits = candidates == tokens[:, None]
+        found = hits.any(-1)
+        chosen = torch.where(found, hits.int().argmax(-1), -1)
+        chosen_rewards = rewards.gather(1, chosen.clamp(min=0)[:, None])[:, 0].masked_fill(
+            ~found, float("nan")
+        )
+        for row, (token, reward) in enumerate(zip(tokens.tolist(), chosen_rewards.tolist(), strict=True)):
+            if not finished[row]:
+                self._nodes[row] = self.trace.child(self._nodes[row], token, reward)
+        live = ~finished
+        self._last_rewards = torch.where(live, chosen_rewards, self._last_rewards)
+        newly_finished = live & torch.isin(tokens, self.eos_token_ids)
+        if self.config.reward_threshold is not None:
+            newly_finished |= live & (chosen_rewards >= self.config.reward_threshold)
+        # Finished rows only get padding from now on: their cache entries are never read, so any candidate will do.
+        chosen = torch.where(finished, chosen.clamp(min=0), chosen)
+        self._finished = finished | newly_finished
+        self._committed = (input_ids.shape[1], parents, chosen)
+        return True
+
+    def begin_step(self, input_ids: torch.Tensor) -> None:
+        """Called by the processor with the rows about to be extended: reset or advance the scorer."""
+        if not self.commit(input_ids):
+            self._reset(input_ids)
+            return
+        _, parents, chosen = self._committed
+        self.scorer.advance(input_ids[:, -1], parents, chosen)
+        self._ids = input_ids
+
+    def score(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Rewards of the candidates `(rows, k)`, recorded for the trace and the budgets."""
+        rewards = self.scorer.score(candidates).float()
+        self.reward_calls += 1
+        self._candidates = candidates.cpu()
+        self._candidate_rewards = rewards.cpu()
+        self._committed = None
+        if self.config.record_candidates:
+            for node, cands, rews in zip(
+                self._nodes, self._candidates.tolist(), self._candidate_rewards.tolist(), strict=True
+            ):
+                self.trace.candidates[node] = (cands, rews)
+        return rewards
+
+    def budget_spent(self) -> bool:
+        config = self.config
+        if config.max_reward_calls is not None and self.reward_calls >= config.max_reward_calls:
+            return True
+        return (
+            config.max_time is not None
+            and self.start_time is not None
+            and time.monotonic() - self.start_time >= config.max_time
+        )
+
+    def stopped(self, num_rows: int) -> torch.Tensor:
+        """Which of the current rows should stop: reward threshold reached, or the whole budget spent."""
+        if self.budget_spent():
+            return torch.ones(num_rows, dtype=torch.bool)
+        if (
+            self.config.reward_threshold is None
+            or self._last_rewards is None
+            or len(self._last_rewards) != num_rows
+        ):
+            return torch.zeros(num_rows, dtype=torch.bool)
+        return self._last_rewards >= self.config.reward_threshold
+
+
+class RewardGuidedLogitsProcessor(LogitsProcessor):
+    r"""
+    Reward-guided decoding (ARGS, PARGS) as a logits processor.
+
+    At each step it keeps the k best tokens of the incoming scores, scores each candidate prefix with the reward
+    model, and returns `log p(v) + beta * transform(r(prefix + v))` for those k tokens and `-inf` elsewhere. Greedy
+    decoding then takes the argmax (ARGS, PARGS-G); sampling draws from `p * exp(beta * r)` over the k tokens (the
+    PARGS tokenwise policy).
+
+    Processors that run before it (repetition penalty, `min_new_tokens`, bad words, ...) shape the candidates;
+    tokens they forbid are never candidates. Sampling warpers (temperature, top-p) run after it, on the combined
+    scores. Build it together with [`RewardStoppingCriteria`] through [`RewardGuidance`], which shares one
+    [`GuidanceState`] between them.
+
+    Args:
+        state ([`GuidanceState`]): the state shared with the stopping criteria.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from transformers import AutoModelForCausalLM, LlamaConfig
+    >>> from hf_rgtg import AutoModelForPrefixReward, RewardGuidance
+
+    >>> config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=0, pad_token_id=0)
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> lm = AutoModelForCausalLM.from_config(config).eval()
+    >>> rm = AutoModelForPrefixReward.from_config(config).eval()
+    >>> guidance = RewardGuidance(rm, beta=1.0, top_k=5, eos_token_id=0, pad_token_id=0)
+    >>> out = lm.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=4, do_sample=False, **guidance.generate_kwargs())
+    >>> out.shape
+    torch.Size([1, 7])
+    >>> len(guidance.trace.rewards_of(out, prompt_length=3)[0])
+    4
+    ```
+    """
+
+    supports_continuous_batching = False
+
+    def __init__(self, state: GuidanceState):
+        self.state = state
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        config = self.state.config
+        vocab_size = scores.shape[-1]
+        self._check_vocabulary(vocab_size)
+        k = config.top_k
+        self.state.begin_step(input_ids)
+        base = scores.log_softmax(dim=-1) if config.score_with == "logprobs" else scores
+        top_base, candidates = base.topk(k, dim=-1)
+        valid = top_base > float("-inf")
+        rewards = self.state.score(candidates).to(scores.device)
+        rewards = config.transform(rewards)
+        if config.standardize_rewards:
+            rewards = _standardize(rewards, valid)
+        combined = torch.where(
+            valid, top_base + config.beta * rewards, torch.full_like(top_base, float("-inf"))
+        )
+        return torch.full_like(scores, float("-inf")).scatter_(1, candidates, combined)
+
+    def _check_vocabulary(self, vocab_size: int) -> None:
+        k = self.state.config.top_k
+        if k > vocab_size:
+            raise ValueError(
+                f"`top_k` (={k}) is larger than the vocabulary ({vocab_size} tokens); use at most {vocab_size}."
+            )
+        rm_vocab = self.state.reward_model.config.text_config.get_text_config().vocab_size
+        if rm_vocab != vocab_size:
+            raise ValueError(
+                f"The language model scores {vocab_size} tokens but the reward model's vocabulary has {rm_vocab}: the "
+                "reward model has to share the language model's tokenizer and vocabulary size. Tokenizer bridging "
+                "(a reward model with another tokenizer) is not supported yet: use a reward model trained on the "
+                "language model's tokenizer, e.g. one built with `AutoModelForPrefixReward.from_pretrained(<the LM>)`."
+            )
+
+
+def _standardize(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    count = valid.sum(-1, keepdim=True).clamp(min=1)
+    masked = torch.where(valid, rewards, torch.zeros_like(rewards))
+    mean = masked.sum(-1, keepdim=True) / count
+    var = (torch.where(valid, rewards - mean, torch.zeros_like(rewards)) ** 2).sum(-1, keepdim=True) / count
+    return (rewards - mean) / (var.sqrt() + 1e-6)
+
+
+class RewardStoppingCriteria(StoppingCriteria):
+    r"""
+    The stopping side of reward-guided decoding. After each step it records the chosen tokens and their prefix
+    rewards in the trace, stops a sequence whose prefix reward reaches `reward_threshold`, and stops every sequence
+    once the budget (`max_reward_calls` or `max_time`) is spent.
+
+    Args:
+        state ([`GuidanceState`]): the state shared with [`RewardGuidedLogitsProcessor`].
+
+    Examples:
+
+    ```python
+    >>> # Built together with the processor:
+    >>> from hf_rgtg import RewardGuidance
+    >>> # guidance = RewardGuidance(rm, tokenizer, reward_threshold=2.0, max_reward_calls=64)
+    >>> # model.generate(**inputs, **guidance.generate_kwargs())
+    ```
+    """
+
+    supports_continuous_batching = False
+
+    def __init__(self, state: GuidanceState):
+        self.state = state
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs
+    ) -> torch.BoolTensor:
+        self.state.commit(input_ids)
+        return self.state.stopped(input_ids.shape[0]).to(input_ids.device)
+
+
+__all__ = [
+    "GuidanceState",
+    "GuidanceTrace",
+    "RewardGuidanceConfig",
+    "RewardGuidedLogitsProcessor",
+    "RewardStoppingCriteria",
+    "StepRecord",
+    "leading_padding_mask",
+    "make_scorer",
+]

@@ -1,0 +1,248 @@
+"""Candidate scorers: "give me r(prefix + v) for k candidate tokens per row".
+
+The logits processor chooses candidates; a scorer gets their rewards. Every scorer follows the same small protocol:
+
+- `reset(input_ids, attention_mask)` at the start of a `generate()` call, with the (expanded) prompts;
+- `score(candidates)` with `(rows, k)` token ids, returning `(rows, k)` rewards;
+- `advance(tokens, parents)` once `generate()` has appended one token per row, `parents[i]` being the row that row
+  `i` extends (beam search reorders rows).
+
+`ReferenceScorer` re-encodes every candidate prefix from scratch: slow and obviously correct, the ground truth of
+the tests and the fallback for reward models that cannot be cached. `CachedScorer` keeps the reward model's
+key/value cache of each row's prefix and scores all k candidates in one forward on top of it, as siblings under a
+4D attention mask, without copying the cache.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from .modeling import PrefixRewardModel
+
+
+class CandidateScorer(ABC):
+    """Tracks each row's token ids and attention mask, and scores candidate next tokens.
+
+    Args:
+        reward_model ([`PrefixRewardModel`]): the reward model, on any device and dtype.
+    """
+
+    def __init__(self, reward_model: PrefixRewardModel):
+        self.reward_model = reward_model
+        self.input_ids: torch.Tensor | None = None
+        self.attention_mask: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.reward_model.device
+
+    def reset(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Start over with new prompts; returns the reward of each prompt, shape `(rows,)`."""
+        self.input_ids = input_ids.to(self.device)
+        self.attention_mask = attention_mask.to(self.device, torch.long)
+        return self._reset()
+
+    def advance(
+        self, tokens: torch.Tensor, parents: torch.Tensor | None = None, chosen: torch.Tensor | None = None
+    ) -> None:
+        """Append one token per row.
+
+        Args:
+            tokens (`torch.LongTensor` of shape `(rows,)`): the token appended to each row.
+            parents (`torch.LongTensor` of shape `(rows,)`, *optional*): the previous row each row extends;
+                `None` means row `i` extends row `i`.
+            chosen (`torch.LongTensor` of shape `(rows,)`, *optional*): the index of `tokens` among the row's last
+                candidates, or -1 where it was not a candidate. Scorers that keep state per candidate use it.
+        """
+        tokens = tokens.to(self.device)
+        if parents is not None:
+            parents = parents.to(self.device)
+            self.input_ids = self.input_ids.index_select(0, parents)
+            self.attention_mask = self.attention_mask.index_select(0, parents)
+        self._advance(tokens, parents, None if chosen is None else chosen.to(self.device))
+        self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
+        self.attention_mask = torch.cat(
+            [self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1
+        )
+
+    @abstractmethod
+    def score(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Rewards `(rows, k)` of each row's prefix extended by each candidate token `(rows, k)`."""
+
+    @abstractmethod
+    def _reset(self) -> torch.Tensor: ...
+
+    def _advance(
+        self, tokens: torch.Tensor, parents: torch.Tensor | None, chosen: torch.Tensor | None
+    ) -> None:
+        """Hook for scorers with state beyond `input_ids`/`attention_mask` (called before they are extended)."""
+
+
+class ReferenceScorer(CandidateScorer):
+    """Re-encodes every candidate prefix from scratch: `rows * k` sequences per step, no cache.
+
+    Slow (quadratic in the length) but obviously correct; it is what the cached scorer is tested against, and the
+    fallback for reward models that cannot be scored incrementally (encoder backbones).
+
+    Args:
+        reward_model ([`PrefixRewardModel`]): the reward model.
+        max_batch_size (`int`, *optional*, defaults to 64): how many sequences go through one forward.
+    """
+
+    def __init__(self, reward_model: PrefixRewardModel, max_batch_size: int = 64):
+        super().__init__(reward_model)
+        self.max_batch_size = max_batch_size
+
+    def _rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.reward_model.supports_incremental_scoring:
+            input_ids, attention_mask = _left_to_right_padding(input_ids, attention_mask)
+        rewards = [
+            self.reward_model(
+                input_ids[i : i + self.max_batch_size],
+                attention_mask=attention_mask[i : i + self.max_batch_size],
+            ).reward
+            for i in range(0, len(input_ids), self.max_batch_size)
+        ]
+        return torch.cat(rewards)
+
+    @torch.no_grad()
+    def _reset(self) -> torch.Tensor:
+        return self._rewards(self.input_ids, self.attention_mask)
+
+    @torch.no_grad()
+    def score(self, candidates: torch.Tensor) -> torch.Tensor:
+        rows, k = candidates.shape
+        ids = torch.cat(
+            [self.input_ids.repeat_interleave(k, dim=0), candidates.to(self.device).reshape(-1, 1)], dim=1
+        )
+        mask = torch.cat(
+            [self.attention_mask.repeat_interleave(k, dim=0), self.attention_mask.new_ones(rows * k, 1)],
+            dim=1,
+        )
+        return self._rewards(ids, mask).view(rows, k)
+
+
+def _left_to_right_padding(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's left padding to its right end (encoders number positions from the first column)."""
+    width = input_ids.shape[1]
+    shift = width - attention_mask.sum(-1, keepdim=True)
+    index = (torch.arange(width, device=input_ids.device)[None, :] + shift) % width
+    return input_ids.gather(1, index), attention_mask.gather(1, index)
+
+
+class CachedScorer(CandidateScorer):
+    """Scores k candidates per row with one reward-model forward of k tokens on top of the prefix's cache.
+
+    The k candidates are fed as siblings: each attends to the row's (unpadded) prefix and to itself, under a 4D
+    attention mask, and all sit at the same position. Their keys and values land in the cache after the prefix;
+    once `generate()` has chosen, the chosen candidate's entry moves to the prefix's end and the rest is dropped.
+    The cache is never copied k times. A token that was not among the candidates (a finished row's padding, or a
+    processor after this one that changed the choice) is encoded with one extra forward, so the cache always
+    matches the rows' tokens.
+
+    Needs a decoder reward model with `attn_implementation` `"sdpa"` or `"eager"`.
+
+    Args:
+        reward_model ([`PrefixRewardModel`]): a decoder prefix reward model.
+    """
+
+    def __init__(self, reward_model: PrefixRewardModel):
+        super().__init__(reward_model)
+        if not reward_model.supports_incremental_scoring:
+            raise ValueError(
+                f"CachedScorer needs a decoder reward model; {reward_model.config.text_config.model_type!r} cannot be "
+                "scored incrementally. Use ReferenceScorer."
+            )
+        attn = reward_model.config.text_config._attn_implementation
+        if attn not in ("sdpa", "eager"):
+            raise ValueError(
+                f"CachedScorer needs the reward model's `attn_implementation` to be 'sdpa' or 'eager' (got {attn!r}): "
+                "sibling candidates need an arbitrary 4D attention mask. Reload the reward model with "
+                "`attn_implementation='sdpa'`."
+            )
+        self._additive_mask = attn == "eager"
+        self.cache = None
+        self._num_candidates = 0
+
+    @property
+    def prefix_length(self) -> int:
+        return self.attention_mask.shape[1]
+
+    @torch.no_grad()
+    def _reset(self) -> torch.Tensor:
+        out = self.reward_model(self.input_ids, attention_mask=self.attention_mask, use_cache=True)
+        self.cache = out.past_key_values
+        self._num_candidates = 0
+        for layer in self.cache.layers:
+            if not (
+                hasattr(layer, "keys")
+                and isinstance(layer.keys, torch.Tensor)
+                and type(layer).__name__ == "DynamicLayer"
+            ):
+                raise ValueError(
+                    f"CachedScorer supports plain dynamic caches; this reward model uses {type(layer).__name__} "
+                    "layers (sliding-window or hybrid attention). Use ReferenceScorer."
+                )
+        return out.reward
+
+    def _sibling_mask(self, k: int) -> torch.Tensor:
+        rows = self.attention_mask.shape[0]
+        past = self.attention_mask.bool()[:, None, None, :].expand(rows, 1, k, self.prefix_length)
+        own = torch.eye(k, dtype=torch.bool, device=self.device)[None, None].expand(rows, 1, k, k)
+        mask = torch.cat([past, own], dim=-1)
+        if self._additive_mask:
+            dtype = self.reward_model.dtype
+            return torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(
+                ~mask, torch.finfo(dtype).min
+            )
+        return mask
+
+    @torch.no_grad()
+    def score(self, candidates: torch.Tensor) -> torch.Tensor:
+        rows, k = candidates.shape
+        self._drop_candidates()
+        positions = self.attention_mask.sum(-1, keepdim=True).expand(rows, k)
+        out = self.reward_model(
+            candidates.to(self.device),
+            attention_mask=self._sibling_mask(k),
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self._num_candidates = k
+        return out.rewards
+
+    def _drop_candidates(self) -> None:
+        if self._num_candidates:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, : self.prefix_length]
+                layer.values = layer.values[:, :, : self.prefix_length]
+            self._num_candidates = 0
+
+    def _advance(
+        self, tokens: torch.Tensor, parents: torch.Tensor | None, chosen: torch.Tensor | None
+    ) -> None:
+        if parents is not None:
+            self.cache.reorder_cache(parents)
+        length = self.prefix_length
+        if chosen is not None and self._num_candidates and bool((chosen >= 0).all()):
+            rows = torch.arange(len(tokens), device=self.device)
+            source = length + chosen
+            for layer in self.cache.layers:
+                for name in ("keys", "values"):
+                    tensor = getattr(layer, name)
+                    tensor[:, :, length] = tensor[rows, :, source]
+                    setattr(layer, name, tensor[:, :, : length + 1])
+            self._num_candidates = 0
+            return
+        # Some row appended a token that was not a candidate: encode the appended tokens explicitly.
+        self._drop_candidates()
+        mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1)
+        self.reward_model(tokens[:, None], attention_mask=mask, past_key_values=self.cache, use_cache=True)
+
+
+__all__ = ["CachedScorer", "CandidateScorer", "ReferenceScorer"]
