@@ -191,6 +191,10 @@ def leading_padding_mask(input_ids: torch.Tensor, pad_token_id: int | None) -> t
     return (input_ids != pad_token_id).long().cummax(dim=1).values
 
 
+def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (a.shape == b.shape and torch.equal(a, b))
+
+
 class GuidanceState:
     """The state one reward-guided `generate()` call shares between the logits processor and the stopping criteria.
 
@@ -284,7 +288,7 @@ class GuidanceState:
     def commit(self, input_ids: torch.Tensor) -> bool:
         """Record the tokens `generate()` appended after the last scoring step. Returns whether `input_ids` extends
         that step (otherwise nothing is recorded)."""
-        if self._committed is not None and self._committed[0] == input_ids.shape[1]:
+        if self._committed is not None and _same_rows(self._committed[0], input_ids):
             return True
         if self._candidates is None:
             return False
@@ -320,7 +324,7 @@ class GuidanceState:
         # Finished rows only get padding from now on: their cache entries are never read, so any candidate will do.
         chosen = torch.where(finished, chosen.clamp(min=0), chosen)
         self._finished = finished | newly_finished
-        self._committed = (input_ids.shape[1], parents, chosen)
+        self._committed = (input_ids, parents, chosen)
         return True
 
     def begin_step(self, input_ids: torch.Tensor) -> None:
