@@ -305,8 +305,9 @@ def reward_guided_generate(
     Args:
         reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
         reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
-        beta, top_k, score_with, reward_transform, standardize_rewards, reward_threshold, max_reward_calls,
-        record_candidates: settings of [`RewardGuidanceConfig`]; `reward_scorer` is its `scorer`.
+        beta (`float`, *optional*): see [`RewardGuidanceConfig`], as are `top_k`, `score_with`,
+            `reward_transform`, `standardize_rewards`, `reward_threshold`, `max_reward_calls` and
+            `record_candidates`; `reward_scorer` is its `scorer`.
 
     Examples:
 
