@@ -253,20 +253,14 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         elif self.max_positions is not None and seq_len > self.max_positions:
             raise ValueError(self._too_long_message(seq_len))
 
-        need_hidden = self.config.head_layer is not None
-        outputs = self.backbone(
+        rewards, outputs = self._rewards(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            output_hidden_states=bool(output_hidden_states or need_hidden),
+            output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            return_dict=True,
             **backbone_kwargs,
         )
-        hidden = (
-            outputs.last_hidden_state if not need_hidden else outputs.hidden_states[self.config.head_layer]
-        )
-        rewards = self.score(hidden).squeeze(-1).float()
         mask_2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         index = last_token_index(mask_2d, batch_size, seq_len).to(rewards.device)
         reward = rewards[torch.arange(batch_size, device=rewards.device), index]
@@ -277,6 +271,43 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=getattr(outputs, "attentions", None),
         )
+
+    def _rewards(
+        self, output_hidden_states: bool | None = None, **backbone_kwargs
+    ) -> tuple[torch.Tensor, ModelOutput]:
+        """The backbone's forward and the head, with no checks: `(rewards (batch, seq) in float32, outputs)`."""
+        need_hidden = self.config.head_layer is not None
+        outputs = self.backbone(
+            output_hidden_states=bool(output_hidden_states or need_hidden),
+            return_dict=True,
+            **backbone_kwargs,
+        )
+        hidden = (
+            outputs.last_hidden_state if not need_hidden else outputs.hidden_states[self.config.head_layer]
+        )
+        return self.score(hidden).squeeze(-1).float(), outputs
+
+    def score_on_cache(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.LongTensor,
+        past_key_values: Cache,
+    ) -> torch.Tensor:
+        """Rewards `(batch, seq)` of `input_ids` fed on top of `past_key_values`, extending the cache in place.
+
+        The unchecked hot path of guided decoding: the caller guarantees a decoder backbone, an attention mask that
+        covers the cache and the new tokens (2D or 4D), exact position ids within the backbone's range. Use
+        [`~PrefixRewardModel.forward`] everywhere else.
+        """
+        rewards, _ = self._rewards(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=True,
+        )
+        return rewards
 
     def _check_length(self, position_ids: torch.Tensor) -> None:
         if self.max_positions is None or position_ids.numel() == 0:

@@ -416,11 +416,13 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
 
     def __init__(self, state: GuidanceState):
         self.state = state
+        self._checked_vocab_size: int | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         config = self.state.config
-        vocab_size = scores.shape[-1]
-        self._check_vocabulary(vocab_size)
+        if scores.shape[-1] != self._checked_vocab_size:
+            self._check_vocabulary(scores.shape[-1])
+            self._checked_vocab_size = scores.shape[-1]
         k = config.top_k
         self.state.begin_step(input_ids)
         base = scores.log_softmax(dim=-1) if config.score_with == "logprobs" else scores

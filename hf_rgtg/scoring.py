@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from .modeling import PrefixRewardModel
 
@@ -31,12 +32,9 @@ class CandidateScorer(ABC):
 
     def __init__(self, reward_model: PrefixRewardModel):
         self.reward_model = reward_model
+        self.device = reward_model.device
         self.input_ids: torch.Tensor | None = None
         self.attention_mask: torch.Tensor | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.reward_model.device
 
     def reset(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Start over with new prompts; returns the reward of each prompt, shape `(rows,)`."""
@@ -176,13 +174,11 @@ class CachedScorer(CandidateScorer):
     def _reset(self) -> torch.Tensor:
         out = self.reward_model(self.input_ids, attention_mask=self.attention_mask, use_cache=True)
         self.cache = out.past_key_values
+        self._prompt_width = self.prefix_length
+        self._longest_prompt = int(self.attention_mask.sum(-1).max())
         self._num_candidates = 0
         for layer in self.cache.layers:
-            if not (
-                hasattr(layer, "keys")
-                and isinstance(layer.keys, torch.Tensor)
-                and type(layer).__name__ == "DynamicLayer"
-            ):
+            if type(layer) is not DynamicLayer:
                 raise ValueError(
                     f"CachedScorer supports plain dynamic caches; this reward model uses {type(layer).__name__} "
                     "layers (sliding-window or hybrid attention). Use ReferenceScorer."
@@ -205,16 +201,18 @@ class CachedScorer(CandidateScorer):
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
         rows, k = candidates.shape
         self._drop_candidates()
-        positions = self.attention_mask.sum(-1, keepdim=True).expand(rows, k)
-        out = self.reward_model(
-            candidates.to(self.device),
-            attention_mask=self._sibling_mask(k),
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
+        positions = self.attention_mask.sum(-1, keepdim=True)
+        # The longest row's length, known without reading the tensor: every step adds one real token to each row.
+        longest = self._longest_prompt + self.prefix_length - self._prompt_width + 1
+        max_positions = self.reward_model.max_positions
+        if max_positions is not None and longest > max_positions:
+            raise ValueError(self.reward_model._too_long_message(longest))
+        positions = positions.expand(rows, k)
+        rewards = self.reward_model.score_on_cache(
+            candidates.to(self.device), self._sibling_mask(k), positions, self.cache
         )
         self._num_candidates = k
-        return out.rewards
+        return rewards
 
     def _drop_candidates(self) -> None:
         if self._num_candidates:

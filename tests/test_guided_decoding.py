@@ -602,3 +602,18 @@ def test_reward_model_argument_checks(tmp_path):
     rm.save_pretrained(tmp_path)
     loaded = RewardGuidance(str(tmp_path), top_k=2)
     assert isinstance(loaded.reward_model, PrefixRewardModel) and not loaded.reward_model.training
+
+
+def test_generating_past_the_reward_model_positions_with_explicit_processors_fails_clearly():
+    lm, rm = models("gpt2")
+    ids, mask = left_padded()
+    guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="reaches position 129.*at most 128 positions"):
+        lm.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=125,
+            min_new_tokens=125,
+            pad_token_id=PAD,
+            **guidance.generate_kwargs(),
+        )
