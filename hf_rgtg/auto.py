@@ -161,6 +161,8 @@ class AutoModelForPrefixReward:
             output_loading_info=True,
             **kwargs,
         )
+        # The renaming is a loading detail: saving writes the prefix reward model's own key names, not the source's.
+        model._weight_conversions = []
         head_missing = any(key.startswith("score.") for key in info["missing_keys"])
         if is_classifier:
             if head_missing or any(key.startswith("score.") for key in info["unexpected_keys"]):

@@ -156,3 +156,21 @@ def test_encoder_only_checkpoint_loads_but_is_not_incremental(tmp_path):
         AutoModelForPrefixReward.from_pretrained(tmp_path / "cls")
     model = AutoModelForPrefixReward.from_config(bert)
     assert not model.supports_incremental_scoring
+
+
+@pytest.mark.parametrize("source", ["causal_lm", "base_model", "sequence_classifier"])
+def test_converted_checkpoints_save_as_prefix_reward_models(source, tmp_path):
+    arch = "llama"
+    model = {
+        "causal_lm": lambda: tiny_causal_lm(arch),
+        "base_model": lambda: tiny_causal_lm(arch).base_model,
+        "sequence_classifier": lambda: tiny_sequence_classifier(arch),
+    }[source]()
+    model.save_pretrained(tmp_path / "source")
+    converted = AutoModelForPrefixReward.from_pretrained(tmp_path / "source")
+    converted.save_pretrained(tmp_path / "converted")
+    reloaded, info = PrefixRewardModel.from_pretrained(tmp_path / "converted", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    expected, actual = converted.state_dict(), reloaded.state_dict()
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
