@@ -8,7 +8,9 @@ from transformers import AutoConfig
 
 from .auto import AutoModelForPrefixReward
 from .configuration import PrefixRewardConfig
+from .data import PreferenceData, load_preference_data
 from .defaults import DEFAULT_LM_INSTALL_COMMAND, DEFAULT_LM_NAME, default_cache_dir, load_default_lm
+from .evaluation import PrefixAccuracy, evaluate_prefix_accuracy
 from .generation import (
     RewardGuidance,
     disable_reward_guided_generate,
@@ -28,12 +30,26 @@ from .processing import (
 )
 from .scoring import CachedScorer, CandidateScorer, ReferenceScorer
 from .tokenization import ensure_pad_token
+from .training import (
+    PrefixRewardCollator,
+    PrefixRewardTrainer,
+    PrefixRewardTrainingConfig,
+    prefix_bradley_terry_loss,
+)
 
 __version__ = "0.1.0.dev0"
 
 AutoConfig.register(PrefixRewardConfig.model_type, PrefixRewardConfig, exist_ok=True)
 
 __all__ = [
+    "PreferenceData",
+    "PrefixAccuracy",
+    "PrefixRewardCollator",
+    "PrefixRewardTrainer",
+    "PrefixRewardTrainingConfig",
+    "evaluate_prefix_accuracy",
+    "load_preference_data",
+    "prefix_bradley_terry_loss",
     "CachedScorer",
     "CandidateScorer",
     "GuidanceState",

@@ -96,9 +96,11 @@ def tiny_causal_lm(arch: str, seed: int = 0, **overrides):
     return AutoModelForCausalLM.from_config(tiny_config(arch, **overrides)).eval()
 
 
-def tiny_sequence_classifier(arch: str, seed: int = 0, num_labels: int = 1, **overrides):
+def tiny_sequence_classifier(
+    arch: str, seed: int = 0, num_labels: int = 1, pad_token_id: int = 0, **overrides
+):
     torch.manual_seed(seed)
-    config = tiny_config(arch, num_labels=num_labels, pad_token_id=0, **overrides)
+    config = tiny_config(arch, num_labels=num_labels, pad_token_id=pad_token_id, **overrides)
     return AutoModelForSequenceClassification.from_config(config).eval()
 
 

@@ -9,11 +9,14 @@ import pytest
 MODULES = [
     "hf_rgtg.auto",
     "hf_rgtg.configuration",
+    "hf_rgtg.data",
+    "hf_rgtg.evaluation",
     "hf_rgtg.defaults",
     "hf_rgtg.generation",
     "hf_rgtg.modeling",
     "hf_rgtg.processing",
     "hf_rgtg.tokenization",
+    "hf_rgtg.training",
 ]
 
 

@@ -1,0 +1,192 @@
+"""Preference data for prefix reward models: loading, validation and tokenization."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class PreferenceData:
+    """Tokenized preference pairs and what was skipped on the way.
+
+    Attributes:
+        examples (`list[dict]`): one dict per usable pair, with `prompt_ids`, `chosen_ids` and `rejected_ids`.
+        skipped (`Counter`): how many rows were skipped, by reason.
+    """
+
+    examples: list[dict[str, list[int]]] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.examples[index]
+
+    def report(self) -> str:
+        """A one-line summary: kept rows and the skip count of each reason."""
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
+        return f"{len(self.examples)} pairs kept" + (f"; skipped: {reasons}" if reasons else "")
+
+
+def read_rows(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows of a JSONL, JSON, CSV or Parquet file, of a `datasets.Dataset`, or of any iterable of mappings."""
+    if not isinstance(source, (str, os.PathLike)):
+        return list(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"The preference data file {str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):  # {"prompt": [...], "chosen": [...], ...} or {"data": [...]}
+            if "data" in data and isinstance(data["data"], list):
+                return data["data"]
+            keys = list(data)
+            return [dict(zip(keys, values, strict=True)) for values in zip(*data.values(), strict=True)]
+        return data
+    if suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as error:
+            raise ImportError("Reading Parquet needs `pyarrow`: pip install pyarrow") from error
+        return pq.read_table(path).to_pylist()
+    raise ValueError(f"Unsupported preference data format {suffix!r}: use .jsonl, .json, .csv or .parquet.")
+
+
+def _is_messages(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+
+
+def _render(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> tuple[str, str, str, bool] | str:
+    """`(prompt, chosen, rejected, is_chat)` as text, or the reason the row is unusable."""
+    for column in COLUMNS:
+        if column not in row or row[column] is None:
+            return f"missing column '{column}'"
+    values = [row[column] for column in COLUMNS]
+    if all(isinstance(v, str) for v in values):
+        if any(not v.strip() for v in values[1:]) or not values[0].strip():
+            return "empty field"
+        return values[0], values[1], values[2], False
+    if not all(isinstance(v, str) or _is_messages(v) for v in values):
+        return "non-string field"
+    if getattr(tokenizer, "chat_template", None) is None:
+        return "conversational row but the tokenizer has no chat template"
+    prompt = values[0] if _is_messages(values[0]) else [{"role": "user", "content": values[0]}]
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    responses = []
+    for value in values[1:]:
+        turns = value if _is_messages(value) else [{"role": "assistant", "content": value}]
+        if not any(m["content"].strip() for m in turns):
+            return "empty field"
+        full = tokenizer.apply_chat_template(prompt + turns, tokenize=False)
+        responses.append(full[len(prompt_text) :] if full.startswith(prompt_text) else turns[-1]["content"])
+    return prompt_text, responses[0], responses[1], True
+
+
+def tokenize_pair(
+    prompt: str,
+    chosen: str,
+    rejected: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    is_chat: bool = False,
+) -> dict[str, list[int]] | str:
+    """Token ids of one pair, responses truncated to fit `max_length`; or the reason it does not fit."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=not is_chat)["input_ids"]
+    if len(prompt_ids) >= max_length:
+        return "prompt longer than max_length"
+    room = max_length - len(prompt_ids)
+    chosen_ids = tokenizer(chosen, add_special_tokens=False)["input_ids"][:room]
+    rejected_ids = tokenizer(rejected, add_special_tokens=False)["input_ids"][:room]
+    if not chosen_ids or not rejected_ids:
+        return "empty field"
+    return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
+
+
+def load_preference_data(
+    source: str | os.PathLike | Iterable[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 512,
+) -> PreferenceData:
+    """Read, validate and tokenize preference pairs in the prompt/chosen/rejected layout.
+
+    Rows may be plain text (three strings) or conversational (lists of `{"role", "content"}` messages, rendered
+    with the tokenizer's chat template). Bad rows — a missing column, an empty or non-string field, a prompt of
+    `max_length` tokens or more — are skipped and counted; the counts are logged at the end.
+
+    Args:
+        source: a `.jsonl`, `.json`, `.csv` or `.parquet` file, a `datasets.Dataset`, or an iterable of dicts.
+        tokenizer (`PreTrainedTokenizerBase`): the reward model's tokenizer.
+        max_length (`int`, *optional*, defaults to 512): prompt plus response, in tokens; responses are
+            truncated to fit.
+
+    Raises:
+        `ValueError`: if no usable pair is left (the message lists the reasons).
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from hf_rgtg.data import load_preference_data
+
+    >>> vocab = {w: i for i, w in enumerate(["[UNK]", "hi", "good", "bad", "day"])}
+    >>> backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    >>> rows = [{"prompt": "hi", "chosen": "good day", "rejected": "bad day"}, {"prompt": "hi", "chosen": ""}]
+    >>> data = load_preference_data(rows, tokenizer)
+    >>> data.examples[0]
+    {'prompt_ids': [1], 'chosen_ids': [2, 4], 'rejected_ids': [3, 4]}
+    >>> data.report()
+    "1 pairs kept; skipped: 1 missing column 'rejected'"
+    ```
+    """
+    data = PreferenceData()
+    for row in read_rows(source):
+        rendered = _render(row, tokenizer) if isinstance(row, Mapping) else "row is not a mapping"
+        example = (
+            rendered
+            if isinstance(rendered, str)
+            else tokenize_pair(*rendered[:3], tokenizer, max_length, rendered[3])
+        )
+        if isinstance(example, str):
+            data.skipped[example] += 1
+        else:
+            data.examples.append(example)
+    if data.skipped:
+        logger.warning(f"Preference data: {data.report()}.")
+    if not data.examples:
+        raise ValueError(f"No usable preference pair in the data ({data.report()}).")
+    return data
+
+
+__all__ = ["PreferenceData", "load_preference_data", "read_rows", "tokenize_pair"]

@@ -1,0 +1,329 @@
+"""Training prefix reward models (PARGS): the all-prefix Bradley-Terry loss, its collator and trainer."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from .modeling import PrefixRewardModel
+
+PREFIX_SAMPLING = ("all", "random", "full")
+POSITION_WEIGHTING = ("uniform", "linear")
+TRAIN_MODES = ("full", "head", "lora")
+
+
+@dataclass
+class PrefixRewardTrainingConfig(TrainingArguments):
+    r"""
+    Settings of [`PrefixRewardTrainer`]: everything `transformers.TrainingArguments` has, plus the following.
+    Every field is also a command-line flag of `hf-rgtg train`.
+
+    Parameters that control the data:
+
+    - **max_length** (`int`, defaults to 512): prompt plus response, in tokens; longer responses are truncated,
+      pairs whose prompt alone is this long are skipped.
+
+    Parameters that control the loss:
+
+    - **prefix_sampling** (`str`, defaults to `"all"`): which prefix lengths `t` of each pair enter the loss.
+      `"all"` takes every `t` from `min_prefix_length` to `L`; `"random"` takes `num_random_prefixes` of them at
+      random; `"full"` takes `t = L` only, i.e. an ordinary full-sequence reward model (the ARGS baseline).
+    - **num_random_prefixes** (`int`, defaults to 4): prefixes per pair with `prefix_sampling="random"`.
+    - **min_prefix_length** (`int`, defaults to 1): the shortest response prefix that counts.
+    - **position_weighting** (`str`, defaults to `"uniform"`): `"uniform"`, or `"linear"` to weight prefix `t` by
+      `t / L`.
+    - **margin** (`float`, defaults to 0.0): subtracted from every reward difference.
+    - **center_rewards_coefficient** (`float`, *optional*): adds that times the mean of `(r_chosen + r_rejected)²`,
+      which keeps rewards centred on zero.
+
+    Parameters that control what is trained:
+
+    - **train** (`str`, defaults to `"full"`): `"full"` (the whole model), `"head"` (the reward head only, the
+      backbone frozen) or `"lora"` (LoRA adapters on the backbone plus the head; needs `peft`).
+    - **lora_r**, **lora_alpha**, **lora_dropout**, **lora_target_modules**: the LoRA settings.
+    """
+
+    max_length: int = field(default=512, metadata={"help": "Prompt plus response, in tokens."})
+    prefix_sampling: str = field(
+        default="all", metadata={"help": "Prefixes in the loss: all, random or full."}
+    )
+    num_random_prefixes: int = field(
+        default=4, metadata={"help": "Prefixes per pair with prefix_sampling=random."}
+    )
+    min_prefix_length: int = field(default=1, metadata={"help": "Shortest response prefix in the loss."})
+    position_weighting: str = field(default="uniform", metadata={"help": "uniform, or linear (weight t/L)."})
+    margin: float = field(default=0.0, metadata={"help": "Margin subtracted from every reward difference."})
+    center_rewards_coefficient: float | None = field(
+        default=None, metadata={"help": "Weight of the centring term."}
+    )
+    train: str = field(default="full", metadata={"help": "What to train: full, head or lora."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "LoRA target modules."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized columns."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, allowed in (
+            ("prefix_sampling", PREFIX_SAMPLING),
+            ("position_weighting", POSITION_WEIGHTING),
+            ("train", TRAIN_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"`{name}` (={getattr(self, name)!r}) has to be one of {', '.join(allowed)}."
+                )
+        if self.min_prefix_length < 1:
+            raise ValueError(f"`min_prefix_length` (={self.min_prefix_length}) has to be at least 1.")
+        if self.num_random_prefixes < 1:
+            raise ValueError(f"`num_random_prefixes` (={self.num_random_prefixes}) has to be at least 1.")
+        if self.max_length < 2:
+            raise ValueError(f"`max_length` (={self.max_length}) has to be at least 2.")
+
+
+def prefix_lengths(
+    length: int, sampling: str, min_prefix_length: int = 1, num_random: int = 4, rng=random
+) -> list[int]:
+    """The response prefix lengths `t` (1-based) of a pair whose responses have `length` tokens."""
+    if sampling == "full":
+        return [length]
+    lengths = list(range(min(min_prefix_length, length), length + 1))
+    if sampling == "random":
+        return sorted(rng.sample(lengths, min(num_random, len(lengths))))
+    return lengths
+
+
+@dataclass
+class PrefixRewardCollator:
+    """Batches tokenized pairs for the one-forward all-prefix loss.
+
+    For each pair the shorter response is padded with EOS to the longer one's length `L` (as PARGS does), so
+    `chosen[:t]` and `rejected[:t]` exist for every `t ≤ L`. Sequences are `prompt + response`, right-padded with
+    the pad id. `loss_weights` is non-zero exactly at the positions whose prefix reward enters the loss: position
+    `len(prompt) + t - 1` for every selected `t`.
+
+    Args:
+        pad_token_id (`int`): padding id.
+        eos_token_id (`int`): the id that pads the shorter response.
+        prefix_sampling, min_prefix_length, num_random_prefixes, position_weighting: see
+            [`PrefixRewardTrainingConfig`].
+        seed (`int`, *optional*, defaults to 0): seeds the random prefix choice.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.training import PrefixRewardCollator
+    >>> collate = PrefixRewardCollator(pad_token_id=0, eos_token_id=9)
+    >>> batch = collate([{"prompt_ids": [5, 6], "chosen_ids": [7, 8, 7], "rejected_ids": [3]}])
+    >>> batch["chosen_input_ids"].tolist(), batch["rejected_input_ids"].tolist()
+    ([[5, 6, 7, 8, 7]], [[5, 6, 3, 9, 9]])
+    >>> batch["loss_weights"].tolist()
+    [[0.0, 0.0, 1.0, 1.0, 1.0]]
+    ```
+    """
+
+    pad_token_id: int
+    eos_token_id: int
+    prefix_sampling: str = "all"
+    min_prefix_length: int = 1
+    num_random_prefixes: int = 4
+    position_weighting: str = "uniform"
+    seed: int = 0
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+
+    @classmethod
+    def from_config(
+        cls, config: PrefixRewardTrainingConfig, tokenizer: PreTrainedTokenizerBase
+    ) -> PrefixRewardCollator:
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        if eos is None:
+            raise ValueError(
+                "The tokenizer has no EOS token, which pads the shorter response of each pair; set one."
+            )
+        return cls(
+            pad_token_id=pad,
+            eos_token_id=eos,
+            prefix_sampling=config.prefix_sampling,
+            min_prefix_length=config.min_prefix_length,
+            num_random_prefixes=config.num_random_prefixes,
+            position_weighting=config.position_weighting,
+            seed=config.seed,
+        )
+
+    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        sequences: dict[str, list[list[int]]] = {"chosen": [], "rejected": []}
+        weights: list[dict[int, float]] = []
+        for example in examples:
+            prompt, chosen, rejected = example["prompt_ids"], example["chosen_ids"], example["rejected_ids"]
+            length = max(len(chosen), len(rejected))
+            sequences["chosen"].append(prompt + chosen + [self.eos_token_id] * (length - len(chosen)))
+            sequences["rejected"].append(prompt + rejected + [self.eos_token_id] * (length - len(rejected)))
+            ts = prefix_lengths(
+                length, self.prefix_sampling, self.min_prefix_length, self.num_random_prefixes, self._rng
+            )
+            linear = self.position_weighting == "linear"
+            weights.append({len(prompt) + t - 1: t / length if linear else 1.0 for t in ts})
+        width = max(len(s) for s in sequences["chosen"])
+        batch: dict[str, torch.Tensor] = {}
+        for name, rows in sequences.items():
+            batch[f"{name}_input_ids"] = torch.tensor(
+                [r + [self.pad_token_id] * (width - len(r)) for r in rows]
+            )
+            batch[f"{name}_attention_mask"] = torch.tensor(
+                [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+            )
+        loss_weights = torch.zeros(len(examples), width)
+        for row, positions in enumerate(weights):
+            for position, weight in positions.items():
+                loss_weights[row, position] = weight
+        batch["loss_weights"] = loss_weights
+        return batch
+
+
+def prefix_bradley_terry_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    loss_weights: torch.Tensor,
+    margin: float = 0.0,
+    center_rewards_coefficient: float | None = None,
+) -> torch.Tensor:
+    """The weighted mean over selected prefixes of `-log σ(r(x, y_w[:t]) - r(x, y_l[:t]) - margin)`.
+
+    With uniform weights this is exactly the mean loss of the enumerated recipe, where every prefix pair is its own
+    example.
+
+    Args:
+        chosen_rewards, rejected_rewards (`torch.Tensor` of shape `(batch, seq)`): per-position rewards.
+        loss_weights (`torch.Tensor` of shape `(batch, seq)`): non-zero at the positions that count.
+        margin (`float`, *optional*): subtracted from every difference.
+        center_rewards_coefficient (`float`, *optional*): weight of the mean of `(r_w + r_l)²`.
+    """
+    total = loss_weights.sum().clamp(min=1e-12)
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - margin)
+    loss = (losses * loss_weights).sum() / total
+    if center_rewards_coefficient:
+        loss = (
+            loss
+            + center_rewards_coefficient
+            * (((chosen_rewards + rejected_rewards) ** 2) * loss_weights).sum()
+            / total
+        )
+    return loss
+
+
+def prepare_model_for_training(model: PrefixRewardModel, config: PrefixRewardTrainingConfig):
+    """Apply `config.train`: freeze the backbone (`"head"`), wrap it with LoRA (`"lora"`), or leave it (`"full"`)."""
+    if config.train == "head":
+        model.backbone.requires_grad_(False)
+        model.score.requires_grad_(True)
+        return model
+    if config.train == "lora":
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as error:
+            raise ImportError("`train='lora'` needs peft: pip install 'hf_rgtg[lora]'") from error
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules or "all-linear",
+            modules_to_save=["score"],
+        )
+        return get_peft_model(model, lora)
+    return model
+
+
+class PrefixRewardTrainer(Trainer):
+    r"""
+    Trains a [`PrefixRewardModel`] with the all-prefix Bradley-Terry loss: one forward over the chosen and the
+    rejected sequences gives the reward of every prefix, so each pair costs two sequences, not `2L` examples.
+
+    Everything else — checkpoints, resuming, logging, progress bars, gradient accumulation and checkpointing, mixed
+    precision, `accelerate launch` — is `transformers.Trainer`'s.
+
+    Args:
+        model ([`PrefixRewardModel`]): the model to train (`args.train` decides which parameters).
+        args ([`PrefixRewardTrainingConfig`]): the settings.
+        train_dataset, eval_dataset: tokenized pairs, e.g. a [`~data.PreferenceData`] from `load_preference_data`.
+        processing_class (`PreTrainedTokenizerBase`): the tokenizer (its EOS and pad ids build the collator).
+        data_collator (*optional*): defaults to [`PrefixRewardCollator.from_config`].
+
+    Examples:
+
+    ```python
+    >>> import tempfile
+    >>> from transformers import GPT2Config
+    >>> from hf_rgtg import AutoModelForPrefixReward
+    >>> from hf_rgtg.training import PrefixRewardCollator, PrefixRewardTrainer, PrefixRewardTrainingConfig
+
+    >>> config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=16, bos_token_id=15, eos_token_id=15)
+    >>> model = AutoModelForPrefixReward.from_config(config)
+    >>> pairs = [{"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5]}] * 8
+    >>> args = PrefixRewardTrainingConfig(output_dir=tempfile.mkdtemp(), max_steps=2, report_to=[],
+    ...                                   per_device_train_batch_size=4)
+    >>> trainer = PrefixRewardTrainer(model, args, train_dataset=pairs,
+    ...                               data_collator=PrefixRewardCollator(pad_token_id=0, eos_token_id=15))
+    >>> result = trainer.train()  # doctest: +ELLIPSIS
+    {'train_runtime': ...}
+    >>> result.global_step
+    2
+    ```
+    """
+
+    def __init__(
+        self,
+        model: PrefixRewardModel,
+        args: PrefixRewardTrainingConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        data_collator=None,
+        **kwargs: Any,
+    ):
+        if not isinstance(args, PrefixRewardTrainingConfig):
+            raise ValueError(f"`args` has to be a PrefixRewardTrainingConfig, got {type(args).__name__}.")
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("Pass the tokenizer as `processing_class` (or a `data_collator`).")
+            data_collator = PrefixRewardCollator.from_config(args, processing_class)
+        model = prepare_model_for_training(model, args)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            **kwargs,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        input_ids = torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]])
+        attention_mask = torch.cat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]])
+        rewards = model(input_ids=input_ids, attention_mask=attention_mask).rewards
+        chosen, rejected = rewards.chunk(2)
+        loss = prefix_bradley_terry_loss(
+            chosen, rejected, inputs["loss_weights"], self.args.margin, self.args.center_rewards_coefficient
+        )
+        if return_outputs:
+            return loss, {"chosen_rewards": chosen, "rejected_rewards": rejected}
+        return loss
+
+
+__all__ = [
+    "PrefixRewardCollator",
+    "PrefixRewardTrainer",
+    "PrefixRewardTrainingConfig",
+    "prefix_bradley_terry_loss",
+    "prefix_lengths",
+    "prepare_model_for_training",
+]
