@@ -31,6 +31,10 @@ class PrefixRewardConfig(PreTrainedConfig):
         base_model_name_or_path (`str`, *optional*):
             Where the backbone came from, recorded for model cards and for checking that a reward model was trained
             on a given language model's backbone.
+        training_summary (`dict`, *optional*):
+            What the model was trained on and how (`datasets`, `num_pairs`, `settings`, `prefix_accuracy`,
+            `prefix_counts`, `mean_margin`, `description`), filled in by `PrefixRewardTrainer` and rendered into
+            the model card by `save_pretrained`.
 
     Examples:
 
@@ -53,6 +57,7 @@ class PrefixRewardConfig(PreTrainedConfig):
     head_hidden_size: int | None = None
     head_bias: bool = False
     base_model_name_or_path: str | None = None
+    training_summary: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

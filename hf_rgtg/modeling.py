@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub import ModelCard
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache
@@ -13,8 +18,10 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 from transformers.utils import ModelOutput
+from transformers.utils import hub as hub_utils
 
 from .configuration import PrefixRewardConfig
+from .hub import TAGS, model_card
 
 
 def is_incrementally_scorable(config: PreTrainedConfig) -> bool:
@@ -154,6 +161,48 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     def max_positions(self) -> int | None:
         """The backbone's maximum number of positions, if it declares one."""
         return getattr(self.config.text_config, "max_position_embeddings", None)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) built from the configuration."""
+        repo_id = kwargs.pop("repo_id", None)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            model_card(self.config, repo_id=repo_id).save(Path(save_directory) / "README.md")
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+        commit_description: str | None = None,
+    ) -> Any:
+        """Upload the model with the standard transformers mechanism, keeping hf_rgtg's model card.
+
+        `PreTrainedModel.push_to_hub` would replace the card with a generic one; this creates the repository,
+        saves the model (card included) and uploads the folder with the same transformers helpers.
+        """
+        repo_id = hub_utils.hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size, repo_id=repo_id)
+            card = ModelCard.load(Path(folder) / "README.md")
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or TAGS), *(tags or [])]))
+            card.save(Path(folder) / "README.md")
+            return self._upload_modified_files(
+                folder,
+                repo_id,
+                files_timestamps={},
+                commit_message=commit_message or "Upload prefix reward model",
+                token=token,
+                create_pr=create_pr,
+                revision=revision,
+                commit_description=commit_description,
+            )
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()

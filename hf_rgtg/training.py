@@ -287,8 +287,11 @@ class PrefixRewardTrainer(Trainer):
         eval_dataset=None,
         processing_class: PreTrainedTokenizerBase | None = None,
         data_collator=None,
+        dataset_names: list[str] | None = None,
         **kwargs: Any,
     ):
+        self.dataset_names = list(dataset_names or [])
+        self.prefix_accuracy = None
         if not isinstance(args, PrefixRewardTrainingConfig):
             raise ValueError(f"`args` has to be a PrefixRewardTrainingConfig, got {type(args).__name__}.")
         if data_collator is None:
@@ -305,6 +308,66 @@ class PrefixRewardTrainer(Trainer):
             data_collator=data_collator,
             **kwargs,
         )
+
+    def evaluate_prefixes(self, examples=None, batch_size: int | None = None):
+        """Prefix accuracy by relative position on `examples` (default: the eval set); kept for the model card.
+
+        Returns:
+            [`~evaluation.PrefixAccuracy`].
+        """
+        from .evaluation import evaluate_prefix_accuracy
+
+        examples = examples if examples is not None else self.eval_dataset
+        if examples is None:
+            raise ValueError(
+                "No examples to evaluate: pass `examples` or give the trainer an `eval_dataset`."
+            )
+        collator = self.data_collator
+        self.prefix_accuracy = evaluate_prefix_accuracy(
+            self.model,
+            examples,
+            pad_token_id=collator.pad_token_id,
+            eos_token_id=collator.eos_token_id,
+            batch_size=batch_size or self.args.per_device_eval_batch_size,
+            show_progress=not self.args.disable_tqdm,
+        )
+        return self.prefix_accuracy
+
+    def training_summary(self) -> dict[str, Any]:
+        """What the model card says about this training run."""
+        args = self.args
+        settings = {
+            "train": args.train,
+            "prefix_sampling": args.prefix_sampling,
+            "min_prefix_length": args.min_prefix_length,
+            "position_weighting": args.position_weighting,
+            "margin": args.margin,
+            "center_rewards_coefficient": args.center_rewards_coefficient,
+            "max_length": args.max_length,
+            "learning_rate": args.learning_rate,
+            "num_train_epochs": args.num_train_epochs,
+            "max_steps": args.max_steps,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "global_step": self.state.global_step,
+        }
+        summary: dict[str, Any] = {"datasets": self.dataset_names, "settings": settings}
+        if self.train_dataset is not None:
+            summary["num_pairs"] = len(self.train_dataset)
+        if self.prefix_accuracy is not None:
+            summary["prefix_accuracy"] = self.prefix_accuracy.accuracy
+            summary["prefix_counts"] = self.prefix_accuracy.counts
+            summary["mean_margin"] = self.prefix_accuracy.mean_margin
+        return summary
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Record the training summary in the model's configuration (hence its card), then save as usual."""
+        target = self.accelerator.unwrap_model(self.model)
+        if hasattr(target, "get_base_model"):  # a peft wrapper
+            target = target.get_base_model()
+        if isinstance(target, PrefixRewardModel):
+            target.config.training_summary = self.training_summary()
+        super().save_model(output_dir, _internal_call=_internal_call)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         input_ids = torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]])

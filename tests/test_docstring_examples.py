@@ -13,6 +13,7 @@ MODULES = [
     "hf_rgtg.evaluation",
     "hf_rgtg.defaults",
     "hf_rgtg.generation",
+    "hf_rgtg.hub",
     "hf_rgtg.modeling",
     "hf_rgtg.processing",
     "hf_rgtg.tokenization",

@@ -1,0 +1,136 @@
+"""Model cards of prefix reward models, written by `save_pretrained` and pushed by `push_to_hub`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .configuration import PrefixRewardConfig
+
+LIBRARY_NAME = "hf_rgtg"
+TAGS = ["reward-model", "prefix-reward-model", "hf_rgtg"]
+BUCKET_ORDER = ("0-25%", "25-50%", "50-75%", "75-100%", "full")
+
+_USAGE = """```python
+import hf_rgtg
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from hf_rgtg import AutoModelForPrefixReward, RewardGuidance
+
+rm = AutoModelForPrefixReward.from_pretrained("{repo_id}")
+lm = AutoModelForCausalLM.from_pretrained("{base_model}")
+tokenizer = AutoTokenizer.from_pretrained("{base_model}")
+inputs = tokenizer("...", return_tensors="pt")
+
+# Reward-guided sampling (PARGS): explicit processor + stopping criteria ...
+guidance = RewardGuidance(rm, tokenizer, beta=2.0, top_k=10)
+out = lm.generate(**inputs, do_sample=True, max_new_tokens=64, **guidance.generate_kwargs())
+
+# ... or `generate(reward_model=...)` after the explicit opt-in.
+hf_rgtg.enable_reward_guided_generate()
+out = lm.generate(**inputs, reward_model=rm, beta=2.0, top_k=10, do_sample=True, max_new_tokens=64)
+```"""
+
+
+def _accuracy_table(accuracy: dict[str, float], counts: dict[str, int] | None = None) -> str:
+    rows = ["| prefix of the response | accuracy | pairs |", "| --- | --- | --- |"]
+    for bucket in BUCKET_ORDER:
+        if bucket in accuracy:
+            count = (counts or {}).get(bucket, "")
+            rows.append(f"| {bucket} | {accuracy[bucket]:.3f} | {count} |")
+    return "\n".join(rows)
+
+
+def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelCard:
+    """The model card of a prefix reward model, from its configuration.
+
+    The YAML metadata carries `library_name: hf_rgtg`, the `reward-model` and `prefix-reward-model` tags, the base
+    model, the training data sets and the metrics; the body has a usage snippet, the training data and settings,
+    and the prefix-accuracy table, as far as `config.training_summary` records them.
+
+    Args:
+        config ([`PrefixRewardConfig`]): the model's configuration.
+        repo_id (`str`, *optional*): the Hub id shown in the usage snippet.
+
+    Examples:
+
+    ```python
+    >>> from transformers import GPT2Config
+    >>> from hf_rgtg import PrefixRewardConfig
+    >>> from hf_rgtg.hub import model_card
+
+    >>> config = PrefixRewardConfig(text_config=GPT2Config(n_layer=1), base_model_name_or_path="gpt2",
+    ...                             training_summary={"datasets": ["org/pairs"], "settings": {"prefix_sampling": "all"}})
+    >>> card = model_card(config, repo_id="org/gpt2-prefix-rm")
+    >>> card.data.library_name, card.data.base_model, card.data.datasets
+    ('hf_rgtg', 'gpt2', ['org/pairs'])
+    ```
+    """
+    summary: dict[str, Any] = dict(config.training_summary or {})
+    base_model = config.base_model_name_or_path
+    datasets = summary.get("datasets") or None
+    evaluation = summary.get("prefix_accuracy") or {}
+    data = ModelCardData(
+        library_name=LIBRARY_NAME,
+        tags=list(TAGS),
+        base_model=base_model,
+        datasets=datasets,
+        metrics=["accuracy"] if evaluation else None,
+        model_name=repo_id.split("/")[-1] if repo_id else None,
+    )
+    name = repo_id or "this prefix reward model"
+    head = (
+        "a linear head"
+        if config.head_hidden_size is None
+        else f"an MLP head (hidden size {config.head_hidden_size})"
+    )
+    layer = (
+        "the backbone's final output" if config.head_layer is None else f"hidden layer {config.head_layer}"
+    )
+    sections = [
+        f"# {name}",
+        (
+            f"A **prefix reward model** for reward-guided decoding with [hf_rgtg](https://pypi.org/project/hf-rgtg/): "
+            f"a {config.text_config.model_type} backbone"
+            + (f" (`{base_model}`)" if base_model else "")
+            + f" with {head} on {layer}, applied at every position, so one forward pass scores every prefix of a "
+            "response. "
+            + (
+                "It was trained as a Bradley-Terry model on partial sequences (PARGS), to score partial answers as "
+                "well as whole ones."
+                if summary
+                else "hf_rgtg has no record of its training: if it was built from a causal-LM checkpoint, its head is "
+                "untrained."
+            )
+        ),
+        "## Usage",
+        _USAGE.format(repo_id=repo_id or "<this repo>", base_model=base_model or "<the language model>"),
+    ]
+    if summary.get("description"):
+        sections += ["## What it prefers", str(summary["description"])]
+    if datasets or summary.get("settings"):
+        sections.append("## Training")
+        if datasets:
+            sections.append("Data: " + ", ".join(f"`{d}`" for d in datasets) + ".")
+        if summary.get("num_pairs"):
+            sections.append(f"Preference pairs: {summary['num_pairs']}.")
+        settings = summary.get("settings") or {}
+        if settings:
+            sections.append(
+                "\n".join(
+                    ["| setting | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in settings.items()]
+                )
+            )
+    if evaluation:
+        sections += [
+            "## Prefix accuracy",
+            "Held-out accuracy of `r(chosen[:t]) > r(rejected[:t])` by relative position `t / L` in the response:",
+            _accuracy_table(evaluation, summary.get("prefix_counts")),
+        ]
+        if "mean_margin" in summary:
+            sections.append(f"Mean reward margin over all prefixes: {summary['mean_margin']:.4f}.")
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+    return ModelCard(content)
+
+
+__all__ = ["LIBRARY_NAME", "TAGS", "model_card"]

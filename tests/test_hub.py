@@ -1,0 +1,102 @@
+import pytest
+import torch
+import transformers.utils.hub as transformers_hub
+from conftest import VOCAB_SIZE, build_tokenizer, tiny_prefix_rm
+from huggingface_hub import ModelCard
+from test_training import separable_pairs
+
+from hf_rgtg import AutoModelForPrefixReward
+from hf_rgtg.training import PrefixRewardTrainer, PrefixRewardTrainingConfig
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained")
+    tokenizer = build_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    model = tiny_prefix_rm("qwen2", seed=7)
+    model.config.base_model_name_or_path = "org/tiny-qwen2"
+    args = PrefixRewardTrainingConfig(
+        output_dir=str(folder / "run"),
+        max_steps=20,
+        learning_rate=3e-3,
+        per_device_train_batch_size=8,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = PrefixRewardTrainer(
+        model,
+        args,
+        train_dataset=separable_pairs(32),
+        eval_dataset=separable_pairs(16, seed=3),
+        processing_class=tokenizer,
+        dataset_names=["org/separable-pairs"],
+    )
+    trainer.train()
+    accuracy = trainer.evaluate_prefixes()
+    trainer.save_model(str(folder / "model"))
+    return trainer.model, folder / "model", accuracy
+
+
+def test_save_writes_weights_tokenizer_and_a_model_card(trained):
+    model, folder, accuracy = trained
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
+        assert (folder / name).is_file(), name
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "hf_rgtg"
+    assert {"reward-model", "prefix-reward-model"} <= set(card.data.tags)
+    assert card.data.base_model == "org/tiny-qwen2"
+    assert card.data.datasets == ["org/separable-pairs"]
+    assert card.data.metrics == ["accuracy"]
+    assert "generate(**inputs, reward_model=rm" in card.text
+    assert "| prefix_sampling | all |" in card.text and "| global_step | 20 |" in card.text
+    assert "Preference pairs: 32." in card.text
+    assert f"| 0-25% | {accuracy.accuracy['0-25%']:.3f} | {accuracy.counts['0-25%']} |" in card.text
+    assert "| full |" in card.text
+
+
+def test_trained_model_from_the_hub_cache_gives_identical_rewards(trained, hub_cache):
+    model, folder, _ = trained
+    from conftest import publish_to_hub_cache
+
+    publish_to_hub_cache(folder, "org/trained-prefix-rm")
+    loaded = AutoModelForPrefixReward.from_pretrained("org/trained-prefix-rm").eval()
+    assert loaded.config.training_summary["datasets"] == ["org/separable-pairs"]
+    model.eval()
+    ids = torch.randint(1, VOCAB_SIZE, (3, 9))
+    torch.testing.assert_close(loaded(ids).rewards, model(ids).rewards, atol=1e-6, rtol=0)
+    expected, actual = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+class FakeHubApi:
+    def __init__(self):
+        self.files = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for op in operations:
+            with open(op.path_or_fileobj, "rb") as handle:
+                self.files[op.path_in_repo] = handle.read()
+        return "commit-info"
+
+
+def test_push_to_hub_uploads_the_model_with_its_card(trained, monkeypatch):
+    model, _, _ = trained
+    api = FakeHubApi()
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    assert model.push_to_hub("org/pushed-rm", tags=["sentiment"]) == "commit-info"
+    assert {"config.json", "model.safetensors", "README.md"} <= set(api.files)
+    card = ModelCard(api.files["README.md"].decode())
+    assert card.data.library_name == "hf_rgtg"
+    assert "sentiment" in card.data.tags and "prefix-reward-model" in card.data.tags
+    assert 'from_pretrained("org/pushed-rm")' in card.text
+
+
+def test_untrained_model_card_says_so(tmp_path):
+    tiny_prefix_rm("gpt2").save_pretrained(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert "no record of its training" in card.text and card.data.library_name == "hf_rgtg"
