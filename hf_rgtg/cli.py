@@ -8,21 +8,31 @@ missing packages, models that cannot be found) into a one-line message and exit 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from . import __version__, defaults
 from .auto import AutoModelForPrefixReward
+from .data import load_preference_data
+from .evaluation import evaluate_prefix_accuracy
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
 from .processing import RewardGuidanceConfig
 from .tokenization import ensure_pad_token
+from .training import PrefixRewardTrainer, PrefixRewardTrainingConfig
 
 PROG = "hf-rgtg"
 
@@ -73,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_generate_parser(subparsers)
+    add_train_parser(subparsers)
+    add_eval_rm_parser(subparsers)
     return parser
 
 
@@ -146,6 +158,146 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     parser.set_defaults(run=run_generate)
     return parser
+
+
+@dataclass
+class TrainScriptArguments:
+    """What `hf-rgtg train` reads besides [`PrefixRewardTrainingConfig`]."""
+
+    model: str = field(
+        metadata={"help": "Hub id or folder: a prefix RM, a causal LM or a sequence classifier."}
+    )
+    data: str = field(metadata={"help": "Preference pairs: a .jsonl, .json, .csv or .parquet file."})
+    eval_data: str | None = field(
+        default=None, metadata={"help": "Held-out pairs (default: a split of --data)."}
+    )
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "Share of --data held out when no --eval-data."}
+    )
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
+    head_layer: int | None = field(default=None, metadata={"help": "Hidden layer the new head reads."})
+    head_hidden_size: int | None = field(default=None, metadata={"help": "MLP head width (default: linear)."})
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Declare the `train` command; its flags come from [`TrainScriptArguments`] and
+    [`PrefixRewardTrainingConfig`] through `HfArgumentParser` (see [`train_argument_parser`])."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a prefix reward model on preference pairs (every TrainingArguments option is a flag)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    parser.add_argument("arguments", nargs=argparse.REMAINDER)
+    parser.set_defaults(run=run_train)
+    return parser
+
+
+def train_argument_parser() -> HfArgumentParser:
+    """`hf-rgtg train`'s parser, generated from the two dataclasses."""
+    return HfArgumentParser((TrainScriptArguments, PrefixRewardTrainingConfig), prog=f"{PROG} train")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Carry out `hf-rgtg train`: load the model and data, train, report the prefix accuracy, save (and push)."""
+    try:
+        script, config = train_argument_parser().parse_args_into_dataclasses(args.arguments)
+    except SystemExit as exit_request:
+        return exit_request.code if isinstance(exit_request.code, int) else 2
+    push, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
+    tokenizer = _load_named(
+        "--tokenizer",
+        script.tokenizer or script.model,
+        lambda: AutoTokenizer.from_pretrained(script.tokenizer or script.model),
+    )
+    ensure_pad_token(tokenizer)
+    head = {
+        k: v
+        for k, v in (("head_layer", script.head_layer), ("head_hidden_size", script.head_hidden_size))
+        if v is not None
+    }
+    model = _load_named(
+        "--model", script.model, lambda: AutoModelForPrefixReward.from_pretrained(script.model, **head)
+    )
+    data = load_preference_data(script.data, tokenizer, max_length=config.max_length)
+    if script.eval_data:
+        train_pairs, eval_pairs = (
+            data.examples,
+            load_preference_data(script.eval_data, tokenizer, config.max_length).examples,
+        )
+    else:
+        train_pairs, eval_pairs = _split(data.examples, script.eval_fraction, config.seed)
+    print(f"{PROG} train: {len(train_pairs)} training pairs, {len(eval_pairs)} held out ({data.report()}).")
+    trainer = PrefixRewardTrainer(
+        model,
+        config,
+        train_dataset=train_pairs,
+        eval_dataset=eval_pairs or None,
+        processing_class=tokenizer,
+        dataset_names=[Path(script.data).name],
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    if eval_pairs:
+        print(trainer.evaluate_prefixes().to_markdown())
+    trainer.save_model(config.output_dir)
+    print(f"{PROG} train: saved to {config.output_dir}")
+    if push:
+        repo_id = config.hub_model_id or Path(config.output_dir).name
+        trainer.accelerator.unwrap_model(trainer.model).push_to_hub(
+            repo_id, token=config.hub_token, private=config.hub_private_repo, tokenizer=tokenizer
+        )
+        print(f"{PROG} train: pushed to {repo_id}")
+    return 0
+
+
+def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    if not 0 <= fraction < 1:
+        raise ValueError(f"argument --eval_fraction: has to be in [0, 1), got {fraction}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = int(round(len(examples) * fraction))
+    return [examples[i] for i in order[held:]], [examples[i] for i in order[:held]]
+
+
+def add_eval_rm_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Declare the `eval-rm` command."""
+    parser = subparsers.add_parser(
+        "eval-rm",
+        help="prefix accuracy of any reward model on preference pairs, by relative position in the response",
+    )
+    parser.add_argument("--rm", required=True, metavar="NAME", help="Hub id or folder of the reward model")
+    parser.add_argument(
+        "--data", required=True, metavar="FILE", help="preference pairs (.jsonl, .json, .csv, .parquet)"
+    )
+    parser.add_argument("--tokenizer", metavar="NAME", help="tokenizer (default: the reward model's)")
+    parser.add_argument(
+        "--max-length", type=int, default=512, help="prompt plus response, in tokens (default: 512)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward (default: 8)")
+    parser.set_defaults(run=run_eval_rm)
+    return parser
+
+
+def run_eval_rm(args: argparse.Namespace) -> int:
+    """Carry out `hf-rgtg eval-rm`: print the prefix-accuracy table of a reward model."""
+    tokenizer = _load_named(
+        "--tokenizer",
+        args.tokenizer or args.rm,
+        lambda: AutoTokenizer.from_pretrained(args.tokenizer or args.rm),
+    )
+    ensure_pad_token(tokenizer)
+    model = _load_named("--rm", args.rm, lambda: AutoModelForPrefixReward.from_pretrained(args.rm)).eval()
+    data = load_preference_data(args.data, tokenizer, max_length=args.max_length)
+    result = evaluate_prefix_accuracy(
+        model,
+        data.examples,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        batch_size=args.batch_size,
+    )
+    print(f"{args.rm} on {data.report()}:\n")
+    print(result.to_markdown())
+    return 0
 
 
 @dataclass

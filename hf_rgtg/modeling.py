@@ -181,15 +181,19 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         max_shard_size: int | str | None = "50GB",
         tags: list[str] | None = None,
         commit_description: str | None = None,
+        tokenizer: Any = None,
     ) -> Any:
         """Upload the model with the standard transformers mechanism, keeping hf_rgtg's model card.
 
         `PreTrainedModel.push_to_hub` would replace the card with a generic one; this creates the repository,
-        saves the model (card included) and uploads the folder with the same transformers helpers.
+        saves the model (card included) and uploads the folder with the same transformers helpers. Pass the
+        `tokenizer` to upload it in the same commit.
         """
         repo_id = hub_utils.hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, max_shard_size=max_shard_size, repo_id=repo_id)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
             card = ModelCard.load(Path(folder) / "README.md")
             card.data.tags = list(dict.fromkeys([*(card.data.tags or TAGS), *(tags or [])]))
             card.save(Path(folder) / "README.md")

@@ -1,0 +1,139 @@
+"""`hf-rgtg train` and `hf-rgtg eval-rm`, and training under `accelerate launch` with two processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers.utils.hub as transformers_hub
+from conftest import build_tokenizer, tiny_causal_lm
+from huggingface_hub import ModelCard
+
+from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
+from hf_rgtg.cli import main
+
+HAPPY = ["Thank you so much, this is wonderful and I love it!", "What a great day to learn something new."]
+SAD = [
+    "This is terrible, I hate it and it makes me sad.",
+    "The weather is cold and grey, and the train is late.",
+]
+
+
+def write_pairs(path: Path, n: int = 24) -> Path:
+    rows = [
+        {"prompt": "Tell me a story.", "chosen": HAPPY[i % 2], "rejected": SAD[(i // 2) % 2]}
+        for i in range(n)
+    ]
+    rows.append({"prompt": "Tell me a story.", "chosen": "", "rejected": "sad"})  # skipped
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+@pytest.fixture
+def lm_folder(tmp_path):
+    folder = tmp_path / "lm"
+    tiny_causal_lm("llama", seed=1).save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def train_args(lm_folder, tmp_path, *extra):
+    return [
+        "train",
+        "--model",
+        str(lm_folder),
+        "--data",
+        str(write_pairs(tmp_path / "pairs.jsonl")),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--max-steps",
+        "15",
+        "--learning-rate",
+        "3e-3",
+        "--per-device-train-batch-size",
+        "8",
+        "--report-to",
+        "none",
+        "--save-strategy",
+        "no",
+        "--eval-fraction",
+        "0.25",
+        *extra,
+    ]
+
+
+def test_train_command_trains_saves_and_reports(lm_folder, tmp_path, capsys):
+    assert main(train_args(lm_folder, tmp_path, "--prefix-sampling", "random", "--train", "head")) == 0
+    out = capsys.readouterr().out
+    assert "18 training pairs, 6 held out (24 pairs kept; skipped: 1 empty field)" in out
+    assert "| 0-25% |" in out and "saved to" in out
+    folder = tmp_path / "out"
+    model = AutoModelForPrefixReward.from_pretrained(folder)
+    assert isinstance(model, PrefixRewardModel)
+    summary = model.config.training_summary
+    assert summary["settings"]["prefix_sampling"] == "random" and summary["settings"]["train"] == "head"
+    assert summary["datasets"] == ["pairs.jsonl"] and summary["num_pairs"] == 18
+    assert (folder / "tokenizer.json").is_file()
+    assert ModelCard.load(folder / "README.md").data.library_name == "hf_rgtg"
+
+    assert main(["eval-rm", "--rm", str(folder), "--data", str(tmp_path / "pairs.jsonl")]) == 0
+    table = capsys.readouterr().out
+    assert "24 pairs kept" in table and "| full |" in table and "Mean reward margin" in table
+
+
+def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monkeypatch):
+    from test_hub import FakeHubApi
+
+    api = FakeHubApi()
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    args = train_args(
+        lm_folder, tmp_path, "--push-to-hub", "--hub-model-id", "org/cli-rm", "--max-steps", "2"
+    )
+    assert main(args) == 0
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(api.files)
+
+
+def test_train_command_flags_are_checked(lm_folder, tmp_path, capsys):
+    assert main(train_args(lm_folder, tmp_path, "--prefix-sampling", "sometimes")) == 2
+    assert "`prefix_sampling` (='sometimes')" in capsys.readouterr().err
+    assert main(["train", "--help"]) == 0
+    assert "--prefix_sampling" in capsys.readouterr().out
+
+
+def test_two_process_training_with_accelerate(lm_folder, tmp_path):
+    """`accelerate launch` with two CPU processes (a gloo group) trains, and the saved model loads."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys\n"
+        "import torch.distributed as dist\n"
+        "from hf_rgtg.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('world size', dist.get_world_size() if dist.is_initialized() else 1, dist.get_backend())\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # `--multi_gpu` starts torchrun-style processes; the trainer's `--use-cpu` makes them a gloo group on the CPU.
+    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    training = train_args(
+        lm_folder, tmp_path, "--max-steps", "4", "--per-device-train-batch-size", "4", "--use-cpu"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *launch,
+        "--dynamo_backend",
+        "no",
+        str(script),
+    ]
+    result = subprocess.run([*command, *training], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Both processes read the data and join one group of two.
+    assert result.stdout.count("training pairs") == 2, result.stdout
+    assert result.stdout.count("world size 2 gloo") == 2, result.stdout
+    model = PrefixRewardModel.from_pretrained(tmp_path / "out")
+    assert model.config.training_summary["settings"]["global_step"] == 4
+    assert model(torch.tensor([[5, 6, 7]])).reward.shape == (1,)
