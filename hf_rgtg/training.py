@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from .modeling import PrefixRewardModel
+
+if TYPE_CHECKING:  # evaluation imports this module's collator
+    from .evaluation import PrefixAccuracy
 
 PREFIX_SAMPLING = ("all", "random", "full")
 POSITION_WEIGHTING = ("uniform", "linear")
@@ -111,8 +114,8 @@ class PrefixRewardCollator:
     Args:
         pad_token_id (`int`): padding id.
         eos_token_id (`int`): the id that pads the shorter response.
-        prefix_sampling, min_prefix_length, num_random_prefixes, position_weighting: see
-            [`PrefixRewardTrainingConfig`].
+        prefix_sampling (`str`, *optional*, defaults to `"all"`): see [`PrefixRewardTrainingConfig`], as for
+            `min_prefix_length`, `num_random_prefixes` and `position_weighting`.
         seed (`int`, *optional*, defaults to 0): seeds the random prefix choice.
 
     Examples:
@@ -202,7 +205,8 @@ def prefix_bradley_terry_loss(
     example.
 
     Args:
-        chosen_rewards, rejected_rewards (`torch.Tensor` of shape `(batch, seq)`): per-position rewards.
+        chosen_rewards (`torch.Tensor` of shape `(batch, seq)`): per-position rewards of the chosen sequences.
+        rejected_rewards (`torch.Tensor` of shape `(batch, seq)`): the same for the rejected sequences.
         loss_weights (`torch.Tensor` of shape `(batch, seq)`): non-zero at the positions that count.
         margin (`float`, *optional*): subtracted from every difference.
         center_rewards_coefficient (`float`, *optional*): weight of the mean of `(r_w + r_l)²`.
@@ -253,7 +257,9 @@ class PrefixRewardTrainer(Trainer):
     Args:
         model ([`PrefixRewardModel`]): the model to train (`args.train` decides which parameters).
         args ([`PrefixRewardTrainingConfig`]): the settings.
-        train_dataset, eval_dataset: tokenized pairs, e.g. a [`~data.PreferenceData`] from `load_preference_data`.
+        train_dataset (`Sequence[dict]`): tokenized pairs, e.g. a [`~data.PreferenceData`] from
+            `load_preference_data`.
+        eval_dataset (`Sequence[dict]`, *optional*): held-out pairs, used by [`~PrefixRewardTrainer.evaluate_prefixes`].
         processing_class (`PreTrainedTokenizerBase`): the tokenizer (its EOS and pad ids build the collator).
         data_collator (*optional*): defaults to [`PrefixRewardCollator.from_config`].
 
@@ -309,11 +315,11 @@ class PrefixRewardTrainer(Trainer):
             **kwargs,
         )
 
-    def evaluate_prefixes(self, examples=None, batch_size: int | None = None):
+    def evaluate_prefixes(self, examples=None, batch_size: int | None = None) -> PrefixAccuracy:
         """Prefix accuracy by relative position on `examples` (default: the eval set); kept for the model card.
 
         Returns:
-            [`~evaluation.PrefixAccuracy`].
+            `PrefixAccuracy`: the accuracy table.
         """
         from .evaluation import evaluate_prefix_accuracy
 
