@@ -1,0 +1,1160 @@
+#!/usr/bin/env python
+"""Decoding speed of reward-guided generation against plain greedy decoding, on CPU.
+
+For each configuration, batch size and number of new tokens it measures, in one process and alternating between
+the methods in every repetition (so that all of them see the same machine load):
+
+- ``plain``: greedy ``lm.generate()``;
+- ``fast``: greedy ``lm.generate()`` guided by ``RewardGuidance(..., scorer="cached")``;
+- ``reference``: the same with ``scorer="reference"`` (re-encodes every candidate prefix; slow, so only run where
+  affordable, see ``--reference``);
+- ``rm-loop``: a ``hf_rgtg.CachedScorer`` driven by hand over the same number of steps (one reward-model forward
+  of k sibling tokens on top of the cache per step). ``floor = plain + rm-loop``: what a guided step costs at
+  least when the reward model is as large as the language model.
+
+Configurations:
+
+- ``a``: GPT-2 shaped language and reward models (4 layers, hidden size 256, 4 heads), random seeded weights, and
+  a byte-level BPE vocabulary of 8,192 tokens trained once on the Python standard library's sources and cached in
+  ``benchmarks/.cache``; prompts are held-out text (``/usr/share/common-licenses`` when present).
+- ``b``: SmolLM2-135M-Instruct (``hf_rgtg.load_default_lm()``) and a reward model of the same architecture and
+  weights (``AutoModelForPrefixReward.from_pretrained`` on the converted checkpoint, random head); prompts are
+  chat-template prompts of exactly 32 real tokens.
+
+Every run generates exactly N tokens (``min_new_tokens=max_new_tokens``). By default one run per method and
+repetition generates the largest N, and the shorter lengths are read off the same run: a stopping criterion that
+never stops records the wall time (and the peak RSS so far) when the N-th token has been appended. Pass
+``--separate-lengths`` to run every length as its own ``generate()`` call instead.
+
+Peak RSS is the kernel's high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs`` before each run,
+or, where that is not possible, the maximum of a psutil sampling thread. "Delta" is the peak minus the RSS just
+before the run (after ``gc.collect()`` and ``malloc_trim``).
+
+Usage::
+
+    python benchmarks/decode_speed.py                  # full run (about 40 minutes on 2 cores)
+    python benchmarks/decode_speed.py --quick          # smoke run, a few minutes
+    python benchmarks/decode_speed.py --configs a --batches 1 --lengths 64,256 --runs 7
+    python benchmarks/decode_speed.py --profile        # where the time of a guided step goes, on (b)
+
+The markdown table is printed and written to ``benchmarks/results/decode_speed.md`` (raw timings to
+``decode_speed.json`` beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import ctypes
+import datetime
+import gc
+import io
+import json
+import os
+import platform
+import pstats
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import psutil
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, StoppingCriteria, StoppingCriteriaList
+
+import hf_rgtg
+from hf_rgtg import (
+    AutoModelForPrefixReward,
+    CachedScorer,
+    PrefixRewardConfig,
+    PrefixRewardModel,
+    RewardGuidance,
+    load_default_lm,
+)
+from hf_rgtg.defaults import default_lm_path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE_DIR = HERE / ".cache"
+RESULTS_DIR = HERE / "results"
+EOS_TEXT = "<|endoftext|>"
+MIB = 1024 * 1024
+
+METHODS = ("plain", "fast", "reference", "rm-loop")
+CONFIG_LABELS = {
+    "a": "(a) GPT-2 shaped LM + RM, 4 layers, hidden 256, BPE 8k, random weights",
+    "b": "(b) SmolLM2-135M-Instruct LM + same-size RM",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Peak RSS
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _read_status_kib(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+class PeakRss:
+    """Peak resident set size of this process over a window, and the RSS at its start.
+
+    Uses the kernel's high-water mark, reset by writing 5 to /proc/self/clear_refs; falls back to a psutil thread
+    sampling every `interval` seconds where that file cannot be written.
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.process = psutil.Process()
+        self.interval = interval
+        self.baseline = 0
+        self._max = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.mode = (
+            "VmHWM (clear_refs)" if self._can_reset_hwm() else f"psutil sampling every {interval * 1e3:g} ms"
+        )
+
+    @staticmethod
+    def _can_reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+            _read_status_kib("VmHWM")
+            return True
+        except (OSError, KeyError):
+            return False
+
+    def rss(self) -> int:
+        return self.process.memory_info().rss
+
+    def start(self) -> None:
+        gc.collect()
+        _malloc_trim()
+        self.baseline = self.rss()
+        if self.mode.startswith("VmHWM"):
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+            return
+        self._max = self.baseline
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._max = max(self._max, self.rss())
+
+    def peak(self) -> int:
+        if self.mode.startswith("VmHWM"):
+            return _read_status_kib("VmHWM")
+        return max(self._max, self.rss())
+
+    def stop(self) -> int:
+        peak = self.peak()
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        return peak
+
+
+class StepClock(StoppingCriteria):
+    """A stopping criterion that never stops: records the wall time and peak RSS when the n-th new token is in."""
+
+    def __init__(self, prompt_length: int, checkpoints: list[int], rss: PeakRss):
+        self.prompt_length = prompt_length
+        self.checkpoints = set(checkpoints)
+        self.rss = rss
+        self.times: dict[int, float] = {}
+        self.peaks: dict[int, int] = {}
+
+    def mark(self, new_tokens: int) -> None:
+        if new_tokens in self.checkpoints:
+            self.times[new_tokens] = time.perf_counter()
+            self.peaks[new_tokens] = self.rss.peak()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        self.mark(input_ids.shape[1] - self.prompt_length)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configurations
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    key: str
+    lm: torch.nn.Module
+    rm: PrefixRewardModel
+    prompts: torch.Tensor  # (max batch, prompt length), every token real
+    eos_token_id: int
+    pad_token_id: int
+    description: list[str] = field(default_factory=list)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.rm.config.text_config.get_text_config().vocab_size
+
+    def prompt(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.prompts[:batch].clone()
+        return ids, torch.ones_like(ids)
+
+    def rm_cache_bytes(self, batch: int, length: int) -> int:
+        """Keys and values of the reward model for `batch` rows of `length` tokens."""
+        config = self.rm.config.text_config.get_text_config()
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        element = torch.finfo(self.rm.dtype).bits // 8
+        return 2 * config.num_hidden_layers * kv_heads * head_dim * length * batch * element
+
+    def rm_weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.rm.parameters())
+
+
+def _param_count(model: torch.nn.Module) -> str:
+    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
+
+
+def _corpus_files() -> list[Path]:
+    stdlib = Path(os.__file__).resolve().parent
+    return sorted(p for p in stdlib.glob("*.py") if p.is_file())
+
+
+def _prompt_text() -> str:
+    licenses = Path("/usr/share/common-licenses")
+    if licenses.is_dir():
+        texts = []
+        for path in sorted(licenses.iterdir()):
+            if path.is_file():
+                texts.append(path.read_text(errors="replace"))
+        if sum(len(t) for t in texts) > 50_000:
+            return "\n".join(texts)
+    # Held-out fallback: the standard library's package sources (the tokenizer trains on its top-level modules).
+    stdlib = Path(os.__file__).resolve().parent
+    return "\n".join(p.read_text(errors="replace") for p in sorted(stdlib.glob("json/*.py")))
+
+
+def trained_tokenizer(vocab_size: int, max_corpus_bytes: int = 16 * MIB):
+    """A byte-level BPE tokenizer of `vocab_size` tokens, trained once on local text and cached."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path = CACHE_DIR / f"bpe-{vocab_size}.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path)), path
+
+    def texts():
+        total = 0
+        for file in _corpus_files():
+            text = file.read_text(errors="replace")
+            total += len(text)
+            yield text
+            if total >= max_corpus_bytes:
+                return
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts(), trainer=trainer)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    tokenizer.save(str(staging))
+    os.replace(staging, path)
+    return tokenizer, path
+
+
+def setup_a(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) -> Setup:
+    vocab_size = 8192
+    tokenizer, path = trained_tokenizer(vocab_size)
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise RuntimeError(
+            f"The trained tokenizer has {tokenizer.get_vocab_size()} tokens, not {vocab_size}: delete {path} "
+            "and give it more text."
+        )
+    eos = tokenizer.token_to_id(EOS_TEXT)
+    ids = tokenizer.encode(_prompt_text()).ids
+    stride = max(prompt_length, (len(ids) - prompt_length) // max(max_batch, 1))
+    rows = [ids[i * stride : i * stride + prompt_length] for i in range(max_batch)]
+    if any(len(row) != prompt_length or eos in row for row in rows):
+        raise RuntimeError("Not enough prompt text for the requested batch size and prompt length.")
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=max(640, prompt_length + max_new_tokens + 64),
+        n_embd=256,
+        n_layer=4,
+        n_head=4,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    torch.manual_seed(seed)
+    lm = GPT2LMHeadModel(config).eval()
+    torch.manual_seed(seed + 1)
+    rm = PrefixRewardModel(PrefixRewardConfig(text_config=config)).eval()
+    setup = Setup("a", lm, rm, torch.tensor(rows), eos, eos, [])
+    setup.description = [
+        f"LM: GPT2LMHeadModel, {_param_count(lm)}, n_positions {config.n_positions}, seed {seed}; "
+        f"RM: PrefixRewardModel(GPT-2 backbone), {_param_count(rm)}, seed {seed + 1}.",
+        f"Tokenizer: byte-level BPE, {vocab_size} tokens, trained on the top-level modules of the Python "
+        f"standard library (<= 16 MiB), cached at `{_rel(path)}`. Prompts: {prompt_length}-token slices of "
+        + (
+            "/usr/share/common-licenses." if Path("/usr/share/common-licenses").is_dir() else "held-out text."
+        ),
+        f"attn_implementation: LM {lm.config._attn_implementation}, RM {rm.config.text_config._attn_implementation}.",
+    ]
+    return setup
+
+
+PROMPT_QUESTIONS = [
+    "Explain in simple words why the sky looks blue during the day and red at sunset, with an example.",
+    "Write a short poem about a lighthouse keeper who waits every night for a ship that never arrives.",
+    "What are three practical ways to reduce the amount of food a family throws away every single week?",
+    "Summarize the main causes of the French Revolution for a student preparing for a history exam.",
+    "How do I make a simple tomato sauce for pasta at home with only a few fresh ingredients?",
+    "Give me advice on how to prepare for a job interview at a small software company next Monday.",
+    "Describe how a bicycle gear system works and why it makes climbing hills so much easier.",
+    "Why do cats like to sleep in cardboard boxes, and is it a good idea to let them do that?",
+]
+
+
+def _chat_prompt(tokenizer, question: str, length: int) -> list[int]:
+    """A chat-template prompt of exactly `length` real tokens, the user's question cut to fit."""
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": question},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    before, after = text.split(question)
+    head = tokenizer(before, add_special_tokens=False).input_ids
+    tail = tokenizer(after, add_special_tokens=False).input_ids
+    body = tokenizer(question, add_special_tokens=False).input_ids
+    room = length - len(head) - len(tail)
+    if room < 1:
+        raise RuntimeError(f"A chat prompt needs more than {length} tokens.")
+    while len(body) < room:
+        body = body + body
+    return head + body[:room] + tail
+
+
+def setup_b(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) -> Setup:
+    lm, tokenizer = load_default_lm()
+    torch.manual_seed(seed + 1)
+    path = default_lm_path()
+    rm = AutoModelForPrefixReward.from_pretrained(path).eval()
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows = [
+        _chat_prompt(tokenizer, PROMPT_QUESTIONS[i % len(PROMPT_QUESTIONS)], prompt_length)
+        for i in range(max_batch)
+    ]
+    setup = Setup("b", lm, rm, torch.tensor(rows), eos, pad, [])
+    setup.description = [
+        f"LM: SmolLM2-135M-Instruct via `load_default_lm()` ({type(lm).__name__}, {_param_count(lm)}, "
+        f"{lm.config.num_hidden_layers} layers, hidden {lm.config.hidden_size}, "
+        f"{lm.config.num_key_value_heads} KV heads, vocab {lm.config.vocab_size}).",
+        f"RM: `AutoModelForPrefixReward.from_pretrained(default_lm_path())`: the same backbone and weights, a "
+        f"random linear head ({_param_count(rm)}).",
+        f"Prompts: chat template (short system message + a question cut to fit), exactly {prompt_length} real "
+        f"tokens per row, {len(PROMPT_QUESTIONS)} different questions.",
+        f"attn_implementation: LM {lm.config._attn_implementation}, RM {rm.config.text_config._attn_implementation}.",
+    ]
+    positions = rm.max_positions
+    if positions is not None and prompt_length + max_new_tokens > positions:
+        raise RuntimeError(f"(b) has {positions} positions, fewer than the prompt plus the new tokens.")
+    return setup
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One measured run
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One method at one batch size, generating `new_tokens` tokens and reporting at `checkpoints`."""
+
+    method: str
+    batch: int
+    new_tokens: int
+    checkpoints: list[int]
+    runs: int
+
+
+@dataclass
+class RunResult:
+    config: str
+    method: str
+    batch: int
+    run: int
+    baseline_rss: int
+    seconds: dict[int, float]
+    peak_rss: dict[int, int]
+
+
+class Bench:
+    def __init__(self, setup: Setup, top_k: int, beta: float, rss: PeakRss):
+        self.setup = setup
+        self.top_k = top_k
+        self.rss = rss
+        self.guidance = {
+            name: RewardGuidance(
+                setup.rm,
+                beta=beta,
+                top_k=top_k,
+                eos_token_id=setup.eos_token_id,
+                pad_token_id=setup.pad_token_id,
+                scorer=scorer,
+            )
+            for name, scorer in (("fast", "cached"), ("reference", "reference"))
+        }
+        self.scorer_types = {name: type(g.state.scorer).__name__ for name, g in self.guidance.items()}
+        setup.lm.generation_config = GenerationConfig(
+            do_sample=False, eos_token_id=setup.eos_token_id, pad_token_id=setup.pad_token_id
+        )
+
+    def run(self, job: Job, run: int) -> RunResult:
+        clock = StepClock(self.setup.prompts.shape[1], job.checkpoints, self.rss)
+        if job.method == "rm-loop":
+            seconds_end = self._rm_loop(job, clock)
+        else:
+            seconds_end = self._generate(job, clock)
+        final_peak = self.rss.stop()
+        start, end = seconds_end
+        clock.times[job.new_tokens] = end
+        clock.peaks[job.new_tokens] = final_peak
+        return RunResult(
+            config=self.setup.key,
+            method=job.method,
+            batch=job.batch,
+            run=run,
+            baseline_rss=self.rss.baseline,
+            seconds={n: clock.times[n] - start for n in job.checkpoints},
+            peak_rss={n: clock.peaks[n] for n in job.checkpoints},
+        )
+
+    def _generate(self, job: Job, clock: StepClock) -> tuple[float, float]:
+        lm = self.setup.lm
+        ids, mask = self.setup.prompt(job.batch)
+        guidance = self.guidance.get(job.method)
+        if guidance is None:
+            kwargs = {"stopping_criteria": StoppingCriteriaList()}
+        else:
+            kwargs = guidance.generate_kwargs()
+        kwargs["stopping_criteria"].append(clock)
+        self.rss.start()
+        with torch.no_grad():
+            start = time.perf_counter()
+            out = lm.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=job.new_tokens,
+                min_new_tokens=job.new_tokens,
+                do_sample=False,
+                **kwargs,
+            )
+            end = time.perf_counter()
+        if out.shape != (job.batch, ids.shape[1] + job.new_tokens):
+            raise RuntimeError(
+                f"{job.method} generated shape {tuple(out.shape)}, expected {job.new_tokens} tokens."
+            )
+        if guidance is not None and guidance.state.reward_calls != job.new_tokens:
+            raise RuntimeError(
+                f"{job.method}: {guidance.state.reward_calls} reward calls for {job.new_tokens} tokens."
+            )
+        return start, end
+
+    def _rm_loop(self, job: Job, clock: StepClock) -> tuple[float, float]:
+        """One CachedScorer step per new token: score k candidates on the cache, keep one."""
+        ids, mask = self.setup.prompt(job.batch)
+        k = self.top_k
+        generator = torch.Generator().manual_seed(job.batch * 1000 + job.new_tokens)
+        candidates = (
+            torch.rand(job.new_tokens, job.batch, self.setup.vocab_size, generator=generator)
+            .argsort(-1)[..., :k]
+            .contiguous()
+            if self.setup.vocab_size * job.new_tokens * job.batch <= 64 * MIB
+            else torch.stack(
+                [
+                    torch.stack(
+                        [
+                            torch.randperm(self.setup.vocab_size, generator=generator)[:k]
+                            for _ in range(job.batch)
+                        ]
+                    )
+                    for _ in range(job.new_tokens)
+                ]
+            )
+        )
+        chosen = torch.randint(0, k, (job.new_tokens, job.batch), generator=generator)
+        tokens = candidates.gather(2, chosen[..., None])[..., 0]
+        scorer = CachedScorer(self.setup.rm)
+        self.rss.start()
+        with torch.no_grad():
+            start = time.perf_counter()
+            scorer.reset(ids, mask)
+            for step in range(job.new_tokens):
+                if step:
+                    scorer.advance(tokens[step - 1], None, chosen[step - 1])
+                scorer.score(candidates[step])
+                clock.mark(step + 1)
+            end = time.perf_counter()
+        return start, end
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Planning, running, summarising
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_int_list(text: str) -> list[int]:
+    return sorted({int(x) for x in text.split(",") if x.strip()})
+
+
+def parse_reference(text: str) -> dict[tuple[str, int], int]:
+    """`a:1:256,a:8:64` -> {("a", 1): 256, ("a", 8): 64}: the longest reference run per config and batch."""
+    plan: dict[tuple[str, int], int] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item or item == "none":
+            continue
+        config, batch, length = item.split(":")
+        plan[(config, int(batch))] = int(length)
+    return plan
+
+
+def plan_jobs(config: str, args) -> list[Job]:
+    jobs: list[Job] = []
+    for batch in args.batches:
+        per_method: dict[str, list[int]] = {m: list(args.lengths) for m in ("plain", "fast", "rm-loop")}
+        ref_max = args.reference.get((config, batch))
+        if ref_max is not None:
+            per_method["reference"] = [n for n in args.lengths if n <= ref_max]
+        for method in METHODS:
+            lengths = per_method.get(method)
+            if not lengths:
+                continue
+            runs = args.reference_runs if method == "reference" else args.runs
+            if args.separate_lengths:
+                jobs.extend(Job(method, batch, n, [n], runs) for n in lengths)
+            else:
+                jobs.append(Job(method, batch, max(lengths), lengths, runs))
+    return jobs
+
+
+def run_config(config: str, args, rss: PeakRss, bar: tqdm, all_results: list[RunResult], info: dict) -> None:
+    bar.set_description(f"({config}) loading")
+    builder = setup_a if config == "a" else setup_b
+    setup = builder(max(args.batches), args.prompt_length, max(args.lengths), args.seed)
+    bench = Bench(setup, args.top_k, args.beta, rss)
+    info["configs"][config] = {
+        "description": setup.description,
+        "scorers": bench.scorer_types,
+        "rm_weight_bytes": setup.rm_weight_bytes(),
+        "rm_cache_bytes_per_row_token": setup.rm_cache_bytes(1, 1),
+    }
+    jobs = plan_jobs(config, args)
+    for batch in args.batches:
+        batch_jobs = [job for job in jobs if job.batch == batch]
+        # Warm-up: a short run of every method at this batch size, not recorded.
+        for method in dict.fromkeys(job.method for job in batch_jobs):
+            bar.set_description(f"({config}) b={batch} warm-up {method}")
+            bench.run(Job(method, batch, args.warmup_tokens, [args.warmup_tokens], 1), -1)
+        for run in range(max(job.runs for job in batch_jobs)):
+            # Alternate the methods within each repetition, rotating the order between repetitions.
+            shift = run % len(batch_jobs)
+            for job in batch_jobs[shift:] + batch_jobs[:shift]:
+                if run >= job.runs:
+                    continue
+                bar.set_description(f"({config}) b={batch} {job.method} N={job.new_tokens} run {run + 1}")
+                result = bench.run(job, run)
+                all_results.append(result)
+                bar.update(job.new_tokens * job.batch)
+                done = " ".join(f"{n}:{result.seconds[n] / n * 1e3:.1f}" for n in job.checkpoints)
+                bar.write(f"  ({config}) b={batch} {job.method:9s} run {run + 1}: ms/token {done}")
+    del bench, setup
+    gc.collect()
+
+
+def total_work(args) -> int:
+    total = 0
+    for config in args.configs:
+        for job in plan_jobs(config, args):
+            total += job.new_tokens * job.batch * job.runs
+    return total
+
+
+@dataclass
+class Cell:
+    """Aggregates of one (config, batch, new tokens)."""
+
+    ms: dict[str, float] = field(default_factory=dict)  # median ms per token per method, and "floor"
+    runs: dict[str, int] = field(default_factory=dict)
+    spread: dict[str, tuple[float, float]] = field(default_factory=dict)  # min, max ms per token
+    delta_mib: dict[str, float] = field(default_factory=dict)  # max over runs of peak - baseline
+    peak_mib: dict[str, float] = field(default_factory=dict)  # max over runs of the absolute peak
+
+
+def summarise(results: list[RunResult]) -> dict[tuple[str, int, int], Cell]:
+    per: dict[tuple[str, int, int, str], list[RunResult]] = defaultdict(list)
+    for result in results:
+        for n in result.seconds:
+            per[(result.config, result.batch, n, result.method)].append(result)
+    cells: dict[tuple[str, int, int], Cell] = defaultdict(Cell)
+    for (config, batch, n, method), runs in per.items():
+        cell = cells[(config, batch, n)]
+        ms = [r.seconds[n] / n * 1e3 for r in runs]
+        cell.ms[method] = statistics.median(ms)
+        cell.spread[method] = (min(ms), max(ms))
+        cell.runs[method] = len(runs)
+        cell.delta_mib[method] = max(r.peak_rss[n] - r.baseline_rss for r in runs) / MIB
+        cell.peak_mib[method] = max(r.peak_rss[n] for r in runs) / MIB
+    for (config, batch, n), cell in cells.items():
+        plain = {r.run: r.seconds[n] for r in per.get((config, batch, n, "plain"), [])}
+        loop = {r.run: r.seconds[n] for r in per.get((config, batch, n, "rm-loop"), [])}
+        pairs = [plain[i] + loop[i] for i in plain if i in loop]
+        if pairs:
+            cell.ms["floor"] = statistics.median(pairs) / n * 1e3
+    return dict(sorted(cells.items()))
+
+
+def _ratio(cell: Cell, a: str, b: str) -> float | None:
+    if a in cell.ms and b in cell.ms and cell.ms[b] > 0:
+        return cell.ms[a] / cell.ms[b]
+    return None
+
+
+def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def timing_table(cells: dict[tuple[str, int, int], Cell]) -> str:
+    lines = [
+        "| config | batch | new tokens | plain | fast | reference | RM loop | floor | fast/plain | fast/floor "
+        "| ref/fast | runs (ref) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (config, batch, n), cell in cells.items():
+        runs = str(cell.runs.get("fast", cell.runs.get("plain", 0)))
+        if "reference" in cell.runs:
+            runs += f" ({cell.runs['reference']})"
+        lines.append(
+            f"| ({config}) | {batch} | {n} | {_fmt(cell.ms.get('plain'))} | {_fmt(cell.ms.get('fast'))} | "
+            f"{_fmt(cell.ms.get('reference'))} | {_fmt(cell.ms.get('rm-loop'))} | {_fmt(cell.ms.get('floor'))} | "
+            f"{_fmt(_ratio(cell, 'fast', 'plain'), '.2f', '×')} | {_fmt(_ratio(cell, 'fast', 'floor'), '.2f', '×')} | "
+            f"{_fmt(_ratio(cell, 'reference', 'fast'), '.1f', '×')} | {runs} |"
+        )
+    return "\n".join(lines)
+
+
+def spread_table(cells: dict[tuple[str, int, int], Cell]) -> str:
+    lines = [
+        "| config | batch | new tokens | plain | fast | reference | RM loop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (config, batch, n), cell in cells.items():
+        parts = []
+        for method in ("plain", "fast", "reference", "rm-loop"):
+            lo_hi = cell.spread.get(method)
+            parts.append("–" if lo_hi is None else f"{lo_hi[0]:.2f}–{lo_hi[1]:.2f}")
+        lines.append(f"| ({config}) | {batch} | {n} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def memory_table(cells: dict[tuple[str, int, int], Cell], info: dict, prompt_length: int) -> str:
+    lines = [
+        "| config | batch | new tokens | plain Δ | fast Δ | reference Δ | RM loop Δ | fast Δ − plain Δ | RM cache "
+        "| 1.5 × RM cache | plain peak | fast peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (config, batch, n), cell in cells.items():
+        cache = _rm_cache_mib(info, config, batch, prompt_length + n)
+        extra = (
+            cell.delta_mib["fast"] - cell.delta_mib["plain"]
+            if "fast" in cell.delta_mib and "plain" in cell.delta_mib
+            else None
+        )
+        lines.append(
+            f"| ({config}) | {batch} | {n} | {_fmt(cell.delta_mib.get('plain'), '.1f')} | "
+            f"{_fmt(cell.delta_mib.get('fast'), '.1f')} | {_fmt(cell.delta_mib.get('reference'), '.1f')} | "
+            f"{_fmt(cell.delta_mib.get('rm-loop'), '.1f')} | {_fmt(extra, '.1f')} | {cache:.1f} | {1.5 * cache:.1f} | "
+            f"{_fmt(cell.peak_mib.get('plain'), '.0f')} | {_fmt(cell.peak_mib.get('fast'), '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def _rm_cache_mib(info: dict, config: str, batch: int, length: int) -> float:
+    return info["configs"][config]["rm_cache_bytes_per_row_token"] * batch * length / MIB
+
+
+def evaluate_targets(cells: dict[tuple[str, int, int], Cell], info: dict, prompt_length: int) -> list[str]:
+    lines: list[str] = []
+
+    def verdict(label: str, checks: list[tuple[str, bool]]) -> None:
+        if not checks:
+            lines.append(f"- **NOT MEASURED**: {label}")
+            return
+        ok = all(passed for _, passed in checks)
+        lines.append(f"- **{'PASS' if ok else 'FAIL'}**: {label}: " + "; ".join(text for text, _ in checks))
+
+    def by(config: str, batch: int) -> list[tuple[int, Cell]]:
+        return [(n, cell) for (c, b, n), cell in cells.items() if c == config and b == batch]
+
+    for batch, limit in ((1, 2.0), (8, 2.5)):
+        checks = []
+        for n, cell in by("a", batch):
+            ratio = _ratio(cell, "fast", "plain")
+            if ratio is not None:
+                checks.append((f"{ratio:.2f}× at {n}", ratio <= limit))
+        verdict(f"fast path ≤ {limit}× plain greedy at batch {batch} on (a)", checks)
+
+    for config in ("a", "b"):
+        for batch in (1, 8):
+            checks = []
+            for n, cell in by(config, batch):
+                ratio = _ratio(cell, "fast", "floor")
+                if ratio is not None:
+                    checks.append((f"{ratio:.2f}× at {n}", ratio <= 1.15))
+            verdict(f"fast path ≤ 1.15× the floor (plain + RM loop) on ({config}) at batch {batch}", checks)
+
+    for config in ("a", "b"):
+        for batch in (1, 8):
+            lookup = dict(by(config, batch))
+            checks = []
+            if 64 in lookup and 512 in lookup and "fast" in lookup[64].ms and "fast" in lookup[512].ms:
+                ratio = lookup[512].ms["fast"] / lookup[64].ms["fast"]
+                checks.append(
+                    (
+                        f"{lookup[512].ms['fast']:.2f} vs {lookup[64].ms['fast']:.2f} ms/token = {ratio:.2f}×",
+                        ratio <= 1.3,
+                    )
+                )
+            verdict(
+                f"fast path time per token at 512 new tokens ≤ 1.3× that at 64, ({config}) batch {batch}",
+                checks,
+            )
+
+    checks = []
+    for (config, batch, n), cell in cells.items():
+        ratio = _ratio(cell, "reference", "fast")
+        if n == 256 and ratio is not None:
+            checks.append((f"({config}) batch {batch}: {ratio:.1f}×", ratio >= 10))
+    verdict("fast path ≥ 10× faster than the reference path at 256 new tokens", checks)
+
+    checks = []
+    for (config, batch, n), cell in cells.items():
+        if "fast" in cell.delta_mib and "plain" in cell.delta_mib:
+            extra = cell.delta_mib["fast"] - cell.delta_mib["plain"]
+            budget = 1.5 * _rm_cache_mib(info, config, batch, prompt_length + n)
+            checks.append((f"({config}) b{batch} N{n}: +{extra:.1f} ≤ {budget:.1f} MiB", extra <= budget))
+    verdict(
+        "peak RSS of guided decoding ≤ plain decoding + RM weights + 1.5× one RM cache (the RM weights are resident "
+        "before both runs, so the check is fast Δ − plain Δ ≤ 1.5 × RM cache)",
+        checks,
+    )
+    return lines
+
+
+def environment(args, rss: PeakRss) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "hf_rgtg"], capture_output=True, text=True
+        ).stdout.strip()
+        commit += " (hf_rgtg/ has uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python " + shlex.join([_rel(Path(sys.argv[0]))] + sys.argv[1:]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hf_rgtg": f"{hf_rgtg.__version__} (git {commit})",
+        "threads": f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op (torch defaults"
+        + (")" if args.threads is None else f", overridden by --threads {args.threads})"),
+        "cpu": f"{cpu}, {os.cpu_count()} logical cores",
+        "memory": f"{psutil.virtual_memory().total / 1024**3:.1f} GiB",
+        "rss": rss.mode,
+        "configs": {},
+    }
+
+
+def render(args, info: dict, cells: dict[tuple[str, int, int], Cell], elapsed: float) -> str:
+    targets = evaluate_targets(cells, info, args.prompt_length)
+    ref_plan = ", ".join(f"({c}) batch {b} up to {n} tokens" for (c, b), n in sorted(args.reference.items()))
+    out = [
+        "# Decoding speed: reward-guided vs plain greedy decoding",
+        "",
+        "Generated by `benchmarks/decode_speed.py`; rerun it to refresh this file.",
+        "",
+        "## Environment",
+        "",
+        "| | |",
+        "| --- | --- |",
+    ]
+    for key in (
+        "date",
+        "command",
+        "python",
+        "torch",
+        "transformers",
+        "hf_rgtg",
+        "threads",
+        "cpu",
+        "memory",
+        "rss",
+    ):
+        value = f"`{info[key]}`" if key == "command" else info[key]
+        out.append(f"| {key} | {value} |")
+    out.append(f"| wall time | {elapsed / 60:.1f} min |")
+    out += ["", "## Setup", ""]
+    out.append(
+        f"Prompt of {args.prompt_length} real tokens per row, top_k={args.top_k}, beta={args.beta}, greedy, fp32, "
+        f"`torch.no_grad()`. Every run generates exactly N tokens (`min_new_tokens=max_new_tokens`). One warm-up "
+        f"run of {args.warmup_tokens} tokens per method and batch size, then {args.runs} repetitions; in each "
+        "repetition the methods run one after the other (the order rotates between repetitions), so all of them "
+        "see the same machine load."
+    )
+    out.append("")
+    for config, details in info["configs"].items():
+        out.append(f"- {CONFIG_LABELS[config]}")
+        for line in details["description"]:
+            out.append(f"  - {line}")
+        out.append(
+            f"  - Scorers: fast = `{details['scorers']['fast']}`, reference = `{details['scorers']['reference']}`. "
+            f"RM weights {details['rm_weight_bytes'] / MIB:.1f} MiB; RM cache "
+            f"{details['rm_cache_bytes_per_row_token'] / 1024:.1f} KiB per row and token."
+        )
+    out += [
+        "",
+        "Methods:",
+        "",
+        "- **plain**: `lm.generate(..., do_sample=False)`.",
+        '- **fast**: the same with `**RewardGuidance(rm, top_k=k, scorer="cached").generate_kwargs()`.',
+        '- **reference**: the same with `scorer="reference"` (re-encodes rows × k prefixes every step). Run only '
+        f"where affordable: {ref_plan or 'nowhere'}; {args.reference_runs} runs.",
+        "- **RM loop**: `CachedScorer(rm)` driven directly: `reset(prompt)`, then per step `score(k random "
+        "candidates)` and `advance(one of them)`; the RM's share of a guided step.",
+        "- **floor** = plain + RM loop, paired per repetition: a guided step cannot cost less than one LM step "
+        "plus one RM forward of k tokens on top of a cache.",
+        "",
+        "## Time per generated token",
+        "",
+        "Milliseconds of wall time per new token (one step of all rows), median of the runs. "
+        + (
+            "Every length was its own `generate()` call."
+            if args.separate_lengths
+            else "Each repetition makes one run of the largest N per method; shorter lengths are read off the "
+            "same run when their N-th token is appended (wall time from the `generate()` call, prefill included)."
+        ),
+        "",
+        timing_table(cells),
+        "",
+        "<details><summary>Fastest and slowest run (ms per token)</summary>",
+        "",
+        spread_table(cells),
+        "",
+        "</details>",
+        "",
+        "## Peak RSS",
+        "",
+        "MiB. Δ = peak RSS during the run minus the RSS just before it (after `gc.collect()` and `malloc_trim`), "
+        "the largest over the runs; for a shorter length, the peak up to its last token. Both models are loaded "
+        "before every run. RM cache = 2 × layers × KV heads × head dim × (prompt + N) × batch × 4 bytes.",
+        "",
+        memory_table(cells, info, args.prompt_length),
+        "",
+        "## Targets",
+        "",
+        *targets,
+        "",
+    ]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Profiling one guided step
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _timed(store: dict[str, list[float]], name: str, fn: Callable) -> Callable:
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            store[name].append(time.perf_counter() - start)
+
+    return wrapper
+
+
+def profile(args) -> str:
+    """Where the time of guided decoding goes on (b): wrapped timers, cProfile and torch.profiler."""
+    batch, n = args.profile_batch, args.profile_tokens
+    setup = setup_b(batch, args.prompt_length, n, args.seed)
+    rss = PeakRss()
+    bench = Bench(setup, args.top_k, args.beta, rss)
+    guidance = bench.guidance["fast"]
+    job = Job("fast", batch, n, [n], 1)
+    for method in ("plain", "fast", "rm-loop"):
+        bench.run(Job(method, batch, 8, [8], 1), -1)
+    plain = bench.run(Job("plain", batch, n, [n], 1), 0).seconds[n]
+    loop = bench.run(Job("rm-loop", batch, n, [n], 1), 0).seconds[n]
+
+    # 1. Wall-clock split of the guided run by wrapping the pieces on this process's objects.
+    store: dict[str, list[float]] = defaultdict(list)
+    state, scorer, processor = guidance.state, guidance.state.scorer, guidance.logits_processor
+    lm = setup.lm
+    originals = {
+        "lm.forward": (lm, "forward"),
+        "scorer.score (RM forward of k tokens)": (scorer, "score"),
+        "scorer.advance (keep the chosen token)": (scorer, "advance"),
+        "state.commit (trace, parents)": (state, "commit"),
+        "state.begin_step": (state, "begin_step"),
+        "logits processor (total)": (processor, "__call__"),
+        "stopping criteria": (guidance.stopping_criteria, "__call__"),
+    }
+    for name, (obj, attr) in originals.items():
+        if attr == "__call__":
+            continue
+        setattr(obj, attr, _timed(store, name, getattr(obj, attr)))
+    processor_cls_call = type(processor).__call__
+    criteria_cls_call = type(guidance.stopping_criteria).__call__
+    type(processor).__call__ = _timed(store, "logits processor (total)", processor_cls_call)
+    type(guidance.stopping_criteria).__call__ = _timed(store, "stopping criteria", criteria_cls_call)
+    try:
+        total = bench.run(job, 0).seconds[n]
+    finally:
+        type(processor).__call__ = processor_cls_call
+        type(guidance.stopping_criteria).__call__ = criteria_cls_call
+        for _name, (obj, attr) in originals.items():
+            obj.__dict__.pop(attr, None)
+    split = [
+        f"## Wall-clock split of one guided run on (b), batch {batch}, {n} new tokens",
+        "",
+        f"plain run {plain / n * 1e3:.1f} ms/token, RM loop {loop / n * 1e3:.1f} ms/token, floor "
+        f"{(plain + loop) / n * 1e3:.1f} ms/token; guided run (timers on) {total / n * 1e3:.1f} ms/token.",
+        "",
+        "| piece | calls | ms per token | share of the guided run |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, times in store.items():
+        split.append(f"| {name} | {len(times)} | {sum(times) / n * 1e3:.2f} | {sum(times) / total:.0%} |")
+    processor_time = sum(store["logits processor (total)"])
+    inside = sum(store["scorer.score (RM forward of k tokens)"]) + sum(store["state.begin_step"])
+    split.append(
+        f"| processor minus score and begin_step (log_softmax, topk, scatter, checks) | | "
+        f"{(processor_time - inside) / n * 1e3:.2f} | {(processor_time - inside) / total:.0%} |"
+    )
+    rest = total - processor_time - sum(store["lm.forward"]) - sum(store["stopping criteria"])
+    split.append(f"| generate() itself (the rest) | | {rest / n * 1e3:.2f} | {rest / total:.0%} |")
+
+    # 2. cProfile of the same run.
+    profiler = cProfile.Profile()
+    profiler.enable()
+    bench.run(job, 0)
+    profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(25)
+    cprofile_text = stream.getvalue()
+
+    # 3. torch.profiler: the operators of the guided run.
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        bench.run(job, 0)
+    ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)
+
+    return "\n".join(
+        [
+            "# Decoding speed: profile of a guided run",
+            "",
+            f"`{environment(args, rss)['command']}` — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
+            f"UTC, torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} "
+            "threads.",
+            "",
+            *split,
+            "",
+            "## cProfile (sorted by own time, top 25)",
+            "",
+            "```",
+            cprofile_text.strip(),
+            "```",
+            "",
+            "## torch.profiler (CPU operators by self time, top 25)",
+            "",
+            "```",
+            ops.strip(),
+            "```",
+            "",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: batches 1,2, lengths 8,32, 2 runs")
+    parser.add_argument("--configs", default="a,b", help="comma-separated subset of a,b (default a,b)")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8)")
+    parser.add_argument(
+        "--lengths", default=None, help="comma-separated numbers of new tokens (default 64,256,512)"
+    )
+    parser.add_argument("--runs", type=int, default=None, help="measured runs per method (default 5)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="where to run the slow reference path, as config:batch:max_new_tokens items, or 'none' "
+        "(default a:1:256,a:8:64)",
+    )
+    parser.add_argument(
+        "--reference-runs", type=int, default=None, help="runs of the reference path (default 5)"
+    )
+    parser.add_argument(
+        "--warmup-tokens", type=int, default=None, help="length of the warm-up runs (default 16)"
+    )
+    parser.add_argument(
+        "--separate-lengths",
+        action="store_true",
+        help="one generate() call per length instead of checkpoints",
+    )
+    parser.add_argument("--prompt-length", type=int, default=32)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "decode_speed.md")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile guided decoding on (b) instead of benchmarking"
+    )
+    parser.add_argument("--profile-batch", type=int, default=1)
+    parser.add_argument("--profile-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    quick = args.quick
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = set(args.configs) - set(CONFIG_LABELS)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}; choose from a, b")
+    args.batches = parse_int_list(args.batches or ("1,2" if quick else "1,8"))
+    args.lengths = parse_int_list(args.lengths or ("8,32" if quick else "64,256,512"))
+    args.runs = args.runs or (2 if quick else 5)
+    args.reference_runs = args.reference_runs or (2 if quick else 5)
+    args.warmup_tokens = args.warmup_tokens or (4 if quick else 16)
+    args.reference = parse_reference(args.reference or ("a:1:32,a:2:8" if quick else "a:1:256,a:8:64"))
+    if min(args.batches) < 1 or min(args.lengths) < 1 or args.runs < 1:
+        parser.error("batches, lengths and runs have to be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    if args.profile:
+        text = profile(args)
+        path = args.output.with_name(args.output.stem + "_profile.md")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(text)
+        print(f"Wrote {_rel(path)}")
+        return 0
+
+    rss = PeakRss()
+    info = environment(args, rss)
+    results: list[RunResult] = []
+    started = time.perf_counter()
+    with tqdm(
+        total=total_work(args), unit="tok", desc="decode_speed", smoothing=0, dynamic_ncols=True
+    ) as bar:
+        for config in args.configs:
+            run_config(config, args, rss, bar, results, info)
+    elapsed = time.perf_counter() - started
+
+    cells = summarise(results)
+    text = render(args, info, cells, elapsed)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    raw = {
+        "environment": info,
+        "runs": [
+            {
+                "config": r.config,
+                "method": r.method,
+                "batch": r.batch,
+                "run": r.run,
+                "baseline_rss": r.baseline_rss,
+                "seconds": r.seconds,
+                "peak_rss": r.peak_rss,
+            }
+            for r in results
+        ],
+    }
+    args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    print(text)
+    print(f"Wrote {_rel(args.output)} and {_rel(args.output.with_suffix('.json'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
