@@ -30,6 +30,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    BertConfig,
     GPT2Config,
     LlamaConfig,
     PreTrainedConfig,
@@ -74,7 +75,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(arch: str, **overrides) -> PreTrainedConfig:
-    """A 2-layer, hidden-size-64 configuration of `arch` ("gpt2", "llama" or "qwen2")."""
+    """A 2-layer, hidden-size-64 configuration of `arch` ("gpt2", "llama", "qwen2", or the encoder "bert")."""
+    if arch == "bert":
+        kwargs = {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+        }
+        return BertConfig(**{"vocab_size": VOCAB_SIZE, **kwargs, **overrides})
     common = {"vocab_size": VOCAB_SIZE, "bos_token_id": 0, "eos_token_id": 0}
     if arch == "gpt2":
         kwargs = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": MAX_POSITIONS}

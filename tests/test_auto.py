@@ -11,7 +11,7 @@ from conftest import (
     tiny_prefix_rm,
     tiny_sequence_classifier,
 )
-from transformers import AutoModelForSequenceClassification, BartConfig, BertConfig, T5Config
+from transformers import AutoModelForSequenceClassification, BartConfig, T5Config
 
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardConfig, PrefixRewardModel
 
@@ -142,19 +142,11 @@ def test_encoder_decoder_checkpoint_is_rejected(config, tmp_path):
 
 
 def test_encoder_only_checkpoint_loads_but_is_not_incremental(tmp_path):
-    bert = BertConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    AutoModelForSequenceClassification.from_config(
-        BertConfig(**bert.to_dict(), num_labels=1)
-    ).save_pretrained(tmp_path / "cls")
+    classifier = AutoModelForSequenceClassification.from_config(tiny_config("bert", num_labels=1))
+    classifier.save_pretrained(tmp_path / "cls")
     with pytest.raises(ValueError, match="encoder sequence-classification"):
         AutoModelForPrefixReward.from_pretrained(tmp_path / "cls")
-    model = AutoModelForPrefixReward.from_config(bert)
+    model = AutoModelForPrefixReward.from_config(tiny_config("bert"))
     assert not model.supports_incremental_scoring
 
 

@@ -511,17 +511,8 @@ def test_reward_model_in_another_dtype():
 
 
 def test_encoder_reward_model_falls_back_to_the_reference_scorer():
-    from transformers import BertConfig
-
     lm, _ = models("gpt2")
-    bert = BertConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    rm = PrefixRewardModel(PrefixRewardConfig(text_config=bert)).eval()
+    rm = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert"))).eval()
     guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
     assert isinstance(guidance.state.scorer, ReferenceScorer)
     ids, mask = left_padded()

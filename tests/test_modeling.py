@@ -3,7 +3,7 @@ import torch
 from conftest import ARCHITECTURES, MAX_POSITIONS, VOCAB_SIZE, tiny_config, tiny_prefix_rm
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import BertConfig, DynamicCache, T5Config
+from transformers import DynamicCache, T5Config
 
 from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
 
@@ -177,14 +177,7 @@ def test_sequence_longer_than_max_positions_is_rejected(arch):
 
 
 def test_encoder_backbone_is_allowed_but_not_incremental():
-    bert = BertConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-    )
-    model = PrefixRewardModel(PrefixRewardConfig(text_config=bert)).eval()
+    model = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert"))).eval()
     assert not model.supports_incremental_scoring
     assert tiny_prefix_rm("gpt2").supports_incremental_scoring
     ids, mask = right_pad(random_rows(torch.Generator().manual_seed(4), [5, 3]))
