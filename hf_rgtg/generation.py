@@ -161,9 +161,15 @@ class RewardGuidance:
         """The trace of the last `generate()` call."""
         return self.state.trace
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        """`{"logits_processor": ..., "stopping_criteria": ...}` for `model.generate(**inputs, **kwargs)`."""
-        self.state.prepare()
+    def generate_kwargs(self, attention_mask: torch.Tensor | None = None) -> dict[str, Any]:
+        """`{"logits_processor": ..., "stopping_criteria": ...}` for `model.generate(**inputs, **kwargs)`.
+
+        Args:
+            attention_mask (`torch.Tensor`, *optional*): the prompts' attention mask. Without it, the prompts' left
+                padding is recognised as their leading run of pad tokens, which is wrong only when a prompt really
+                starts with the pad token (a tokenizer whose BOS is its pad token); pass the mask then.
+        """
+        self.state.prepare(attention_mask)
         return {
             "logits_processor": LogitsProcessorList([self.logits_processor]),
             "stopping_criteria": StoppingCriteriaList([self.stopping_criteria]),
@@ -358,6 +364,8 @@ def reward_guided_generate(
         )
     attention_mask = model_kwargs.get("attention_mask")
     _check_against_model(model, reward_guidance, input_ids, generation_config, attention_mask)
+    if attention_mask is None:  # `generate()` drops an all-ones mask; nothing is padding then
+        attention_mask = torch.ones_like(input_ids)
 
     reward_guidance.state.prepare(attention_mask)
     processors = list(logits_processor)

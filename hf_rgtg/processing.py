@@ -132,6 +132,9 @@ class GuidanceTrace:
     candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
     children: dict[tuple[int, int], int] = field(default_factory=dict)
     roots: dict[tuple[int, ...], int] = field(default_factory=dict)
+    # The last scoring step, kept as is: (node of each row, candidates, their rewards, finished rows). A token
+    # `generate()` appended after it but never committed (beam search's final step) is read from here.
+    last_step: tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def add_root(self, prompt: tuple[int, ...], reward: float) -> int:
         if prompt not in self.roots:
@@ -172,12 +175,25 @@ class GuidanceTrace:
         for token in ids[prompt_length:]:
             parent, node = node, self.children.get((node, token))
             if node is None:
+                node = self._from_last_step(parent, token)
+            if node is None:
                 break
             record = StepRecord(token=token, reward=self.rewards[node])
             if parent in self.candidates:
                 record.candidates, record.candidate_rewards = self.candidates[parent]
             records.append(record)
         return records
+
+    def _from_last_step(self, node: int, token: int) -> int | None:
+        if self.last_step is None:
+            return None
+        nodes, candidates, rewards, finished = self.last_step
+        for row, row_node in enumerate(nodes):
+            if row_node == node and not finished[row]:
+                hits = (candidates[row] == token).nonzero()
+                if len(hits):
+                    return self.child(node, token, float(rewards[row, hits[0, 0]]))
+        return None
 
     def rewards_of(self, sequences: torch.Tensor, prompt_length: int) -> list[list[float]]:
         """The prefix reward after each generated token, for every returned sequence."""
@@ -257,7 +273,14 @@ class GuidanceState:
 
     def _reset(self, input_ids: torch.Tensor) -> None:
         mask = self._prompt_mask
-        if mask is None or mask.shape != input_ids.shape:
+        if (
+            mask is not None
+            and mask.shape[1] == input_ids.shape[1]
+            and input_ids.shape[0] % mask.shape[0] == 0
+        ):
+            # `generate()` repeats each prompt for `num_return_sequences` or `num_beams`.
+            mask = mask.to(input_ids.device).repeat_interleave(input_ids.shape[0] // mask.shape[0], dim=0)
+        else:
             mask = leading_padding_mask(input_ids, self.pad_token_id)
         if self._ids is not None or self.reward_calls:
             self.prepare()
@@ -343,6 +366,7 @@ class GuidanceState:
         self._candidates = candidates.cpu()
         self._candidate_rewards = rewards.cpu()
         self._committed = None
+        self.trace.last_step = (list(self._nodes), self._candidates, self._candidate_rewards, self._finished)
         if self.config.record_candidates:
             for node, cands, rews in zip(
                 self._nodes, self._candidates.tolist(), self._candidate_rewards.tolist(), strict=True

@@ -143,13 +143,17 @@ def test_beam_search_matches_reference(arch):
     ref_out, reference = guided(lm, rm, ids, mask, scorer="reference", **kwargs)
     assert torch.equal(out, ref_out)
     assert_traces_agree(out, fast, reference, ids.shape[1])
-    # Beam search reorders rows: the returned beams are not simply rows 0, 1 of each prompt's expansion.
+    # Beam search reorders rows: the returned beams are not simply rows 0, 1 of each prompt's expansion. Every
+    # generated token has its reward in the trace, the last one (never committed by a later step) included.
     direct = rm(
         out,
         attention_mask=torch.cat([mask.repeat_interleave(2, 0), torch.ones_like(out[:, ids.shape[1] :])], 1),
     )
+    eos = lm.generation_config.eos_token_id
     for i, row in enumerate(out):
         rewards = fast.trace.rewards_of(row[None], ids.shape[1])[0]
+        generated = row[ids.shape[1] :].tolist()
+        assert len(rewards) == (generated.index(eos) + 1 if eos in generated else len(generated))
         torch.testing.assert_close(
             torch.tensor(rewards),
             direct.rewards[i, ids.shape[1] : ids.shape[1] + len(rewards)],
@@ -608,3 +612,41 @@ def test_generating_past_the_reward_model_positions_with_explicit_processors_fai
             pad_token_id=PAD,
             **guidance.generate_kwargs(),
         )
+
+
+def test_prompts_that_start_with_the_pad_token_keep_it_with_an_explicit_mask():
+    """When BOS is the pad token, a prompt may begin with it: the mask, not the pad id, decides what is padding."""
+    lm, rm = models("llama")
+    ids = torch.tensor([[PAD, 5, 6, 7], [PAD, 8, 9, 10]])  # the leading id is a real token here
+    mask = torch.ones_like(ids)
+    guidance = RewardGuidance(rm, top_k=4, pad_token_id=PAD, record_candidates=True)
+    out = lm.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=3,
+        do_sample=False,
+        num_return_sequences=2,
+        num_beams=2,
+        pad_token_id=PAD,
+        **guidance.generate_kwargs(attention_mask=mask),
+    )
+    direct = rm(out).rewards[:, ids.shape[1] :]
+    for i, row in enumerate(out):
+        torch.testing.assert_close(
+            torch.tensor(guidance.trace.rewards_of(row[None], 4)[0]), direct[i], atol=1e-4, rtol=0
+        )
+    # Through custom_generate, generate() drops the all-ones mask; the guidance still counts the first token.
+    custom = RewardGuidance(rm, top_k=4, pad_token_id=PAD)
+    again = lm.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=3,
+        do_sample=False,
+        num_return_sequences=2,
+        num_beams=2,
+        pad_token_id=PAD,
+        custom_generate=reward_guided_generate,
+        reward_guidance=custom,
+    )
+    assert torch.equal(again, out)
+    torch.testing.assert_close(torch.tensor(custom.trace.rewards_of(again, 4)), direct, atol=1e-4, rtol=0)
