@@ -35,7 +35,7 @@ Usage::
     python benchmarks/decode_speed.py                  # full run (about 40 minutes on 2 cores)
     python benchmarks/decode_speed.py --quick          # smoke run, a few minutes
     python benchmarks/decode_speed.py --configs a --batches 1 --lengths 64,256 --runs 7
-    python benchmarks/decode_speed.py --profile        # where the time of a guided step goes, on (b)
+    python benchmarks/decode_speed.py --profile        # where the time of a guided step goes (on (b); --profile-config a)
 
 The markdown table is printed and written to ``benchmarks/results/decode_speed.md`` (raw timings to
 ``decode_speed.json`` beside it).
@@ -198,6 +198,41 @@ class StepClock(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         self.mark(input_ids.shape[1] - self.prompt_length)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class LoadMeter:
+    """How many cores other processes kept busy during a window: system-wide busy CPU time minus this process's
+    own, over the wall time. On a shared machine it tells which runs were disturbed."""
+
+    def __init__(self):
+        self.process = psutil.Process()
+        self._start = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        system = psutil.cpu_times()
+        busy = sum(system) - system.idle - getattr(system, "iowait", 0.0)
+        own = self.process.cpu_times()
+        return time.perf_counter(), busy, own.user + own.system
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> float:
+        wall, busy, own = self._now()
+        wall0, busy0, own0 = self._start
+        return max(0.0, ((busy - busy0) - (own - own0)) / max(wall - wall0, 1e-9))
+
+    def wait_quiet(self, limit: float, max_seconds: float) -> float:
+        """Sleep in one-second windows until other processes use at most `limit` cores (or time is up)."""
+        deadline = time.perf_counter() + max_seconds
+        load = float("inf")
+        while time.perf_counter() < deadline:
+            self.start()
+            time.sleep(1.0)
+            load = self.stop()
+            if load <= limit:
+                break
+        return load
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -424,6 +459,7 @@ class RunResult:
     batch: int
     run: int
     baseline_rss: int
+    foreign_load: float  # cores kept busy by other processes during the run
     seconds: dict[int, float]
     peak_rss: dict[int, int]
 
@@ -431,6 +467,7 @@ class RunResult:
 class Bench:
     def __init__(self, setup: Setup, top_k: int, beta: float, rss: PeakRss):
         self.setup = setup
+        self.load = LoadMeter()
         self.top_k = top_k
         self.rss = rss
         self.guidance = {
@@ -451,11 +488,13 @@ class Bench:
 
     def run(self, job: Job, run: int) -> RunResult:
         clock = StepClock(self.setup.prompts.shape[1], job.checkpoints, self.rss)
+        self.load.start()
         if job.method == "rm-loop":
             seconds_end = self._rm_loop(job, clock)
         else:
             seconds_end = self._generate(job, clock)
         final_peak = self.rss.stop()
+        foreign_load = self.load.stop()
         start, end = seconds_end
         clock.times[job.new_tokens] = end
         clock.peaks[job.new_tokens] = final_peak
@@ -465,6 +504,7 @@ class Bench:
             batch=job.batch,
             run=run,
             baseline_rss=self.rss.baseline,
+            foreign_load=foreign_load,
             seconds={n: clock.times[n] - start for n in job.checkpoints},
             peak_rss={n: clock.peaks[n] for n in job.checkpoints},
         )
@@ -604,12 +644,39 @@ def run_config(config: str, args, rss: PeakRss, bar: tqdm, all_results: list[Run
                     continue
                 bar.set_description(f"({config}) b={batch} {job.method} N={job.new_tokens} run {run + 1}")
                 result = bench.run(job, run)
+                for _ in range(args.retries):
+                    if result.foreign_load <= args.max_foreign_load:
+                        break
+                    # Another process was busy: wait for a quiet moment and measure this run again.
+                    info["discarded"].append(_run_record(result))
+                    bar.write(
+                        f"  ({config}) b={batch} {job.method} run {run + 1}: other processes used "
+                        f"{result.foreign_load:.2f} cores; discarded, waiting for a quiet machine and running it again"
+                    )
+                    bench.load.wait_quiet(args.max_foreign_load / 2, args.quiet_wait)
+                    result = bench.run(job, run)
                 all_results.append(result)
                 bar.update(job.new_tokens * job.batch)
                 done = " ".join(f"{n}:{result.seconds[n] / n * 1e3:.1f}" for n in job.checkpoints)
-                bar.write(f"  ({config}) b={batch} {job.method:9s} run {run + 1}: ms/token {done}")
+                bar.write(
+                    f"  ({config}) b={batch} {job.method:9s} run {run + 1}: ms/token {done} "
+                    f"(other load {result.foreign_load:.2f} cores)"
+                )
     del bench, setup
     gc.collect()
+
+
+def _run_record(r: RunResult) -> dict:
+    return {
+        "config": r.config,
+        "method": r.method,
+        "batch": r.batch,
+        "run": r.run,
+        "baseline_rss": r.baseline_rss,
+        "foreign_load": round(r.foreign_load, 3),
+        "seconds": r.seconds,
+        "peak_rss": r.peak_rss,
+    }
 
 
 def total_work(args) -> int:
@@ -629,6 +696,7 @@ class Cell:
     spread: dict[str, tuple[float, float]] = field(default_factory=dict)  # min, max ms per token
     delta_mib: dict[str, float] = field(default_factory=dict)  # max over runs of peak - baseline
     peak_mib: dict[str, float] = field(default_factory=dict)  # max over runs of the absolute peak
+    foreign_load: float = 0.0  # the most cores other processes used during any run of the cell
 
 
 def summarise(results: list[RunResult]) -> dict[tuple[str, int, int], Cell]:
@@ -645,12 +713,11 @@ def summarise(results: list[RunResult]) -> dict[tuple[str, int, int], Cell]:
         cell.runs[method] = len(runs)
         cell.delta_mib[method] = max(r.peak_rss[n] - r.baseline_rss for r in runs) / MIB
         cell.peak_mib[method] = max(r.peak_rss[n] for r in runs) / MIB
-    for (config, batch, n), cell in cells.items():
-        plain = {r.run: r.seconds[n] for r in per.get((config, batch, n, "plain"), [])}
-        loop = {r.run: r.seconds[n] for r in per.get((config, batch, n, "rm-loop"), [])}
-        pairs = [plain[i] + loop[i] for i in plain if i in loop]
-        if pairs:
-            cell.ms["floor"] = statistics.median(pairs) / n * 1e3
+        cell.foreign_load = max(cell.foreign_load, *(r.foreign_load for r in runs))
+    for cell in cells.values():
+        # The sum of the two medians: robust to a disturbed run of either (a sum per repetition is not).
+        if "plain" in cell.ms and "rm-loop" in cell.ms:
+            cell.ms["floor"] = cell.ms["plain"] + cell.ms["rm-loop"]
     return dict(sorted(cells.items()))
 
 
@@ -685,15 +752,15 @@ def timing_table(cells: dict[tuple[str, int, int], Cell]) -> str:
 
 def spread_table(cells: dict[tuple[str, int, int], Cell]) -> str:
     lines = [
-        "| config | batch | new tokens | plain | fast | reference | RM loop |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| config | batch | new tokens | plain | fast | reference | RM loop | most cores used by other processes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (config, batch, n), cell in cells.items():
         parts = []
         for method in ("plain", "fast", "reference", "rm-loop"):
             lo_hi = cell.spread.get(method)
             parts.append("–" if lo_hi is None else f"{lo_hi[0]:.2f}–{lo_hi[1]:.2f}")
-        lines.append(f"| ({config}) | {batch} | {n} | " + " | ".join(parts) + " |")
+        lines.append(f"| ({config}) | {batch} | {n} | " + " | ".join(parts) + f" | {cell.foreign_load:.2f} |")
     return "\n".join(lines)
 
 
@@ -826,7 +893,25 @@ def environment(args, rss: PeakRss) -> dict:
         "memory": f"{psutil.virtual_memory().total / 1024**3:.1f} GiB",
         "rss": rss.mode,
         "configs": {},
+        "discarded": [],
     }
+
+
+def _load_note(args, info: dict) -> str:
+    discarded = info["discarded"]
+    text = (
+        "The machine may be shared: during every run the script measures how many cores other processes kept "
+        "busy (system-wide busy CPU time minus this process's, over the wall time). A run that saw more than "
+        f"{args.max_foreign_load:g} cores of other load was discarded and run again after waiting for a quiet "
+        f"moment (at most {args.retries} times). "
+    )
+    if not discarded:
+        return text + "No run was discarded."
+    kinds = defaultdict(int)
+    for record in discarded:
+        kinds[f"({record['config']}) batch {record['batch']} {record['method']}"] += 1
+    listed = ", ".join(f"{name} ×{count}" for name, count in sorted(kinds.items()))
+    return text + f"Discarded {len(discarded)} run(s): {listed}."
 
 
 def render(args, info: dict, cells: dict[tuple[str, int, int], Cell], elapsed: float) -> str:
@@ -885,7 +970,7 @@ def render(args, info: dict, cells: dict[tuple[str, int, int], Cell], elapsed: f
         f"where affordable: {ref_plan or 'nowhere'}; {args.reference_runs} runs.",
         "- **RM loop**: `CachedScorer(rm)` driven directly: `reset(prompt)`, then per step `score(k random "
         "candidates)` and `advance(one of them)`; the RM's share of a guided step.",
-        "- **floor** = plain + RM loop, paired per repetition: a guided step cannot cost less than one LM step "
+        "- **floor** = median plain + median RM loop: a guided step cannot cost less than one LM step "
         "plus one RM forward of k tokens on top of a cache.",
         "",
         "## Time per generated token",
@@ -900,7 +985,9 @@ def render(args, info: dict, cells: dict[tuple[str, int, int], Cell], elapsed: f
         "",
         timing_table(cells),
         "",
-        "<details><summary>Fastest and slowest run (ms per token)</summary>",
+        _load_note(args, info),
+        "",
+        "<details><summary>Fastest and slowest run (ms per token), and the load of other processes</summary>",
         "",
         spread_table(cells),
         "",
@@ -939,9 +1026,10 @@ def _timed(store: dict[str, list[float]], name: str, fn: Callable) -> Callable:
 
 
 def profile(args) -> str:
-    """Where the time of guided decoding goes on (b): wrapped timers, cProfile and torch.profiler."""
+    """Where the time of guided decoding goes: wrapped timers, cProfile and torch.profiler."""
     batch, n = args.profile_batch, args.profile_tokens
-    setup = setup_b(batch, args.prompt_length, n, args.seed)
+    builder = setup_a if args.profile_config == "a" else setup_b
+    setup = builder(batch, args.prompt_length, n, args.seed)
     rss = PeakRss()
     bench = Bench(setup, args.top_k, args.beta, rss)
     guidance = bench.guidance["fast"]
@@ -980,7 +1068,7 @@ def profile(args) -> str:
         for _name, (obj, attr) in originals.items():
             obj.__dict__.pop(attr, None)
     split = [
-        f"## Wall-clock split of one guided run on (b), batch {batch}, {n} new tokens",
+        f"## Wall-clock split of one guided run on ({args.profile_config}), batch {batch}, {n} new tokens",
         "",
         f"plain run {plain / n * 1e3:.1f} ms/token, RM loop {loop / n * 1e3:.1f} ms/token, floor "
         f"{(plain + loop) / n * 1e3:.1f} ms/token; guided run (timers on) {total / n * 1e3:.1f} ms/token.",
@@ -1065,7 +1153,7 @@ def parse_args(argv: list[str] | None = None):
         "(default a:1:256,a:8:64)",
     )
     parser.add_argument(
-        "--reference-runs", type=int, default=None, help="runs of the reference path (default 5)"
+        "--reference-runs", type=int, default=None, help="runs of the reference path (default 3)"
     )
     parser.add_argument(
         "--warmup-tokens", type=int, default=None, help="length of the warm-up runs (default 16)"
@@ -1075,6 +1163,18 @@ def parse_args(argv: list[str] | None = None):
         action="store_true",
         help="one generate() call per length instead of checkpoints",
     )
+    parser.add_argument(
+        "--max-foreign-load",
+        type=float,
+        default=0.5,
+        help="a run during which other processes kept more cores than this busy is run again (default 0.5)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=2, help="how often to rerun a disturbed run (default 2)"
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=60.0, help="seconds to wait for a quiet machine before a rerun"
+    )
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--beta", type=float, default=1.0)
@@ -1082,8 +1182,11 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "decode_speed.md")
     parser.add_argument(
-        "--profile", action="store_true", help="profile guided decoding on (b) instead of benchmarking"
+        "--profile",
+        action="store_true",
+        help="profile guided decoding (on --profile-config) instead of benchmarking",
     )
+    parser.add_argument("--profile-config", choices=("a", "b"), default="b")
     parser.add_argument("--profile-batch", type=int, default=1)
     parser.add_argument("--profile-tokens", type=int, default=64)
     args = parser.parse_args(argv)
@@ -1096,7 +1199,7 @@ def parse_args(argv: list[str] | None = None):
     args.batches = parse_int_list(args.batches or ("1,2" if quick else "1,8"))
     args.lengths = parse_int_list(args.lengths or ("8,32" if quick else "64,256,512"))
     args.runs = args.runs or (2 if quick else 5)
-    args.reference_runs = args.reference_runs or (2 if quick else 5)
+    args.reference_runs = args.reference_runs or (2 if quick else 3)
     args.warmup_tokens = args.warmup_tokens or (4 if quick else 16)
     args.reference = parse_reference(args.reference or ("a:1:32,a:2:8" if quick else "a:1:256,a:8:64"))
     if min(args.batches) < 1 or min(args.lengths) < 1 or args.runs < 1:
@@ -1113,7 +1216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.profile:
         text = profile(args)
-        path = args.output.with_name(args.output.stem + "_profile.md")
+        path = args.output.with_name(f"{args.output.stem}_profile_{args.profile_config}.md")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(text)
@@ -1137,18 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(text)
     raw = {
         "environment": info,
-        "runs": [
-            {
-                "config": r.config,
-                "method": r.method,
-                "batch": r.batch,
-                "run": r.run,
-                "baseline_rss": r.baseline_rss,
-                "seconds": r.seconds,
-                "peak_rss": r.peak_rss,
-            }
-            for r in results
-        ],
+        "runs": [_run_record(r) for r in results],
     }
     args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     print(text)
