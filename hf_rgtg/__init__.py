@@ -9,7 +9,13 @@ from transformers import AutoConfig
 from .auto import AutoModelForPrefixReward
 from .configuration import PrefixRewardConfig
 from .data import PreferenceData, load_preference_data
-from .defaults import DEFAULT_LM_INSTALL_COMMAND, DEFAULT_LM_NAME, default_cache_dir, load_default_lm
+from .defaults import (
+    DEFAULT_LM_INSTALL_COMMAND,
+    DEFAULT_LM_NAME,
+    default_cache_dir,
+    load_default_lm,
+    load_default_rm,
+)
 from .evaluation import PrefixAccuracy, evaluate_prefix_accuracy
 from .generation import (
     RewardGuidance,
@@ -76,4 +82,5 @@ __all__ = [
     "default_cache_dir",
     "ensure_pad_token",
     "load_default_lm",
+    "load_default_rm",
 ]

@@ -43,7 +43,8 @@ GREEDY_BETA = 1.0
 SAMPLING_BETA = 2.0
 
 MISSING_REWARD_MODEL_MESSAGE = (
-    "no reward model given and hf_rgtg does not package a default one yet; pass "
+    "no reward model given, and this installation of hf_rgtg lacks its packaged default one ({path} is missing: "
+    "reinstall hf_rgtg, or build it with `python scripts/build_default_rm.py`); or pass "
     "--rm <folder or Hub id of a prefix reward model> (AutoModelForPrefixReward also accepts a causal-LM "
     "checkpoint sharing the language model's tokenizer, whose reward head is then untrained)"
 )
@@ -419,17 +420,11 @@ def _reward_model_loader(name: str | None) -> Callable[[], PrefixRewardModel]:
         return lambda: _load_named(
             "--rm", name, lambda: AutoModelForPrefixReward.from_pretrained(name, dtype=torch.float32).eval()
         )
-    load_default_rm = getattr(defaults, "load_default_rm", None)
-    if load_default_rm is None:
-        raise ValueError(MISSING_REWARD_MODEL_MESSAGE)
-
-    def load() -> PrefixRewardModel:
-        loaded = load_default_rm()
-        # Accept a bare model or a `(model, tokenizer)` pair, as `load_default_lm` returns.
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        return model.eval()
-
-    return load
+    if not defaults.default_rm_available():
+        raise ValueError(
+            MISSING_REWARD_MODEL_MESSAGE.format(path=defaults.DEFAULT_RM_DIR / defaults.DEFAULT_RM_HEAD_FILE)
+        )
+    return lambda: defaults.load_default_rm().eval()
 
 
 def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

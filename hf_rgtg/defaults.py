@@ -252,6 +252,11 @@ def load_reward_head(
     return model.to(dtype).eval()
 
 
+def default_rm_available() -> bool:
+    """Whether this installation holds the packaged default reward model's head (`hf_rgtg/default_rm/`)."""
+    return (DEFAULT_RM_DIR / DEFAULT_RM_HEAD_FILE).is_file()
+
+
 def load_default_rm(
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
@@ -278,8 +283,7 @@ def load_default_rm(
     Examples:
 
     ```python
-    >>> from hf_rgtg import RewardGuidance, load_default_lm
-    >>> from hf_rgtg.defaults import load_default_rm
+    >>> from hf_rgtg import RewardGuidance, load_default_lm, load_default_rm
 
     >>> lm, tokenizer = load_default_lm()  # doctest: +SKIP
     >>> rm = load_default_rm()  # doctest: +SKIP
@@ -293,7 +297,7 @@ def load_default_rm(
     ... )
     ```
     """
-    if not (DEFAULT_RM_DIR / DEFAULT_RM_HEAD_FILE).is_file():
+    if not default_rm_available():
         raise FileNotFoundError(
             f"This installation of hf_rgtg has no packaged default reward model ({DEFAULT_RM_DIR / DEFAULT_RM_HEAD_FILE} "
             "is missing). Pass a reward model explicitly (`--rm` on the command line), or build the default one with "
@@ -308,6 +312,7 @@ __all__ = [
     "DEFAULT_RM_DIR",
     "default_cache_dir",
     "default_lm_path",
+    "default_rm_available",
     "find_default_lm_gguf",
     "load_default_lm",
     "load_default_rm",

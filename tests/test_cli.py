@@ -255,8 +255,10 @@ def test_reward_model_with_another_vocabulary_is_an_error(folders, capsys, tmp_p
     assert "vocabulary" in err and err.count("\n") == 1
 
 
-def test_missing_reward_model_asks_for_rm_before_loading_anything(folders, capsys, monkeypatch):
-    monkeypatch.delattr(hf_rgtg.defaults, "load_default_rm", raising=False)
+def test_missing_default_reward_model_asks_for_rm_before_loading_anything(
+    folders, capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(hf_rgtg.defaults, "DEFAULT_RM_DIR", tmp_path / "no-default-rm")
     monkeypatch.setattr(hf_rgtg.defaults, "load_default_lm", lambda *a, **k: pytest.fail("loaded the LM"))
     code, out, err = run(capsys, PROMPT)
     assert code == 2 and out == ""
@@ -267,7 +269,8 @@ def test_missing_reward_model_asks_for_rm_before_loading_anything(folders, capsy
 
 def test_packaged_default_reward_model_is_used_when_rm_is_not_given(folders, capsys, monkeypatch):
     rm = AutoModelForPrefixReward.from_pretrained(folders["rm"])
-    monkeypatch.setattr(hf_rgtg.defaults, "load_default_rm", lambda: rm, raising=False)
+    monkeypatch.setattr(hf_rgtg.defaults, "default_rm_available", lambda: True)
+    monkeypatch.setattr(hf_rgtg.defaults, "load_default_rm", lambda: rm)
     code, out, _ = run(capsys, PROMPT, "--lm", folders["lm"], "--max-new-tokens", "5")
     assert code == 0
     assert out == reference(folders)["guided_text"] + "\n"
