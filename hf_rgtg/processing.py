@@ -134,7 +134,7 @@ class GuidanceTrace:
     roots: dict[tuple[int, ...], int] = field(default_factory=dict)
     # The last scoring step, kept as is: (node of each row, candidates, their rewards, finished rows). A token
     # `generate()` appended after it but never committed (beam search's final step) is read from here.
-    last_step: tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    last_step: tuple[list[int], list[list[int]], list[list[float]], list[bool]] | None = None
 
     def add_root(self, prompt: tuple[int, ...], reward: float) -> int:
         if prompt not in self.roots:
@@ -189,10 +189,8 @@ class GuidanceTrace:
             return None
         nodes, candidates, rewards, finished = self.last_step
         for row, row_node in enumerate(nodes):
-            if row_node == node and not finished[row]:
-                hits = (candidates[row] == token).nonzero()
-                if len(hits):
-                    return self.child(node, token, float(rewards[row, hits[0, 0]]))
+            if row_node == node and not finished[row] and token in candidates[row]:
+                return self.child(node, token, rewards[row][candidates[row].index(token)])
         return None
 
     def rewards_of(self, sequences: torch.Tensor, prompt_length: int) -> list[list[float]]:
@@ -244,7 +242,7 @@ class GuidanceState:
             if isinstance(eos_token_id, int)
             else list(eos_token_id)
         )
-        self.eos_token_ids = torch.tensor(eos, dtype=torch.long)
+        self.eos_token_ids = frozenset(eos)
         self.pad_token_id = pad_token_id
         self.trace = GuidanceTrace()
         self.reward_calls = 0
@@ -253,12 +251,14 @@ class GuidanceState:
         self._clear()
 
     def _clear(self) -> None:
+        # Per-row bookkeeping is kept in Python lists: a handful of rows and k candidates are cheaper to walk in
+        # Python than to push through a dozen tiny tensor operations at every step.
         self._ids: torch.Tensor | None = None  # the rows at the last scoring step
-        self._candidates: torch.Tensor | None = None  # (rows, k) scored at that step
-        self._candidate_rewards: torch.Tensor | None = None
+        self._candidates: list[list[int]] | None = None  # (rows, k) scored at that step
+        self._candidate_rewards: list[list[float]] | None = None
         self._nodes: list[int] = []
-        self._finished: torch.Tensor | None = None
-        self._last_rewards: torch.Tensor | None = None
+        self._finished: list[bool] | None = None
+        self._last_rewards: list[float] | None = None
         self._committed: tuple[int, torch.Tensor | None, torch.Tensor] | None = (
             None  # (length, parents, chosen)
         )
@@ -288,8 +288,8 @@ class GuidanceState:
         prompt_rewards = self.scorer.reset(input_ids, mask).float().cpu()
         self.start_time = time.monotonic()
         self._ids = input_ids
-        self._finished = torch.zeros(len(input_ids), dtype=torch.bool)
-        self._last_rewards = prompt_rewards.clone()
+        self._finished = [False] * len(input_ids)
+        self._last_rewards = prompt_rewards.tolist()
         self._nodes = [
             self.trace.add_root(tuple(row), reward)
             for row, reward in zip(input_ids.tolist(), prompt_rewards.tolist(), strict=True)
@@ -318,36 +318,32 @@ class GuidanceState:
         parents = self._parents(input_ids)
         if parents is False:
             return False
-        cpu_parents = None if parents is None else parents.cpu()
-        candidates, rewards = self._candidates, self._candidate_rewards
-        finished = self._finished
-        if cpu_parents is not None:
-            candidates, rewards, finished = (
-                candidates[cpu_parents],
-                rewards[cpu_parents],
-                finished[cpu_parents],
-            )
-            self._nodes = [self._nodes[p] for p in cpu_parents.tolist()]
-            self._last_rewards = self._last_rewards[cpu_parents]
-        tokens = input_ids[:, -1].cpu()
-        hits = candidates == tokens[:, None]
-        found = hits.any(-1)
-        chosen = torch.where(found, hits.int().argmax(-1), -1)
-        chosen_rewards = rewards.gather(1, chosen.clamp(min=0)[:, None])[:, 0].masked_fill(
-            ~found, float("nan")
-        )
-        for row, (token, reward) in enumerate(zip(tokens.tolist(), chosen_rewards.tolist(), strict=True)):
-            if not finished[row]:
-                self._nodes[row] = self.trace.child(self._nodes[row], token, reward)
-        live = ~finished
-        self._last_rewards = torch.where(live, chosen_rewards, self._last_rewards)
-        newly_finished = live & torch.isin(tokens, self.eos_token_ids)
-        if self.config.reward_threshold is not None:
-            newly_finished |= live & (chosen_rewards >= self.config.reward_threshold)
-        # Finished rows only get padding from now on: their cache entries are never read, so any candidate will do.
-        chosen = torch.where(finished, chosen.clamp(min=0), chosen)
-        self._finished = finished | newly_finished
-        self._committed = (input_ids, parents, chosen)
+        candidates, rewards, finished = self._candidates, self._candidate_rewards, self._finished
+        if parents is not None:
+            order = parents.tolist()
+            candidates = [candidates[p] for p in order]
+            rewards = [rewards[p] for p in order]
+            finished = [finished[p] for p in order]
+            self._nodes = [self._nodes[p] for p in order]
+            self._last_rewards = [self._last_rewards[p] for p in order]
+        threshold = self.config.reward_threshold
+        chosen = []
+        now_finished = list(finished)
+        for row, token in enumerate(input_ids[:, -1].tolist()):
+            row_candidates = candidates[row]
+            index = row_candidates.index(token) if token in row_candidates else -1
+            if finished[row]:
+                # Finished rows only get padding: their cache entries are never read, so any candidate will do.
+                chosen.append(max(index, 0))
+                continue
+            reward = rewards[row][index] if index >= 0 else math.nan
+            chosen.append(index)
+            self._nodes[row] = self.trace.child(self._nodes[row], token, reward)
+            self._last_rewards[row] = reward
+            if token in self.eos_token_ids or (threshold is not None and reward >= threshold):
+                now_finished[row] = True
+        self._finished = now_finished
+        self._committed = (input_ids, parents, torch.tensor(chosen))
         return True
 
     def begin_step(self, input_ids: torch.Tensor) -> None:
@@ -363,15 +359,20 @@ class GuidanceState:
         """Rewards of the candidates `(rows, k)`, recorded for the trace and the budgets."""
         rewards = self.scorer.score(candidates).float()
         self.reward_calls += 1
-        self._candidates = candidates.cpu()
-        self._candidate_rewards = rewards.cpu()
+        self._candidates = candidates.tolist()
+        self._candidate_rewards = rewards.tolist()
         self._committed = None
-        self.trace.last_step = (list(self._nodes), self._candidates, self._candidate_rewards, self._finished)
+        self.trace.last_step = (
+            list(self._nodes),
+            self._candidates,
+            self._candidate_rewards,
+            list(self._finished),
+        )
         if self.config.record_candidates:
-            for node, cands, rews in zip(
-                self._nodes, self._candidates.tolist(), self._candidate_rewards.tolist(), strict=True
+            for node, row_candidates, row_rewards in zip(
+                self._nodes, self._candidates, self._candidate_rewards, strict=True
             ):
-                self.trace.candidates[node] = (cands, rews)
+                self.trace.candidates[node] = (row_candidates, row_rewards)
         return rewards
 
     def budget_spent(self) -> bool:
@@ -394,7 +395,8 @@ class GuidanceState:
             or len(self._last_rewards) != num_rows
         ):
             return torch.zeros(num_rows, dtype=torch.bool)
-        return self._last_rewards >= self.config.reward_threshold
+        threshold = self.config.reward_threshold
+        return torch.tensor([reward >= threshold for reward in self._last_rewards], dtype=torch.bool)
 
 
 class RewardGuidedLogitsProcessor(LogitsProcessor):
@@ -451,14 +453,11 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         self.state.begin_step(input_ids)
         base = scores.log_softmax(dim=-1) if config.score_with == "logprobs" else scores
         top_base, candidates = base.topk(k, dim=-1)
-        valid = top_base > float("-inf")
-        rewards = self.state.score(candidates).to(scores.device)
-        rewards = config.transform(rewards)
+        rewards = config.transform(self.state.score(candidates).to(scores.device))
         if config.standardize_rewards:
-            rewards = _standardize(rewards, valid)
-        combined = torch.where(
-            valid, top_base + config.beta * rewards, torch.full_like(top_base, float("-inf"))
-        )
+            rewards = _standardize(rewards, top_base > float("-inf"))
+        # A candidate an earlier processor forbade keeps its -inf: -inf plus a finite reward is -inf.
+        combined = top_base + config.beta * rewards
         return torch.full_like(scores, float("-inf")).scatter_(1, candidates, combined)
 
     def _check_vocabulary(self, vocab_size: int) -> None:

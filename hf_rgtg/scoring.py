@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from .incremental import IncrementalDecoder, KVBuffer
 from .modeling import PrefixRewardModel
 
 
@@ -29,6 +30,9 @@ class CandidateScorer(ABC):
     Args:
         reward_model ([`PrefixRewardModel`]): the reward model, on any device and dtype.
     """
+
+    #: Whether the scorer reads `input_ids` after `reset` (otherwise they are not kept up to date).
+    keeps_input_ids: bool = True
 
     def __init__(self, reward_model: PrefixRewardModel):
         self.reward_model = reward_model
@@ -40,7 +44,10 @@ class CandidateScorer(ABC):
         """Start over with new prompts; returns the reward of each prompt, shape `(rows,)`."""
         self.input_ids = input_ids.to(self.device)
         self.attention_mask = attention_mask.to(self.device, torch.long)
-        return self._reset()
+        rewards = self._reset()
+        if not self.keeps_input_ids:
+            self.input_ids = None
+        return rewards
 
     def advance(
         self, tokens: torch.Tensor, parents: torch.Tensor | None = None, chosen: torch.Tensor | None = None
@@ -57,10 +64,12 @@ class CandidateScorer(ABC):
         tokens = tokens.to(self.device)
         if parents is not None:
             parents = parents.to(self.device)
-            self.input_ids = self.input_ids.index_select(0, parents)
+            if self.input_ids is not None:
+                self.input_ids = self.input_ids.index_select(0, parents)
             self.attention_mask = self.attention_mask.index_select(0, parents)
         self._advance(tokens, parents, None if chosen is None else chosen.to(self.device))
-        self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
+        if self.input_ids is not None:
+            self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
         self.attention_mask = torch.cat(
             [self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1
         )
@@ -142,13 +151,19 @@ class CachedScorer(CandidateScorer):
     processor after this one that changed the choice) is encoded with one extra forward, so the cache always
     matches the rows' tokens.
 
-    Needs a decoder reward model with `attn_implementation` `"sdpa"` or `"eager"`.
+    For GPT-2 and Llama-family backbones the steps run on an [`~incremental.IncrementalDecoder`] over a buffer
+    that grows in place; other decoders go through the transformers forward and its `DynamicCache`. Needs a
+    decoder reward model with `attn_implementation` `"sdpa"` or `"eager"`.
 
     Args:
         reward_model ([`PrefixRewardModel`]): a decoder prefix reward model.
+        incremental (`bool`, *optional*, defaults to `True`): use the incremental decoder where the backbone's
+            architecture allows it; `False` always uses the transformers forward.
     """
 
-    def __init__(self, reward_model: PrefixRewardModel):
+    keeps_input_ids = False
+
+    def __init__(self, reward_model: PrefixRewardModel, incremental: bool = True):
         super().__init__(reward_model)
         if not reward_model.supports_incremental_scoring:
             raise ValueError(
@@ -163,7 +178,9 @@ class CachedScorer(CandidateScorer):
                 "`attn_implementation='sdpa'`."
             )
         self._additive_mask = attn == "eager"
-        self.cache = None
+        self.decoder = IncrementalDecoder.for_model(reward_model) if incremental else None
+        self.cache = None  # the transformers cache, without a decoder
+        self.buffer: KVBuffer | None = None  # the decoder's buffer
         self._num_candidates = 0
 
     @property
@@ -173,24 +190,28 @@ class CachedScorer(CandidateScorer):
     @torch.no_grad()
     def _reset(self) -> torch.Tensor:
         out = self.reward_model(self.input_ids, attention_mask=self.attention_mask, use_cache=True)
-        self.cache = out.past_key_values
-        self._prompt_width = self.prefix_length
-        self._longest_prompt = int(self.attention_mask.sum(-1).max())
-        self._num_candidates = 0
-        for layer in self.cache.layers:
+        for layer in out.past_key_values.layers:
             if type(layer) is not DynamicLayer:
                 raise ValueError(
                     f"CachedScorer supports plain dynamic caches; this reward model uses {type(layer).__name__} "
                     "layers (sliding-window or hybrid attention). Use ReferenceScorer."
                 )
+        if self.decoder is not None:
+            self.buffer = KVBuffer.from_cache(out.past_key_values, self.decoder.num_layers)
+        else:
+            self.cache = out.past_key_values
+        self._prompt_width = self.prefix_length
+        self._positions = self.attention_mask.sum(-1, keepdim=True)  # the next token's position, per row
+        self._longest_prompt = int(self._positions.max())
+        self._num_candidates = 0
         return out.reward
 
-    def _sibling_mask(self, k: int) -> torch.Tensor:
+    def _sibling_mask(self, k: int, additive: bool) -> torch.Tensor:
         rows = self.attention_mask.shape[0]
         past = self.attention_mask.bool()[:, None, None, :].expand(rows, 1, k, self.prefix_length)
         own = torch.eye(k, dtype=torch.bool, device=self.device)[None, None].expand(rows, 1, k, k)
         mask = torch.cat([past, own], dim=-1)
-        if self._additive_mask:
+        if additive:
             dtype = self.reward_model.dtype
             return torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(
                 ~mask, torch.finfo(dtype).min
@@ -201,46 +222,69 @@ class CachedScorer(CandidateScorer):
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
         rows, k = candidates.shape
         self._drop_candidates()
-        positions = self.attention_mask.sum(-1, keepdim=True)
         # The longest row's length, known without reading the tensor: every step adds one real token to each row.
         longest = self._longest_prompt + self.prefix_length - self._prompt_width + 1
         max_positions = self.reward_model.max_positions
         if max_positions is not None and longest > max_positions:
             raise ValueError(self.reward_model._too_long_message(longest))
-        positions = positions.expand(rows, k)
-        rewards = self.reward_model.score_on_cache(
-            candidates.to(self.device), self._sibling_mask(k), positions, self.cache
-        )
+        positions = self._positions.expand(rows, k)
+        candidates = candidates.to(self.device)
+        if self.decoder is not None:
+            hidden = self.decoder(candidates, positions, self._sibling_mask(k, additive=False), self.buffer)
+            rewards = self.reward_model.score(hidden).squeeze(-1).float()
+        else:
+            mask = self._sibling_mask(k, additive=self._additive_mask)
+            rewards = self.reward_model.score_on_cache(candidates, mask, positions, self.cache)
         self._num_candidates = k
         return rewards
 
     def _drop_candidates(self) -> None:
-        if self._num_candidates:
+        # The decoder's buffer treats everything after the committed positions as scratch space.
+        if self._num_candidates and self.cache is not None:
             for layer in self.cache.layers:
                 layer.keys = layer.keys[:, :, : self.prefix_length]
                 layer.values = layer.values[:, :, : self.prefix_length]
-            self._num_candidates = 0
+        self._num_candidates = 0
 
     def _advance(
         self, tokens: torch.Tensor, parents: torch.Tensor | None, chosen: torch.Tensor | None
     ) -> None:
         if parents is not None:
-            self.cache.reorder_cache(parents)
-        length = self.prefix_length
+            self._positions = self._positions.index_select(0, parents)
+            if self.buffer is not None:
+                self.buffer.reorder(parents)
+            else:
+                self.cache.reorder_cache(parents)
+        positions = self._positions
+        self._positions = positions + 1
         if chosen is not None and self._num_candidates and bool((chosen >= 0).all()):
-            rows = torch.arange(len(tokens), device=self.device)
-            source = length + chosen
-            for layer in self.cache.layers:
-                for name in ("keys", "values"):
-                    tensor = getattr(layer, name)
-                    tensor[:, :, length] = tensor[rows, :, source]
-                    setattr(layer, name, tensor[:, :, : length + 1])
+            self._keep_candidate(chosen)
             self._num_candidates = 0
             return
         # Some row appended a token that was not a candidate: encode the appended tokens explicitly.
         self._drop_candidates()
         mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1)
-        self.reward_model(tokens[:, None], attention_mask=mask, past_key_values=self.cache, use_cache=True)
+        if self.decoder is not None:
+            self.decoder(tokens[:, None], positions, mask.bool()[:, None, None, :], self.buffer)
+            self.buffer.commit(1)
+        else:
+            self.reward_model(
+                tokens[:, None], attention_mask=mask, past_key_values=self.cache, use_cache=True
+            )
+
+    def _keep_candidate(self, chosen: torch.Tensor) -> None:
+        """Move each row's chosen candidate's keys and values to the end of its prefix; drop the other ones."""
+        if self.buffer is not None:
+            self.buffer.keep_one(chosen)
+            return
+        length = self.prefix_length
+        rows = torch.arange(len(chosen), device=self.device)
+        source = length + chosen
+        for layer in self.cache.layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name)
+                tensor[:, :, length] = tensor[rows, :, source]
+                setattr(layer, name, tensor[:, :, : length + 1])
 
 
 __all__ = ["CachedScorer", "CandidateScorer", "ReferenceScorer"]

@@ -1,6 +1,7 @@
 """Reward-guided decoding: the fast (cached) path against the reference path, and the three ways into generate()."""
 
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GenerationMixin
 
+import hf_rgtg.incremental
 from hf_rgtg import (
     CachedScorer,
     PrefixRewardConfig,
@@ -21,6 +23,7 @@ from hf_rgtg import (
     reward_guided_generate_enabled,
     score_sequences,
 )
+from hf_rgtg.incremental import IncrementalDecoder
 
 PAD = 0
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
@@ -176,46 +179,66 @@ def test_eager_attention_uses_an_additive_mask_and_matches_reference():
     assert_traces_agree(out, fast, reference, ids.shape[1])
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 7), min_size=1, max_size=4),
     k=st.integers(1, 6),
     steps=st.integers(1, 4),
     seed=st.integers(0, 2**16),
     reorder=st.booleans(),
+    arch=st.sampled_from(ARCHITECTURES),
+    head_layer=st.sampled_from([None, 1, -1]),
+    incremental=st.booleans(),
+    growth=st.sampled_from([1, 3, 256]),
 )
 def test_property_cached_scorer_matches_reference_under_any_padding_and_reordering(
-    lengths, k, steps, seed, reorder
+    lengths, k, steps, seed, reorder, arch, head_layer, incremental, growth
 ):
-    rm = _shared_rm()
+    rm = _shared_rm(arch, head_layer)
     generator = torch.Generator().manual_seed(seed)
     rows = [torch.randint(1, VOCAB_SIZE, (n,), generator=generator).tolist() for n in lengths]
     ids, mask = left_padded(rows)
-    cached, reference = CachedScorer(rm), ReferenceScorer(rm)
-    torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
-    for _ in range(steps):
-        candidates = torch.randint(1, VOCAB_SIZE, (len(rows), k), generator=generator)
-        torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
-        parents = torch.randint(0, len(rows), (len(rows),), generator=generator) if reorder else None
-        chosen = torch.randint(0, k, (len(rows),), generator=generator)
-        source = candidates if parents is None else candidates[parents]
-        tokens = source.gather(1, chosen[:, None])[:, 0]
-        off = torch.rand(len(rows), generator=generator) < 0.2  # sometimes a token that was not a candidate
-        tokens = torch.where(off, torch.full_like(tokens, PAD), tokens)
-        chosen = torch.where(off, torch.full_like(chosen, -1), chosen)
-        cached.advance(tokens, parents, chosen)
-        reference.advance(tokens, parents, chosen)
-    final = torch.randint(1, VOCAB_SIZE, (len(rows), k), generator=generator)
-    torch.testing.assert_close(cached.score(final), reference.score(final), atol=1e-4, rtol=0)
+    cached, reference = CachedScorer(rm, incremental=incremental), ReferenceScorer(rm)
+    # Every test architecture has an incremental decoder; `incremental=False` takes the transformers forward.
+    assert (cached.decoder is not None) == incremental
+    with patch.object(
+        hf_rgtg.incremental, "GROWTH", growth
+    ):  # small growth steps reallocate the buffer often
+        torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
+        for _ in range(steps):
+            candidates = torch.randint(1, VOCAB_SIZE, (len(rows), k), generator=generator)
+            torch.testing.assert_close(
+                cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0
+            )
+            parents = torch.randint(0, len(rows), (len(rows),), generator=generator) if reorder else None
+            chosen = torch.randint(0, k, (len(rows),), generator=generator)
+            source = candidates if parents is None else candidates[parents]
+            tokens = source.gather(1, chosen[:, None])[:, 0]
+            off = (
+                torch.rand(len(rows), generator=generator) < 0.2
+            )  # sometimes a token that was not a candidate
+            tokens = torch.where(off, torch.full_like(tokens, PAD), tokens)
+            chosen = torch.where(off, torch.full_like(chosen, -1), chosen)
+            cached.advance(tokens, parents, chosen)
+            reference.advance(tokens, parents, chosen)
+        final = torch.randint(1, VOCAB_SIZE, (len(rows), k), generator=generator)
+        torch.testing.assert_close(cached.score(final), reference.score(final), atol=1e-4, rtol=0)
 
 
-_RM = []
+_RMS: dict = {}
 
 
-def _shared_rm():
-    if not _RM:
-        _RM.append(tiny_prefix_rm("qwen2", seed=5))
-    return _RM[0]
+def _shared_rm(arch="qwen2", head_layer=None):
+    if (arch, head_layer) not in _RMS:
+        _RMS[arch, head_layer] = tiny_prefix_rm(arch, seed=5, head_layer=head_layer)
+    return _RMS[arch, head_layer]
+
+
+def test_incremental_decoder_covers_the_test_architectures_and_not_encoders():
+    for arch in ARCHITECTURES:
+        assert IncrementalDecoder.for_model(tiny_prefix_rm(arch)) is not None
+    # A head on the embeddings has no layer to run.
+    assert IncrementalDecoder.for_model(tiny_prefix_rm("llama", head_layer=0)) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -650,3 +673,16 @@ def test_prompts_that_start_with_the_pad_token_keep_it_with_an_explicit_mask():
     )
     assert torch.equal(again, out)
     torch.testing.assert_close(torch.tensor(custom.trace.rewards_of(again, 4)), direct, atol=1e-4, rtol=0)
+
+
+def test_incremental_decoder_follows_the_backbones_own_mlp_for_other_activations():
+    rm = tiny_prefix_rm("gpt2", seed=3)
+    rm.config.text_config.activation_function = "relu"
+    for block in rm.backbone.h:
+        block.mlp.act = torch.nn.ReLU()
+    ids, mask = left_padded()
+    cached, reference = CachedScorer(rm), ReferenceScorer(rm)
+    assert cached.decoder is not None and not cached.decoder.tanh_gelu
+    torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
+    candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
+    torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)

@@ -1,0 +1,304 @@
+"""An inference-only incremental forward of common decoder backbones, on a key/value buffer that grows in place.
+
+Guided decoding scores k candidate tokens on top of a reward model's cache at every step. On small models most of
+the time of a transformers forward goes to Python: output capture, mask construction, cache bookkeeping and one
+`torch.cat` per layer and step. [`IncrementalDecoder`] runs the same layers (it calls the backbone's own norms,
+projections, rotary embedding and MLPs, and only does the attention itself) on a [`KVBuffer`]: one preallocated
+tensor per layer that candidates are written into and the chosen one is kept in, without concatenation.
+
+It covers GPT-2 and the Llama family (Llama, Mistral, Qwen2 without sliding windows); for any other backbone
+[`IncrementalDecoder.for_model`] returns `None` and callers use the transformers forward. Tests compare it with a
+full re-encoding of every prefix.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.cache_utils import Cache
+
+# How many positions a buffer grows by at a time; per layer, so a growth step briefly holds one extra layer.
+GROWTH = 256
+
+
+class KVBuffer:
+    """Keys and values of every layer of a decoder, for `rows` sequences.
+
+    Layer `i` is one tensor `(2, rows, kv_heads, capacity, head_dim)` (keys, then values). Positions `[0, length)`
+    hold the rows' prefixes; positions after them are scratch space for the tokens being scored.
+
+    Args:
+        layers (`list[torch.Tensor]`): the per-layer tensors.
+        length (`int`): the number of committed positions.
+    """
+
+    def __init__(self, layers: list[torch.Tensor], length: int):
+        self.layers = layers
+        self.length = length
+
+    @classmethod
+    def from_cache(cls, cache: Cache, num_layers: int, extra: int | None = None) -> KVBuffer:
+        """Copy the first `num_layers` layers of a transformers cache into a buffer with `extra` free positions
+        (default: `GROWTH`)."""
+        extra = GROWTH if extra is None else extra
+        layers = []
+        length = 0
+        for layer in cache.layers[:num_layers]:
+            keys, values = layer.keys, layer.values
+            rows, heads, length, dim = keys.shape
+            buffer = keys.new_empty((2, rows, heads, length + extra, dim))
+            buffer[0, :, :, :length] = keys
+            buffer[1, :, :, :length] = values
+            layers.append(buffer)
+        return cls(layers, length)
+
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].shape[3]
+
+    def reserve(self, positions: int) -> None:
+        """Make room for `positions` positions after the committed ones."""
+        needed = self.length + positions
+        if needed <= self.capacity:
+            return
+        capacity = needed + GROWTH
+        for i, old in enumerate(self.layers):
+            shape = (*old.shape[:3], capacity, old.shape[4])
+            new = old.new_empty(shape)
+            new[:, :, :, : self.length] = old[:, :, :, : self.length]
+            self.layers[i] = new
+
+    def write(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write `keys`/`values` `(rows, kv_heads, n, head_dim)` after the committed positions; return the views of
+        everything up to them."""
+        end = self.length + keys.shape[2]
+        buffer = self.layers[layer]
+        buffer[0, :, :, self.length : end] = keys
+        buffer[1, :, :, self.length : end] = values
+        return buffer[0, :, :, :end], buffer[1, :, :, :end]
+
+    def commit(self, count: int) -> None:
+        """Keep the `count` positions written last."""
+        self.length += count
+
+    def keep_one(self, index: torch.Tensor) -> None:
+        """Of the tokens written after the prefix, keep the one at `index[row]` for each row, at position `length`."""
+        start = self.length
+        for buffer in self.layers:
+            two, rows, heads, _, dim = buffer.shape
+            picked = index.view(1, rows, 1, 1, 1).expand(two, rows, heads, 1, dim)
+            buffer[:, :, :, start : start + 1] = buffer[:, :, :, start:].gather(3, picked)
+        self.length += 1
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row `i` becomes the old row `rows[i]` (beam search)."""
+        self.layers = [buffer.index_select(1, rows) for buffer in self.layers]
+
+
+class IncrementalDecoder(ABC):
+    """The backbone of a prefix reward model, run on new tokens on top of a [`KVBuffer`], up to the hidden state
+    its head reads.
+
+    Build one with [`IncrementalDecoder.for_model`]; call it with the new tokens, their exact positions and a
+    boolean attention mask over the buffer's committed positions and the new tokens.
+
+    Args:
+        reward_model ([`PrefixRewardModel`]): the reward model whose backbone runs.
+    """
+
+    #: The `model_type`s a subclass runs.
+    model_types: tuple[str, ...] = ()
+
+    def __init__(self, reward_model: nn.Module):
+        backbone = reward_model.backbone
+        self.backbone = backbone
+        self.config = reward_model.config.text_config
+        self.layers = self._layer_modules(backbone)
+        total = len(self.layers)
+        head_layer = reward_model.config.head_layer
+        if head_layer is None:
+            self.num_layers, self.final_norm = total, True
+        else:
+            index = head_layer % (total + 1)
+            # `hidden_states[total]` is the final norm's output unless the config unties it.
+            self.num_layers = index
+            self.final_norm = index == total and getattr(self.config, "tie_last_hidden_states", True)
+
+    @classmethod
+    def for_model(cls, reward_model: nn.Module) -> IncrementalDecoder | None:
+        """The decoder for `reward_model`'s backbone, or `None` when its architecture is not covered."""
+        model_type = reward_model.config.text_config.model_type
+        for subclass in (GPT2Decoder, LlamaFamilyDecoder):
+            if model_type in subclass.model_types and subclass.supports(reward_model.backbone):
+                decoder = subclass(reward_model)
+                # A head on the embeddings (`head_layer=0`) leaves no layer, and no cache, to run.
+                return decoder if decoder.num_layers else None
+        return None
+
+    @classmethod
+    def supports(cls, backbone: nn.Module) -> bool:
+        return True
+
+    @staticmethod
+    @abstractmethod
+    def _layer_modules(backbone: nn.Module) -> nn.ModuleList: ...
+
+    @abstractmethod
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def layer(
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        position_state: object,
+        mask: torch.Tensor,
+        buffer: KVBuffer,
+    ) -> torch.Tensor: ...
+
+    def position_state(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> object:
+        """Per-call data every layer needs for the positions (rotary tables); `None` by default."""
+        return None
+
+    @abstractmethod
+    def norm(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    @torch.no_grad()
+    def __call__(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, buffer: KVBuffer
+    ) -> torch.Tensor:
+        """Hidden states `(rows, n, hidden)` the head reads, for `input_ids` `(rows, n)` at `position_ids`.
+
+        `mask` is boolean, `(rows, 1, n, buffer.length + n)`: which committed positions and new tokens each new
+        token attends to. The new tokens' keys and values are written after the committed positions but not
+        committed: call `buffer.commit(n)` or `buffer.keep_one(...)` afterwards.
+        """
+        buffer.reserve(input_ids.shape[1])
+        hidden = self.embed(input_ids, position_ids)
+        state = self.position_state(hidden, position_ids)
+        for index in range(self.num_layers):
+            hidden = self.layer(index, hidden, state, mask, buffer)
+        return self.norm(hidden) if self.final_norm else hidden
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """`(rows, n, heads * dim)` to `(rows, heads, n, dim)`."""
+    rows, n, _ = x.shape
+    return x.view(rows, n, heads, -1).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    rows, heads, n, dim = x.shape
+    return x.transpose(1, 2).reshape(rows, n, heads * dim)
+
+
+class GPT2Decoder(IncrementalDecoder):
+    """[`IncrementalDecoder`] for `GPT2Model`."""
+
+    model_types = ("gpt2",)
+
+    @classmethod
+    def supports(cls, backbone: nn.Module) -> bool:
+        return not getattr(backbone.config, "add_cross_attention", False)
+
+    # Activations that are exactly `gelu(x, approximate="tanh")`, written in transformers as several elementwise
+    # operations; one fused call is much cheaper on the small tensors of a decoding step.
+    TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
+
+    def __init__(self, reward_model: nn.Module):
+        super().__init__(reward_model)
+        self.heads = self.config.num_attention_heads
+        self.tanh_gelu = self.config.activation_function in self.TANH_GELU
+
+    @staticmethod
+    def _layer_modules(backbone: nn.Module) -> nn.ModuleList:
+        return backbone.h
+
+    def mlp(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.tanh_gelu:
+            return block.mlp(hidden)
+        return block.mlp.c_proj(F.gelu(block.mlp.c_fc(hidden), approximate="tanh"))
+
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.wte(input_ids) + self.backbone.wpe(position_ids)
+
+    def layer(self, index, hidden, position_state, mask, buffer):
+        block = self.layers[index]
+        attn = block.attn
+        query, key, value = attn.c_attn(block.ln_1(hidden)).split(attn.split_size, dim=2)
+        keys, values = buffer.write(index, _heads(key, self.heads), _heads(value, self.heads))
+        scale = attn.head_dim**-0.5 if attn.scale_attn_weights else 1.0
+        if attn.scale_attn_by_inverse_layer_idx:
+            scale /= float(attn.layer_idx + 1)
+        out = F.scaled_dot_product_attention(
+            _heads(query, self.heads), keys, values, attn_mask=mask, scale=scale
+        )
+        hidden = hidden + attn.c_proj(_merge_heads(out))
+        return hidden + self.mlp(block, block.ln_2(hidden))
+
+    def norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.backbone.ln_f(hidden)
+
+
+class LlamaFamilyDecoder(IncrementalDecoder):
+    """[`IncrementalDecoder`] for Llama-style backbones: RMS norms, rotary positions, grouped-query attention, a
+    gated MLP (Llama, Mistral and Qwen2 without a sliding window)."""
+
+    model_types = ("llama", "mistral", "qwen2")
+
+    @classmethod
+    def supports(cls, backbone: nn.Module) -> bool:
+        config = backbone.config
+        if getattr(config, "sliding_window", None) is not None and getattr(
+            config, "use_sliding_window", True
+        ):
+            return False
+        attention = backbone.layers[0].self_attn
+        plain = all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        return plain and not hasattr(attention, "q_norm") and hasattr(backbone, "rotary_emb")
+
+    def __init__(self, reward_model: nn.Module):
+        super().__init__(reward_model)
+        attention = self.layers[0].self_attn
+        self.heads = self.config.num_attention_heads
+        self.kv_heads = getattr(self.config, "num_key_value_heads", None) or self.heads
+        self.scale = attention.scaling
+        # The rotary helper of the backbone's own modeling file, so any variant of it is followed.
+        self.apply_rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
+
+    @staticmethod
+    def _layer_modules(backbone: nn.Module) -> nn.ModuleList:
+        return backbone.layers
+
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embed_tokens(input_ids)
+
+    def position_state(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> object:
+        return self.backbone.rotary_emb(hidden, position_ids)
+
+    def layer(self, index, hidden, position_state, mask, buffer):
+        block = self.layers[index]
+        attn = block.self_attn
+        x = block.input_layernorm(hidden)
+        query = _heads(attn.q_proj(x), self.heads)
+        key = _heads(attn.k_proj(x), self.kv_heads)
+        cos, sin = position_state
+        query, key = self.apply_rotary(query, key, cos, sin)
+        keys, values = buffer.write(index, key, _heads(attn.v_proj(x), self.kv_heads))
+        out = F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.kv_heads != self.heads
+        )
+        hidden = hidden + attn.o_proj(_merge_heads(out))
+        return hidden + block.mlp(block.post_attention_layernorm(hidden))
+
+    def norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.backbone.norm(hidden)
+
+
+__all__ = ["GPT2Decoder", "IncrementalDecoder", "KVBuffer", "LlamaFamilyDecoder"]
