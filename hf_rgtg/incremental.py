@@ -175,8 +175,8 @@ class IncrementalDecoder(ABC):
     ) -> torch.Tensor:
         """Hidden states `(rows, n, hidden)` the head reads, for `input_ids` `(rows, n)` at `position_ids`.
 
-        `mask` is boolean, `(rows, 1, n, buffer.length + n)`: which committed positions and new tokens each new
-        token attends to. The new tokens' keys and values are written after the committed positions but not
+        `mask` is `(rows, 1, n, buffer.length + n)`, boolean (which committed positions and new tokens each new
+        token attends to) or additive in the model's dtype. The new tokens' keys and values are written after the committed positions but not
         committed: call `buffer.commit(n)` or `buffer.keep_one(...)` afterwards.
         """
         buffer.reserve(input_ids.shape[1])

@@ -230,7 +230,8 @@ class CachedScorer(CandidateScorer):
         positions = self._positions.expand(rows, k)
         candidates = candidates.to(self.device)
         if self.decoder is not None:
-            hidden = self.decoder(candidates, positions, self._sibling_mask(k, additive=False), self.buffer)
+            # An additive mask: sdpa would convert a boolean one in every layer.
+            hidden = self.decoder(candidates, positions, self._sibling_mask(k, additive=True), self.buffer)
             rewards = self.reward_model.score(hidden).squeeze(-1).float()
         else:
             mask = self._sibling_mask(k, additive=self._additive_mask)
