@@ -119,7 +119,8 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "--rm",
         metavar="NAME",
         help="Hub id or folder of the prefix reward model, loaded with AutoModelForPrefixReward; it must share the "
-        "language model's tokenizer",
+        "language model's tokenizer (default: the packaged default reward model, which prefers replies of positive "
+        "sentiment, on the default LM's backbone)",
     )
     parser.add_argument(
         "--beta",

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 
-# How many positions a buffer grows by at a time; per layer, so a growth step briefly holds one extra layer.
-GROWTH = 256
+# A buffer grows by a quarter of its length, and by at least this many positions; layer by layer, so a growth step
+# briefly holds one extra layer.
+GROWTH = 64
 
 
 class KVBuffer:
@@ -65,7 +66,7 @@ class KVBuffer:
         needed = self.length + positions
         if needed <= self.capacity:
             return
-        capacity = needed + GROWTH
+        capacity = needed + max(GROWTH, needed // 4)
         for i, old in enumerate(self.layers):
             shape = (*old.shape[:3], capacity, old.shape[4])
             new = old.new_empty(shape)
@@ -90,6 +91,12 @@ class KVBuffer:
     def keep_one(self, index: torch.Tensor) -> None:
         """Of the tokens written after the prefix, keep the one at `index[row]` for each row, at position `length`."""
         start = self.length
+        if index.numel() == 1:  # one row: a plain copy instead of a gather
+            source = start + int(index)
+            for buffer in self.layers:
+                buffer[:, :, :, start] = buffer[:, :, :, source]
+            self.length += 1
+            return
         for buffer in self.layers:
             two, rows, heads, _, dim = buffer.shape
             picked = index.view(1, rows, 1, 1, 1).expand(two, rows, heads, 1, dim)

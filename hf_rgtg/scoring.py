@@ -118,6 +118,22 @@ class ReferenceScorer(CandidateScorer):
     def _reset(self) -> torch.Tensor:
         return self._rewards(self.input_ids, self.attention_mask)
 
+    def _decoder_mask(self, k: int) -> torch.Tensor:
+        """The sibling mask of the decoder path, additive (sdpa would convert a boolean one in every layer)."""
+        own = self._own_bias.get(k)
+        if own is None:
+            dtype = self.reward_model.dtype
+            eye = torch.eye(k, dtype=torch.bool, device=self.device)
+            own = torch.zeros((k, k), dtype=dtype, device=self.device).masked_fill_(
+                ~eye, torch.finfo(dtype).min
+            )
+            self._own_bias[k] = own
+        rows, length = self._prefix_bias.shape
+        return torch.cat(
+            [self._prefix_bias[:, None, None, :].expand(rows, 1, k, length), own.expand(rows, 1, k, k)],
+            dim=-1,
+        )
+
     @torch.no_grad()
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
         rows, k = candidates.shape
@@ -198,6 +214,11 @@ class CachedScorer(CandidateScorer):
                 )
         if self.decoder is not None:
             self.buffer = KVBuffer.from_cache(out.past_key_values, self.decoder.num_layers)
+            # The prefix part of the decoder's additive attention mask, kept up to date step by step.
+            dtype = self.reward_model.dtype
+            self._prefix_bias = torch.zeros(self.attention_mask.shape, dtype=dtype, device=self.device)
+            self._prefix_bias.masked_fill_(self.attention_mask == 0, torch.finfo(dtype).min)
+            self._own_bias: dict[int, torch.Tensor] = {}
         else:
             self.cache = out.past_key_values
         self._prompt_width = self.prefix_length
@@ -218,6 +239,22 @@ class CachedScorer(CandidateScorer):
             )
         return mask
 
+    def _decoder_mask(self, k: int) -> torch.Tensor:
+        """The sibling mask of the decoder path, additive (sdpa would convert a boolean one in every layer)."""
+        own = self._own_bias.get(k)
+        if own is None:
+            dtype = self.reward_model.dtype
+            eye = torch.eye(k, dtype=torch.bool, device=self.device)
+            own = torch.zeros((k, k), dtype=dtype, device=self.device).masked_fill_(
+                ~eye, torch.finfo(dtype).min
+            )
+            self._own_bias[k] = own
+        rows, length = self._prefix_bias.shape
+        return torch.cat(
+            [self._prefix_bias[:, None, None, :].expand(rows, 1, k, length), own.expand(rows, 1, k, k)],
+            dim=-1,
+        )
+
     @torch.no_grad()
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
         rows, k = candidates.shape
@@ -230,8 +267,7 @@ class CachedScorer(CandidateScorer):
         positions = self._positions.expand(rows, k)
         candidates = candidates.to(self.device)
         if self.decoder is not None:
-            # An additive mask: sdpa would convert a boolean one in every layer.
-            hidden = self.decoder(candidates, positions, self._sibling_mask(k, additive=True), self.buffer)
+            hidden = self.decoder(candidates, positions, self._decoder_mask(k), self.buffer)
             rewards = self.reward_model.score(hidden).squeeze(-1).float()
         else:
             mask = self._sibling_mask(k, additive=self._additive_mask)
@@ -258,17 +294,20 @@ class CachedScorer(CandidateScorer):
                 self.cache.reorder_cache(parents)
         positions = self._positions
         self._positions = positions + 1
+        if self.decoder is not None:
+            prefix_bias = self._prefix_bias if parents is None else self._prefix_bias.index_select(0, parents)
+            self._prefix_bias = torch.cat([prefix_bias, prefix_bias.new_zeros(len(tokens), 1)], dim=1)
         if chosen is not None and self._num_candidates and bool((chosen >= 0).all()):
             self._keep_candidate(chosen)
             self._num_candidates = 0
             return
         # Some row appended a token that was not a candidate: encode the appended tokens explicitly.
         self._drop_candidates()
-        mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1)
         if self.decoder is not None:
-            self.decoder(tokens[:, None], positions, mask.bool()[:, None, None, :], self.buffer)
+            self.decoder(tokens[:, None], positions, self._prefix_bias[:, None, None, :], self.buffer)
             self.buffer.commit(1)
         else:
+            mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1)
             self.reward_model(
                 tokens[:, None], attention_mask=mask, past_key_values=self.cache, use_cache=True
             )
