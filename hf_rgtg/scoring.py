@@ -118,22 +118,6 @@ class ReferenceScorer(CandidateScorer):
     def _reset(self) -> torch.Tensor:
         return self._rewards(self.input_ids, self.attention_mask)
 
-    def _decoder_mask(self, k: int) -> torch.Tensor:
-        """The sibling mask of the decoder path, additive (sdpa would convert a boolean one in every layer)."""
-        own = self._own_bias.get(k)
-        if own is None:
-            dtype = self.reward_model.dtype
-            eye = torch.eye(k, dtype=torch.bool, device=self.device)
-            own = torch.zeros((k, k), dtype=dtype, device=self.device).masked_fill_(
-                ~eye, torch.finfo(dtype).min
-            )
-            self._own_bias[k] = own
-        rows, length = self._prefix_bias.shape
-        return torch.cat(
-            [self._prefix_bias[:, None, None, :].expand(rows, 1, k, length), own.expand(rows, 1, k, k)],
-            dim=-1,
-        )
-
     @torch.no_grad()
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
         rows, k = candidates.shape
