@@ -32,7 +32,7 @@ before the run (after ``gc.collect()`` and ``malloc_trim``).
 
 Usage::
 
-    python benchmarks/decode_speed.py                  # full run (about 40 minutes on 2 cores)
+    python benchmarks/decode_speed.py                  # full run (about 35 minutes on 2 cores)
     python benchmarks/decode_speed.py --quick          # smoke run, a few minutes
     python benchmarks/decode_speed.py --configs a --batches 1 --lengths 64,256 --runs 7
     python benchmarks/decode_speed.py --profile        # where the time of a guided step goes (on (b); --profile-config a)
