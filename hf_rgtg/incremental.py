@@ -117,6 +117,34 @@ class IncrementalDecoder(ABC):
 
     Args:
         reward_model ([`PrefixRewardModel`]): the reward model whose backbone runs.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from transformers import GPT2Config
+    >>> from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
+    >>> from hf_rgtg.incremental import IncrementalDecoder, KVBuffer
+
+    >>> config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    >>> rm = PrefixRewardModel(PrefixRewardConfig(text_config=config)).eval()
+    >>> prompt = torch.tensor([[5, 6, 7]])
+    >>> with torch.no_grad():
+    ...     out = rm(prompt, use_cache=True)
+    >>> decoder = IncrementalDecoder.for_model(rm)
+    >>> buffer = KVBuffer.from_cache(out.past_key_values, decoder.num_layers)
+    >>> # Two candidates for the next token, as siblings: each sees the prompt and itself, both at position 3.
+    >>> mask = torch.tensor([[[[True, True, True, True, False], [True, True, True, False, True]]]])
+    >>> hidden = decoder(torch.tensor([[8, 9]]), torch.tensor([[3, 3]]), mask, buffer)
+    >>> rewards = rm.score(hidden).squeeze(-1)
+    >>> with torch.no_grad():
+    ...     expected = rm(torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9]])).reward
+    >>> torch.allclose(rewards[0], expected, atol=1e-5)
+    True
+    >>> buffer.keep_one(torch.tensor([1]))  # keep the second candidate
+    >>> buffer.length
+    4
+    ```
     """
 
     #: The `model_type`s a subclass runs.

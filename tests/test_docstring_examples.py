@@ -14,6 +14,7 @@ MODULES = [
     "hf_rgtg.defaults",
     "hf_rgtg.generation",
     "hf_rgtg.hub",
+    "hf_rgtg.incremental",
     "hf_rgtg.modeling",
     "hf_rgtg.processing",
     "hf_rgtg.tokenization",
