@@ -348,6 +348,8 @@ def run_generate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     lm, tokenizer = _load_language_model(args.lm)
     reward_model = load_reward_model()
+    if args.rm is None and args.lm is not None:
+        _check_default_rm_fits(reward_model, lm, args.lm)
     ensure_pad_token(tokenizer)
     inputs = _encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     prompt_length = inputs["input_ids"].shape[1]
@@ -426,6 +428,17 @@ def _reward_model_loader(name: str | None) -> Callable[[], PrefixRewardModel]:
             MISSING_REWARD_MODEL_MESSAGE.format(path=defaults.DEFAULT_RM_DIR / defaults.DEFAULT_RM_HEAD_FILE)
         )
     return lambda: defaults.load_default_rm().eval()
+
+
+def _check_default_rm_fits(reward_model: PrefixRewardModel, lm: PreTrainedModel, lm_name: str) -> None:
+    """The default reward model reads SmolLM2's vocabulary; say so when `--lm` names a model with another one."""
+    rm_vocab = reward_model.config.text_config.vocab_size
+    lm_vocab = lm.config.get_text_config().vocab_size
+    if rm_vocab != lm_vocab:
+        raise ValueError(
+            f"argument --rm: the default reward model reads {defaults.DEFAULT_LM_NAME}'s vocabulary ({rm_vocab} "
+            f"tokens), but --lm {lm_name} has {lm_vocab}; pass --rm <a prefix reward model sharing its tokenizer>"
+        )
 
 
 def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -276,6 +276,15 @@ def test_packaged_default_reward_model_is_used_when_rm_is_not_given(folders, cap
     assert out == reference(folders)["guided_text"] + "\n"
 
 
+def test_default_reward_model_with_another_lm_vocabulary_asks_for_rm(folders, capsys, monkeypatch):
+    other = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("llama", vocab_size=200)))
+    monkeypatch.setattr(hf_rgtg.defaults, "default_rm_available", lambda: True)
+    monkeypatch.setattr(hf_rgtg.defaults, "load_default_rm", lambda: other)
+    code, out, err = run(capsys, PROMPT, "--lm", folders["lm"])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "argument --rm: the default reward model reads" in err and "pass --rm" in err
+
+
 def test_missing_default_lm_package_surfaces_the_install_command(folders, capsys, monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
