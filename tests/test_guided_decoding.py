@@ -643,16 +643,15 @@ def test_prompts_that_start_with_the_pad_token_keep_it_with_an_explicit_mask():
     ids = torch.tensor([[PAD, 5, 6, 7], [PAD, 8, 9, 10]])  # the leading id is a real token here
     mask = torch.ones_like(ids)
     guidance = RewardGuidance(rm, top_k=4, pad_token_id=PAD, record_candidates=True)
-    out = lm.generate(
-        ids,
+    settings = dict(
         attention_mask=mask,
         max_new_tokens=3,
         do_sample=False,
         num_return_sequences=2,
         num_beams=2,
         pad_token_id=PAD,
-        **guidance.generate_kwargs(attention_mask=mask),
     )
+    out = lm.generate(ids, **settings, **guidance.generate_kwargs(attention_mask=mask))
     direct = rm(out).rewards[:, ids.shape[1] :]
     for i, row in enumerate(out):
         torch.testing.assert_close(
@@ -660,17 +659,7 @@ def test_prompts_that_start_with_the_pad_token_keep_it_with_an_explicit_mask():
         )
     # Through custom_generate, generate() drops the all-ones mask; the guidance still counts the first token.
     custom = RewardGuidance(rm, top_k=4, pad_token_id=PAD)
-    again = lm.generate(
-        ids,
-        attention_mask=mask,
-        max_new_tokens=3,
-        do_sample=False,
-        num_return_sequences=2,
-        num_beams=2,
-        pad_token_id=PAD,
-        custom_generate=reward_guided_generate,
-        reward_guidance=custom,
-    )
+    again = lm.generate(ids, **settings, custom_generate=reward_guided_generate, reward_guidance=custom)
     assert torch.equal(again, out)
     torch.testing.assert_close(torch.tensor(custom.trace.rewards_of(again, 4)), direct, atol=1e-4, rtol=0)
 

