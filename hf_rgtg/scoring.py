@@ -177,7 +177,6 @@ class CachedScorer(CandidateScorer):
                 "sibling candidates need an arbitrary 4D attention mask. Reload the reward model with "
                 "`attn_implementation='sdpa'`."
             )
-        self._additive_mask = attn == "eager"
         self.decoder = IncrementalDecoder.for_model(reward_model) if incremental else None
         self.cache = None  # the transformers cache, without a decoder
         self.buffer: KVBuffer | None = None  # the decoder's buffer
@@ -198,33 +197,22 @@ class CachedScorer(CandidateScorer):
                 )
         if self.decoder is not None:
             self.buffer = KVBuffer.from_cache(out.past_key_values, self.decoder.num_layers)
-            # The prefix part of the decoder's additive attention mask, kept up to date step by step.
-            dtype = self.reward_model.dtype
-            self._prefix_bias = torch.zeros(self.attention_mask.shape, dtype=dtype, device=self.device)
-            self._prefix_bias.masked_fill_(self.attention_mask == 0, torch.finfo(dtype).min)
-            self._own_bias: dict[int, torch.Tensor] = {}
         else:
             self.cache = out.past_key_values
+        # The prefix part of the additive sibling mask, kept up to date step by step.
+        dtype = self.reward_model.dtype
+        self._prefix_bias = torch.zeros(self.attention_mask.shape, dtype=dtype, device=self.device)
+        self._prefix_bias.masked_fill_(self.attention_mask == 0, torch.finfo(dtype).min)
+        self._own_bias: dict[int, torch.Tensor] = {}
         self._prompt_width = self.prefix_length
         self._positions = self.attention_mask.sum(-1, keepdim=True)  # the next token's position, per row
         self._longest_prompt = int(self._positions.max())
         self._num_candidates = 0
         return out.reward
 
-    def _sibling_mask(self, k: int, additive: bool) -> torch.Tensor:
-        rows = self.attention_mask.shape[0]
-        past = self.attention_mask.bool()[:, None, None, :].expand(rows, 1, k, self.prefix_length)
-        own = torch.eye(k, dtype=torch.bool, device=self.device)[None, None].expand(rows, 1, k, k)
-        mask = torch.cat([past, own], dim=-1)
-        if additive:
-            dtype = self.reward_model.dtype
-            return torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(
-                ~mask, torch.finfo(dtype).min
-            )
-        return mask
-
-    def _decoder_mask(self, k: int) -> torch.Tensor:
-        """The sibling mask of the decoder path, additive (sdpa would convert a boolean one in every layer)."""
+    def _sibling_mask(self, k: int) -> torch.Tensor:
+        """The 4D additive mask of k sibling candidates: each sees its row's unpadded prefix and itself. Additive,
+        as eager attention needs it and sdpa would otherwise convert a boolean mask in every layer."""
         own = self._own_bias.get(k)
         if own is None:
             dtype = self.reward_model.dtype
@@ -251,11 +239,12 @@ class CachedScorer(CandidateScorer):
         positions = self._positions.expand(rows, k)
         candidates = candidates.to(self.device)
         if self.decoder is not None:
-            hidden = self.decoder(candidates, positions, self._decoder_mask(k), self.buffer)
+            hidden = self.decoder(candidates, positions, self._sibling_mask(k), self.buffer)
             rewards = self.reward_model.score(hidden).squeeze(-1).float()
         else:
-            mask = self._sibling_mask(k, additive=self._additive_mask)
-            rewards = self.reward_model.score_on_cache(candidates, mask, positions, self.cache)
+            rewards = self.reward_model.score_on_cache(
+                candidates, self._sibling_mask(k), positions, self.cache
+            )
         self._num_candidates = k
         return rewards
 
@@ -278,9 +267,8 @@ class CachedScorer(CandidateScorer):
                 self.cache.reorder_cache(parents)
         positions = self._positions
         self._positions = positions + 1
-        if self.decoder is not None:
-            prefix_bias = self._prefix_bias if parents is None else self._prefix_bias.index_select(0, parents)
-            self._prefix_bias = torch.cat([prefix_bias, prefix_bias.new_zeros(len(tokens), 1)], dim=1)
+        prefix_bias = self._prefix_bias if parents is None else self._prefix_bias.index_select(0, parents)
+        self._prefix_bias = torch.cat([prefix_bias, prefix_bias.new_zeros(len(tokens), 1)], dim=1)
         if chosen is not None and self._num_candidates and bool((chosen >= 0).all()):
             self._keep_candidate(chosen)
             self._num_candidates = 0
