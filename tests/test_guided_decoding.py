@@ -675,3 +675,28 @@ def test_incremental_decoder_follows_the_backbones_own_mlp_for_other_activations
     torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
     candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
     torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
+
+
+class _Adapter(torch.nn.Module):
+    """Stands in for an adapter wrapped around a projection: the base output plus a learned offset."""
+
+    def __init__(self, base: torch.nn.Module, width: int):
+        super().__init__()
+        self.base = base
+        self.offset = torch.nn.Parameter(torch.full((width,), 0.5))
+
+    def forward(self, x):
+        return self.base(x) + self.offset
+
+
+def test_gpt2_blocks_with_replaced_modules_take_the_transformers_forward():
+    rm = tiny_prefix_rm("gpt2", seed=4)
+    block = rm.backbone.h[1]
+    block.mlp.c_fc = _Adapter(block.mlp.c_fc, block.mlp.c_fc.nf)
+    cached, reference = CachedScorer(rm), ReferenceScorer(rm)
+    # The decoder reads the Conv1D weights directly, so it would miss the adapter: it declines such a backbone.
+    assert cached.decoder is None
+    ids, mask = left_padded()
+    torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
+    candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
+    torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
