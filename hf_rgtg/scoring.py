@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from . import incremental
 from .incremental import IncrementalDecoder, KVBuffer
 from .modeling import PrefixRewardModel
 
@@ -31,8 +32,9 @@ class CandidateScorer(ABC):
         reward_model ([`PrefixRewardModel`]): the reward model, on any device and dtype.
     """
 
-    #: Whether the scorer reads `input_ids` after `reset` (otherwise they are not kept up to date).
-    keeps_input_ids: bool = True
+    #: Whether `input_ids` and `attention_mask` are kept up to date after `reset`. Scorers with their own record of
+    #: the prefixes (a cache) set it to `False`, and both are dropped once `_reset` has read them.
+    keeps_inputs: bool = True
 
     def __init__(self, reward_model: PrefixRewardModel):
         self.reward_model = reward_model
@@ -45,8 +47,8 @@ class CandidateScorer(ABC):
         self.input_ids = input_ids.to(self.device)
         self.attention_mask = attention_mask.to(self.device, torch.long)
         rewards = self._reset()
-        if not self.keeps_input_ids:
-            self.input_ids = None
+        if not self.keeps_inputs:
+            self.input_ids = self.attention_mask = None
         return rewards
 
     def advance(
@@ -64,12 +66,13 @@ class CandidateScorer(ABC):
         tokens = tokens.to(self.device)
         if parents is not None:
             parents = parents.to(self.device)
-            if self.input_ids is not None:
-                self.input_ids = self.input_ids.index_select(0, parents)
-            self.attention_mask = self.attention_mask.index_select(0, parents)
         self._advance(tokens, parents, None if chosen is None else chosen.to(self.device))
-        if self.input_ids is not None:
-            self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
+        if not self.keeps_inputs:
+            return
+        if parents is not None:
+            self.input_ids = self.input_ids.index_select(0, parents)
+            self.attention_mask = self.attention_mask.index_select(0, parents)
+        self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
         self.attention_mask = torch.cat(
             [self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1
         )
@@ -84,7 +87,7 @@ class CandidateScorer(ABC):
     def _advance(
         self, tokens: torch.Tensor, parents: torch.Tensor | None, chosen: torch.Tensor | None
     ) -> None:
-        """Hook for scorers with state beyond `input_ids`/`attention_mask` (called before they are extended)."""
+        """Hook for scorers with state of their own (called before `input_ids`/`attention_mask` are extended)."""
 
 
 class ReferenceScorer(CandidateScorer):
@@ -161,7 +164,7 @@ class CachedScorer(CandidateScorer):
             architecture allows it; `False` always uses the transformers forward.
     """
 
-    keeps_input_ids = False
+    keeps_inputs = False
 
     def __init__(self, reward_model: PrefixRewardModel, incremental: bool = True):
         super().__init__(reward_model)
@@ -180,11 +183,9 @@ class CachedScorer(CandidateScorer):
         self.decoder = IncrementalDecoder.for_model(reward_model) if incremental else None
         self.cache = None  # the transformers cache, without a decoder
         self.buffer: KVBuffer | None = None  # the decoder's buffer
+        self.prefix_length = 0
+        self._mask: torch.Tensor | None = None
         self._num_candidates = 0
-
-    @property
-    def prefix_length(self) -> int:
-        return self.attention_mask.shape[1]
 
     @torch.no_grad()
     def _reset(self) -> torch.Tensor:
@@ -199,33 +200,45 @@ class CachedScorer(CandidateScorer):
             self.buffer = KVBuffer.from_cache(out.past_key_values, self.decoder.num_layers)
         else:
             self.cache = out.past_key_values
-        # The prefix part of the additive sibling mask, kept up to date step by step.
+        self.prefix_length = self._prompt_width = self.attention_mask.shape[1]
         dtype = self.reward_model.dtype
-        self._prefix_bias = torch.zeros(self.attention_mask.shape, dtype=dtype, device=self.device)
-        self._prefix_bias.masked_fill_(self.attention_mask == 0, torch.finfo(dtype).min)
+        prompt_bias = torch.zeros(self.attention_mask.shape, dtype=dtype, device=self.device)
+        prompt_bias.masked_fill_(self.attention_mask == 0, torch.finfo(dtype).min)
+        self._mask = self._mask_buffer(prompt_bias[:, None, None, :], 1, self.prefix_length + 1)
         self._own_bias: dict[int, torch.Tensor] = {}
-        self._prompt_width = self.prefix_length
         self._positions = self.attention_mask.sum(-1, keepdim=True)  # the next token's position, per row
         self._longest_prompt = int(self._positions.max())
         self._num_candidates = 0
         return out.reward
 
+    @staticmethod
+    def _mask_buffer(prefix: torch.Tensor, k: int, needed: int) -> torch.Tensor:
+        """A zero (attend) additive mask `(rows, 1, k, capacity)` whose first columns are `prefix` `(rows, 1, 1,
+        length)`. Positions appended to a prefix are attended by every later token, so they need no writing."""
+        rows, _, _, length = prefix.shape
+        capacity = needed + max(incremental.GROWTH, needed // 4)
+        mask = prefix.new_zeros((rows, 1, k, capacity))
+        mask[..., :length] = prefix
+        return mask
+
     def _sibling_mask(self, k: int) -> torch.Tensor:
-        """The 4D additive mask of k sibling candidates: each sees its row's unpadded prefix and itself. Additive,
-        as eager attention needs it and sdpa would otherwise convert a boolean mask in every layer."""
+        """The 4D additive mask of k sibling candidates: each sees its row's unpadded prefix and itself.
+
+        A view of `self._mask`, which holds the prefix's bias in its first `prefix_length` columns (kept step by
+        step) and, after them, the k candidates' block. Additive, as eager attention needs it and sdpa would
+        otherwise convert a boolean mask in every layer.
+        """
+        length = self.prefix_length
+        mask = self._mask
+        if mask.shape[2] != k or mask.shape[3] < length + k:
+            mask = self._mask = self._mask_buffer(mask[:, :, :1, :length], k, length + k)
         own = self._own_bias.get(k)
         if own is None:
-            dtype = self.reward_model.dtype
             eye = torch.eye(k, dtype=torch.bool, device=self.device)
-            own = torch.zeros((k, k), dtype=dtype, device=self.device).masked_fill_(
-                ~eye, torch.finfo(dtype).min
-            )
+            own = mask.new_zeros((k, k)).masked_fill_(~eye, torch.finfo(mask.dtype).min)
             self._own_bias[k] = own
-        rows, length = self._prefix_bias.shape
-        return torch.cat(
-            [self._prefix_bias[:, None, None, :].expand(rows, 1, k, length), own.expand(rows, 1, k, k)],
-            dim=-1,
-        )
+        mask[..., length : length + k] = own
+        return mask[..., : length + k]
 
     @torch.no_grad()
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
@@ -261,28 +274,35 @@ class CachedScorer(CandidateScorer):
     ) -> None:
         if parents is not None:
             self._positions = self._positions.index_select(0, parents)
+            self._mask = self._mask.index_select(0, parents)
             if self.buffer is not None:
                 self.buffer.reorder(parents)
             else:
                 self.cache.reorder_cache(parents)
         positions = self._positions
         self._positions = positions + 1
-        prefix_bias = self._prefix_bias if parents is None else self._prefix_bias.index_select(0, parents)
-        self._prefix_bias = torch.cat([prefix_bias, prefix_bias.new_zeros(len(tokens), 1)], dim=1)
+        length = self.prefix_length
+        if self._mask.shape[3] <= length:
+            self._mask = self._mask_buffer(self._mask[:, :, :1, :length], self._mask.shape[2], length + 1)
+        # The appended token joins the prefix: every later token attends to it.
+        self._mask[..., length] = 0
         if chosen is not None and self._num_candidates and bool((chosen >= 0).all()):
             self._keep_candidate(chosen)
             self._num_candidates = 0
+            self.prefix_length += 1
             return
         # Some row appended a token that was not a candidate: encode the appended tokens explicitly.
         self._drop_candidates()
+        bias = self._mask[:, :, :1, : length + 1]
         if self.decoder is not None:
-            self.decoder(tokens[:, None], positions, self._prefix_bias[:, None, None, :], self.buffer)
+            self.decoder(tokens[:, None], positions, bias, self.buffer)
             self.buffer.commit(1)
         else:
-            mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1)
+            mask = (bias[:, 0, 0] == 0).long()
             self.reward_model(
                 tokens[:, None], attention_mask=mask, past_key_values=self.cache, use_cache=True
             )
+        self.prefix_length += 1
 
     def _keep_candidate(self, chosen: torch.Tensor) -> None:
         """Move each row's chosen candidate's keys and values to the end of its prefix; drop the other ones."""
