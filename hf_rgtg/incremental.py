@@ -13,6 +13,8 @@ full re-encoding of every prefix.
 
 from __future__ import annotations
 
+import math
+import mmap
 import sys
 from abc import ABC, abstractmethod
 
@@ -25,6 +27,22 @@ from transformers.pytorch_utils import Conv1D
 # A buffer grows by a quarter of its length, and by at least this many positions; layer by layer, so a growth step
 # briefly holds one extra layer.
 GROWTH = 64
+
+# CPU buffers from this size on are anonymous memory mappings, see `_empty`.
+MMAP_MIN_BYTES = 1 << 16
+
+
+def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of `shape` with `like`'s dtype and device.
+
+    A buffer that grows by reallocation frees every previous size, and glibc keeps freed heap blocks resident: a
+    buffer grown to its final size would leave several times that size behind. On the CPU, large buffers are
+    therefore anonymous memory mappings, which go back to the operating system when the tensor is freed.
+    """
+    nbytes = math.prod(shape) * like.element_size()
+    if like.device.type != "cpu" or nbytes < MMAP_MIN_BYTES:
+        return like.new_empty(shape)
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=like.dtype).view(shape)
 
 
 class KVBuffer:
@@ -52,7 +70,7 @@ class KVBuffer:
         for layer in cache.layers[:num_layers]:
             keys, values = layer.keys, layer.values
             rows, heads, length, dim = keys.shape
-            buffer = keys.new_empty((2, rows, heads, length + extra, dim))
+            buffer = _empty((2, rows, heads, length + extra, dim), keys)
             buffer[0, :, :, :length] = keys
             buffer[1, :, :, :length] = values
             layers.append(buffer)
@@ -70,7 +88,7 @@ class KVBuffer:
         capacity = needed + max(GROWTH, needed // 4)
         for i, old in enumerate(self.layers):
             shape = (*old.shape[:3], capacity, old.shape[4])
-            new = old.new_empty(shape)
+            new = _empty(shape, old)
             new[:, :, :, : self.length] = old[:, :, :, : self.length]
             self.layers[i] = new
 

@@ -190,9 +190,10 @@ def test_eager_attention_uses_an_additive_mask_and_matches_reference():
     head_layer=st.sampled_from([None, 1, -1]),
     incremental=st.booleans(),
     growth=st.sampled_from([1, 3, 256]),
+    mapped=st.booleans(),
 )
 def test_property_cached_scorer_matches_reference_under_any_padding_and_reordering(
-    lengths, k, steps, seed, reorder, arch, head_layer, incremental, growth
+    lengths, k, steps, seed, reorder, arch, head_layer, incremental, growth, mapped
 ):
     rm = _shared_rm(arch, head_layer)
     generator = torch.Generator().manual_seed(seed)
@@ -201,9 +202,11 @@ def test_property_cached_scorer_matches_reference_under_any_padding_and_reorderi
     cached, reference = CachedScorer(rm, incremental=incremental), ReferenceScorer(rm)
     # Every test architecture has an incremental decoder; `incremental=False` takes the transformers forward.
     assert (cached.decoder is not None) == incremental
-    with patch.object(
-        hf_rgtg.incremental, "GROWTH", growth
-    ):  # small growth steps reallocate the buffer often
+    # Small growth steps reallocate the buffer often; `mapped` puts even these tiny buffers in memory mappings.
+    with (
+        patch.object(hf_rgtg.incremental, "GROWTH", growth),
+        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1 if mapped else 1 << 40),
+    ):
         torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
         for _ in range(steps):
             candidates = torch.randint(1, VOCAB_SIZE, (len(rows), k), generator=generator)
