@@ -450,10 +450,8 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
             self._check_vocabulary(scores.shape[-1])
             self._checked_vocab_size = scores.shape[-1]
         self.state.begin_step(input_ids)
-        # The top k of the log-probabilities are the top k of the scores, less one log-normaliser per row.
-        top_base, candidates = scores.topk(config.top_k, dim=-1)
-        if config.score_with == "logprobs":
-            top_base = top_base - scores.logsumexp(dim=-1, keepdim=True)
+        base = scores.log_softmax(dim=-1) if config.score_with == "logprobs" else scores
+        top_base, candidates = base.topk(config.top_k, dim=-1)
         rewards = config.transform(self.state.score(candidates).to(scores.device))
         if config.standardize_rewards:
             rewards = _standardize(rewards, top_base > float("-inf"))
