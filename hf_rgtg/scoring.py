@@ -183,8 +183,8 @@ class CachedScorer(CandidateScorer):
         self.decoder = IncrementalDecoder.for_model(reward_model) if incremental else None
         self.cache = None  # the transformers cache, without a decoder
         self.buffer: KVBuffer | None = None  # the decoder's buffer
-        self.prefix_length = 0
-        self._mask: torch.Tensor | None = None
+        self.prefix_length = 0  # the committed positions of every row, padding included
+        self._mask: torch.Tensor | None = None  # see `_sibling_mask`
         self._num_candidates = 0
 
     @torch.no_grad()
