@@ -40,9 +40,11 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     therefore anonymous memory mappings, which go back to the operating system when the tensor is freed.
     """
     nbytes = math.prod(shape) * like.element_size()
-    if like.device.type != "cpu" or nbytes < MMAP_MIN_BYTES:
+    if like.device.type != "cpu" or nbytes < MMAP_MIN_BYTES or not hasattr(mmap, "MAP_ANONYMOUS"):
         return like.new_empty(shape)
-    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=like.dtype).view(shape)
+    # Private, like any other memory of the process (a forked child does not share it).
+    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(mapping, dtype=like.dtype).view(shape)
 
 
 class KVBuffer:
