@@ -2,9 +2,10 @@
 
 Guided decoding scores k candidate tokens on top of a reward model's cache at every step. On small models most of
 the time of a transformers forward goes to Python: output capture, mask construction, cache bookkeeping and one
-`torch.cat` per layer and step. [`IncrementalDecoder`] runs the same layers (it calls the backbone's own norms,
-projections, rotary embedding and MLPs, and only does the attention itself) on a [`KVBuffer`]: one preallocated
-tensor per layer that candidates are written into and the chosen one is kept in, without concatenation.
+`torch.cat` per layer and step. [`IncrementalDecoder`] runs the same layers with the backbone's own weights (the
+Llama family through its norms, projections, rotary embedding and MLPs; GPT-2 through functional calls on its
+blocks' weights) and does the attention itself, on a [`KVBuffer`]: one preallocated tensor per layer that
+candidates are written into and the chosen one is kept in, without concatenation.
 
 It covers GPT-2 and the Llama family (Llama, Mistral, Qwen2 without sliding windows); for any other backbone
 [`IncrementalDecoder.for_model`] returns `None` and callers use the transformers forward. Tests compare it with a
