@@ -29,6 +29,12 @@ from transformers.pytorch_utils import Conv1D
 # briefly holds one extra layer.
 GROWTH = 64
 
+
+def grown_capacity(needed: int) -> int:
+    """The capacity a buffer that has to hold `needed` positions grows to."""
+    return needed + max(GROWTH, needed // 4)
+
+
 # CPU buffers from this size on are anonymous memory mappings, see `_empty`.
 MMAP_MIN_BYTES = 1 << 16
 
@@ -88,7 +94,7 @@ class KVBuffer:
         needed = self.length + positions
         if needed <= self.capacity:
             return
-        capacity = needed + max(GROWTH, needed // 4)
+        capacity = grown_capacity(needed)
         for i, old in enumerate(self.layers):
             shape = (*old.shape[:3], capacity, old.shape[4])
             new = _empty(shape, old)

@@ -20,8 +20,7 @@ from abc import ABC, abstractmethod
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from . import incremental
-from .incremental import IncrementalDecoder, KVBuffer
+from .incremental import IncrementalDecoder, KVBuffer, grown_capacity
 from .modeling import PrefixRewardModel
 
 
@@ -216,9 +215,15 @@ class CachedScorer(CandidateScorer):
         """A zero (attend) additive mask `(rows, 1, k, capacity)` whose first columns are `prefix` `(rows, 1, 1,
         length)`. Positions appended to a prefix are attended by every later token, so they need no writing."""
         rows, _, _, length = prefix.shape
-        capacity = needed + max(incremental.GROWTH, needed // 4)
-        mask = prefix.new_zeros((rows, 1, k, capacity))
+        mask = prefix.new_zeros((rows, 1, k, grown_capacity(needed)))
         mask[..., :length] = prefix
+        return mask
+
+    def _ensure_mask(self, k: int, needed: int) -> torch.Tensor:
+        """`self._mask`, rebuilt for `k` candidates and at least `needed` columns if it is not."""
+        mask = self._mask
+        if mask.shape[2] != k or mask.shape[3] < needed:
+            mask = self._mask = self._mask_buffer(mask[:, :, :1, : self.prefix_length], k, needed)
         return mask
 
     def _sibling_mask(self, k: int) -> torch.Tensor:
@@ -229,9 +234,7 @@ class CachedScorer(CandidateScorer):
         otherwise convert a boolean mask in every layer.
         """
         length = self.prefix_length
-        mask = self._mask
-        if mask.shape[2] != k or mask.shape[3] < length + k:
-            mask = self._mask = self._mask_buffer(mask[:, :, :1, :length], k, length + k)
+        mask = self._ensure_mask(k, length + k)
         own = self._own_bias.get(k)
         if own is None:
             eye = torch.eye(k, dtype=torch.bool, device=self.device)
@@ -282,10 +285,8 @@ class CachedScorer(CandidateScorer):
         positions = self._positions
         self._positions = positions + 1
         length = self.prefix_length
-        if self._mask.shape[3] <= length:
-            self._mask = self._mask_buffer(self._mask[:, :, :1, :length], self._mask.shape[2], length + 1)
         # The appended token joins the prefix: every later token attends to it.
-        self._mask[..., length] = 0
+        self._ensure_mask(self._mask.shape[2], length + 1)[..., length] = 0
         if chosen is not None and self._num_candidates and bool((chosen >= 0).all()):
             self._keep_candidate(chosen)
             self._num_candidates = 0
