@@ -672,9 +672,15 @@ def test_incremental_decoder_follows_the_backbones_own_mlp_for_other_activations
     rm.config.text_config.activation_function = "relu"
     for block in rm.backbone.h:
         block.mlp.act = torch.nn.ReLU()
-    ids, mask = left_padded()
-    cached, reference = CachedScorer(rm), ReferenceScorer(rm)
+    cached = CachedScorer(rm)
     assert cached.decoder is not None and not cached.decoder.tanh_gelu
+    assert_first_step_matches_reference(cached)
+
+
+def assert_first_step_matches_reference(cached: CachedScorer) -> None:
+    """The prompts' rewards and one step of candidates agree with a re-encoding of every prefix."""
+    reference = ReferenceScorer(cached.reward_model)
+    ids, mask = left_padded()
     torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
     candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
     torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
@@ -696,10 +702,7 @@ def test_gpt2_blocks_with_replaced_modules_take_the_transformers_forward():
     rm = tiny_prefix_rm("gpt2", seed=4)
     block = rm.backbone.h[1]
     block.mlp.c_fc = _Adapter(block.mlp.c_fc, block.mlp.c_fc.nf)
-    cached, reference = CachedScorer(rm), ReferenceScorer(rm)
+    cached = CachedScorer(rm)
     # The decoder reads the Conv1D weights directly, so it would miss the adapter: it declines such a backbone.
     assert cached.decoder is None
-    ids, mask = left_padded()
-    torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
-    candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
-    torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
+    assert_first_step_matches_reference(cached)
