@@ -706,3 +706,19 @@ def test_gpt2_blocks_with_replaced_modules_take_the_transformers_forward():
     # The decoder reads the Conv1D weights directly, so it would miss the adapter: it declines such a backbone.
     assert cached.decoder is None
     assert_first_step_matches_reference(cached)
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_cached_scorer_follows_a_change_of_k_between_steps(incremental):
+    rm = _shared_rm("llama")
+    ids, mask = left_padded()
+    cached, reference = CachedScorer(rm, incremental=incremental), ReferenceScorer(rm)
+    torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
+    generator = torch.Generator().manual_seed(0)
+    for k in (3, 5, 1, 4):
+        candidates = torch.randint(1, VOCAB_SIZE, (len(ids), k), generator=generator)
+        torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
+        chosen = torch.randint(0, k, (len(ids),), generator=generator)
+        tokens = candidates.gather(1, chosen[:, None])[:, 0]
+        cached.advance(tokens, None, chosen)
+        reference.advance(tokens, None, chosen)
