@@ -85,6 +85,13 @@ class KVBuffer:
             layers.append(buffer)
         return cls(layers, length)
 
+    @classmethod
+    def empty(
+        cls, num_layers: int, rows: int, kv_heads: int, head_dim: int, capacity: int, like: torch.Tensor
+    ) -> KVBuffer:
+        """A buffer with no committed position, in `like`'s dtype and device."""
+        return cls([_empty((2, rows, kv_heads, capacity, head_dim), like) for _ in range(num_layers)], 0)
+
     @property
     def capacity(self) -> int:
         return self.layers[0].shape[3]
@@ -184,6 +191,8 @@ class IncrementalDecoder(ABC):
 
     #: The `model_type`s a subclass runs.
     model_types: tuple[str, ...] = ()
+    #: `(kv_heads, head_dim)` of the keys and values each layer keeps.
+    kv_shape: tuple[int, int]
 
     def __init__(self, reward_model: nn.Module):
         backbone = reward_model.backbone
@@ -297,6 +306,7 @@ class GPT2Decoder(IncrementalDecoder):
     def __init__(self, reward_model: nn.Module):
         super().__init__(reward_model)
         self.heads = self.config.num_attention_heads
+        self.kv_shape = (self.heads, self.layers[0].attn.head_dim)
         self.tanh_gelu = self.config.activation_function in self.TANH_GELU
         self.scales = []
         for block in self.layers:
@@ -364,6 +374,7 @@ class LlamaFamilyDecoder(IncrementalDecoder):
         attention = self.layers[0].self_attn
         self.heads = self.config.num_attention_heads
         self.kv_heads = getattr(self.config, "num_key_value_heads", None) or self.heads
+        self.kv_shape = (self.kv_heads, attention.head_dim)
         self.scale = attention.scaling
         # The rotary helper of the backbone's own modeling file, so any variant of it is followed.
         self.apply_rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb

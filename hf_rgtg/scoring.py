@@ -21,7 +21,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from .incremental import IncrementalDecoder, KVBuffer, grown_capacity
-from .modeling import PrefixRewardModel
+from .modeling import PrefixRewardModel, last_token_index, position_ids_from_attention_mask
 
 
 class CandidateScorer(ABC):
@@ -188,17 +188,17 @@ class CachedScorer(CandidateScorer):
 
     @torch.no_grad()
     def _reset(self) -> torch.Tensor:
-        out = self.reward_model(self.input_ids, attention_mask=self.attention_mask, use_cache=True)
-        for layer in out.past_key_values.layers:
-            if type(layer) is not DynamicLayer:
-                raise ValueError(
-                    f"CachedScorer supports plain dynamic caches; this reward model uses {type(layer).__name__} "
-                    "layers (sliding-window or hybrid attention). Use ReferenceScorer."
-                )
         if self.decoder is not None:
-            self.buffer = KVBuffer.from_cache(out.past_key_values, self.decoder.num_layers)
+            rewards = self._prefill()
         else:
-            self.cache = out.past_key_values
+            out = self.reward_model(self.input_ids, attention_mask=self.attention_mask, use_cache=True)
+            for layer in out.past_key_values.layers:
+                if type(layer) is not DynamicLayer:
+                    raise ValueError(
+                        f"CachedScorer supports plain dynamic caches; this reward model uses {type(layer).__name__} "
+                        "layers (sliding-window or hybrid attention). Use ReferenceScorer."
+                    )
+            self.cache, rewards = out.past_key_values, out.reward
         self.prefix_length = self._prompt_width = self.attention_mask.shape[1]
         dtype = self.reward_model.dtype
         prompt_bias = torch.zeros(self.attention_mask.shape, dtype=dtype, device=self.device)
@@ -208,7 +208,31 @@ class CachedScorer(CandidateScorer):
         self._positions = self.attention_mask.sum(-1, keepdim=True)  # the next token's position, per row
         self._longest_prompt = int(self._positions.max())
         self._num_candidates = 0
-        return out.reward
+        return rewards
+
+    def _prefill(self) -> torch.Tensor:
+        """Run the prompts through the incremental decoder into a new buffer; return their rewards.
+
+        The buffer is filled directly, without a transformers cache to copy from (which would hold the prompts'
+        keys and values twice).
+        """
+        ids, attention = self.input_ids, self.attention_mask
+        rows, width = ids.shape
+        positions = position_ids_from_attention_mask(attention, width)
+        self.reward_model._check_length(positions)
+        decoder = self.decoder
+        like = torch.empty(0, dtype=self.reward_model.dtype, device=self.device)
+        self.buffer = KVBuffer.empty(decoder.num_layers, rows, *decoder.kv_shape, grown_capacity(width), like)
+        # Causal attention to the real tokens; a padding position sees itself only, so no row is empty.
+        index = torch.arange(width, device=self.device)
+        allowed = (index[None, :] <= index[:, None]) & attention.bool()[:, None, :]
+        allowed |= torch.eye(width, dtype=torch.bool, device=self.device)
+        hidden = decoder(ids, positions, allowed[:, None], self.buffer)
+        self.buffer.commit(width)
+        last = last_token_index(attention, rows, width).to(self.device)
+        return (
+            self.reward_model.score(hidden[torch.arange(rows, device=self.device), last]).squeeze(-1).float()
+        )
 
     @staticmethod
     def _mask_buffer(prefix: torch.Tensor, k: int, needed: int) -> torch.Tensor:
