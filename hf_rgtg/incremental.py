@@ -72,14 +72,14 @@ class KVBuffer:
     @classmethod
     def from_cache(cls, cache: Cache, num_layers: int, extra: int | None = None) -> KVBuffer:
         """Copy the first `num_layers` layers of a transformers cache into a buffer with `extra` free positions
-        (default: `GROWTH`)."""
-        extra = GROWTH if extra is None else extra
+        (default: as many as a growth step leaves, see `grown_capacity`)."""
         layers = []
         length = 0
         for layer in cache.layers[:num_layers]:
             keys, values = layer.keys, layer.values
             rows, heads, length, dim = keys.shape
-            buffer = _empty((2, rows, heads, length + extra, dim), keys)
+            capacity = grown_capacity(length) if extra is None else length + extra
+            buffer = _empty((2, rows, heads, capacity, dim), keys)
             buffer[0, :, :, :length] = keys
             buffer[1, :, :, :length] = values
             layers.append(buffer)

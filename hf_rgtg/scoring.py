@@ -143,6 +143,13 @@ def _left_to_right_padding(
     return input_ids.gather(1, index), attention_mask.gather(1, index)
 
 
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention bias of a boolean mask: 0 where `allowed`, the dtype's minimum elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
 class CachedScorer(CandidateScorer):
     """Scores k candidates per row with one reward-model forward of k tokens on top of the prefix's cache.
 
@@ -200,9 +207,7 @@ class CachedScorer(CandidateScorer):
                     )
             self.cache, rewards = out.past_key_values, out.reward
         self.prefix_length = self._prompt_width = self.attention_mask.shape[1]
-        dtype = self.reward_model.dtype
-        prompt_bias = torch.zeros(self.attention_mask.shape, dtype=dtype, device=self.device)
-        prompt_bias.masked_fill_(self.attention_mask == 0, torch.finfo(dtype).min)
+        prompt_bias = _additive(self.attention_mask.bool(), self.reward_model.dtype)
         self._mask = self._mask_buffer(prompt_bias[:, None, None, :], 1, self.prefix_length + 1)
         self._own_bias: dict[int, torch.Tensor] = {}
         self._positions = self.attention_mask.sum(-1, keepdim=True)  # the next token's position, per row
@@ -261,9 +266,9 @@ class CachedScorer(CandidateScorer):
         mask = self._ensure_mask(k, length + k)
         own = self._own_bias.get(k)
         if own is None:
-            eye = torch.eye(k, dtype=torch.bool, device=self.device)
-            own = mask.new_zeros((k, k)).masked_fill_(~eye, torch.finfo(mask.dtype).min)
-            self._own_bias[k] = own
+            own = self._own_bias[k] = _additive(
+                torch.eye(k, dtype=torch.bool, device=self.device), mask.dtype
+            )
         mask[..., length : length + k] = own
         return mask[..., : length + k]
 
