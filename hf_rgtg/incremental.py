@@ -35,8 +35,18 @@ def grown_capacity(needed: int) -> int:
     return needed + max(GROWTH, needed // 4)
 
 
+# Attention reads the buffer up to a multiple of this many positions (see `KVBuffer.span`).
+ATTEND_BLOCK = 64
 # CPU buffers from this size on are anonymous memory mappings, see `_empty`.
 MMAP_MIN_BYTES = 1 << 16
+# A mapped buffer is reserved at once for the most positions it can need, when that is known and the whole
+# reservation (every layer) stays within this many bytes of address space: its pages are resident only once written.
+RESERVE_MAX_BYTES = 4 << 30
+
+
+def _maps(nbytes: int, like: torch.Tensor) -> bool:
+    """Whether `_empty` makes a buffer of `nbytes` bytes like `like` a memory mapping."""
+    return like.device.type == "cpu" and nbytes >= MMAP_MIN_BYTES and hasattr(mmap, "MAP_ANONYMOUS")
 
 
 def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -44,13 +54,17 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
 
     A buffer that grows by reallocation frees every previous size, and glibc keeps freed heap blocks resident: a
     buffer grown to its final size would leave several times that size behind. On the CPU, large buffers are
-    therefore anonymous memory mappings, which go back to the operating system when the tensor is freed.
+    therefore anonymous memory mappings, which go back to the operating system when the tensor is freed, and whose
+    pages take memory only once they are written.
     """
     nbytes = math.prod(shape) * like.element_size()
-    if like.device.type != "cpu" or nbytes < MMAP_MIN_BYTES or not hasattr(mmap, "MAP_ANONYMOUS"):
+    if not _maps(nbytes, like):
         return like.new_empty(shape)
     # Private, like any other memory of the process (a forked child does not share it).
     mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        # Where transparent huge pages are always on, one written position would make 2 MiB resident.
+        mapping.madvise(mmap.MADV_NOHUGEPAGE)
     return torch.frombuffer(mapping, dtype=like.dtype).view(shape)
 
 
@@ -63,11 +77,17 @@ class KVBuffer:
     Args:
         layers (`list[torch.Tensor]`): the per-layer tensors.
         length (`int`): the number of committed positions.
+        limit (`int`, *optional*): the most positions the buffer will be asked to hold, if known. A buffer in
+            mapped memory (see `_empty`) is then reserved for all of them when it is created or first grows, and
+            never copied again; other buffers ignore it.
     """
 
-    def __init__(self, layers: list[torch.Tensor], length: int):
+    def __init__(self, layers: list[torch.Tensor], length: int, limit: int | None = None):
         self.layers = layers
         self.length = length
+        self.limit = limit
+        self._end = length  # one past the last position written or zero-filled
+        self._span = length  # the positions attention reads in the current call, see `span`
 
     @classmethod
     def from_cache(cls, cache: Cache, num_layers: int, extra: int | None = None) -> KVBuffer:
@@ -87,44 +107,77 @@ class KVBuffer:
 
     @classmethod
     def empty(
-        cls, num_layers: int, rows: int, kv_heads: int, head_dim: int, capacity: int, like: torch.Tensor
+        cls,
+        num_layers: int,
+        rows: int,
+        kv_heads: int,
+        head_dim: int,
+        needed: int,
+        like: torch.Tensor,
+        limit: int | None = None,
     ) -> KVBuffer:
-        """A buffer with no committed position, in `like`'s dtype and device."""
-        return cls([_empty((2, rows, kv_heads, capacity, head_dim), like) for _ in range(num_layers)], 0)
+        """A buffer with no committed position, in `like`'s dtype and device, with room for `needed` positions and
+        a growth step more (or for `limit`, see the class)."""
+        shape = (2, rows, kv_heads, 0, head_dim)
+        capacity = _capacity(needed, limit, num_layers, shape, like)
+        shape = (2, rows, kv_heads, capacity, head_dim)
+        return cls([_empty(shape, like) for _ in range(num_layers)], 0, limit)
 
     @property
     def capacity(self) -> int:
         return self.layers[0].shape[3]
 
-    def reserve(self, positions: int) -> None:
-        """Make room for `positions` positions after the committed ones."""
+    def reserve(self, positions: int) -> int:
+        """Make room for `positions` positions after the committed ones; return how many positions attention
+        reads in this call ([`~KVBuffer.span`])."""
         needed = self.length + positions
-        if needed <= self.capacity:
-            return
-        capacity = grown_capacity(needed)
-        for i, old in enumerate(self.layers):
-            shape = (*old.shape[:3], capacity, old.shape[4])
-            new = _empty(shape, old)
-            new[:, :, :, : self.length] = old[:, :, :, : self.length]
-            self.layers[i] = new
+        if needed > self.capacity:
+            capacity = _capacity(needed, self.limit, len(self.layers), self.layers[0].shape, self.layers[0])
+            for i, old in enumerate(self.layers):
+                shape = (*old.shape[:3], capacity, old.shape[4])
+                new = _empty(shape, old)
+                new[:, :, :, : self.length] = old[:, :, :, : self.length]
+                self.layers[i] = new
+            self._end = self.length
+        span = self._span = self.span(needed)
+        if span > self._end:
+            # Zeros where attention reads past anything written. Written, not merely read: a page of a mapping that
+            # is read first maps the kernel's zero page, and the first write to it then replaces a present page,
+            # which flushes the TLB of every core the process runs on (measured: +0.3 ms per step at batch 1).
+            for layer in self.layers:
+                layer[:, :, :, self._end : span] = 0
+            self._end = span
+        return span
+
+    def span(self, end: int) -> int:
+        """How many positions attention reads when the last new token sits at `end - 1`: `end` rounded up to a
+        multiple of `ATTEND_BLOCK`, within the capacity.
+
+        The positions after `end` are masked out; `reserve` writes zeros to those never written, so that they
+        hold finite values (a masked-out NaN would still spread through the attention's weighted sum). A
+        read that grows by one position per step makes the attention kernel's scratch space grow by a few bytes
+        per step, so the allocator puts it somewhere new each time and the process touches fresh pages every
+        step; in blocks, its size changes once every `ATTEND_BLOCK` steps.
+        """
+        return min(self.capacity, -(-end // ATTEND_BLOCK) * ATTEND_BLOCK)
 
     def write(
         self, layer: int, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write `keys`/`values` `(rows, kv_heads, n, head_dim)` after the committed positions; return the views of
-        everything up to them."""
+        """Write `keys`/`values` `(rows, kv_heads, n, head_dim)` after the committed positions (after
+        `reserve(n)`); return the views attention reads, up to [`~KVBuffer.span`]."""
         end = self.length + keys.shape[2]
         buffer = self.layers[layer]
         buffer[0, :, :, self.length : end] = keys
         buffer[1, :, :, self.length : end] = values
-        return buffer[0, :, :, :end], buffer[1, :, :, :end]
+        return buffer[0, :, :, : self._span], buffer[1, :, :, : self._span]
 
     def write_pair(self, layer: int, keys_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[`~KVBuffer.write`] with keys and values stacked, `(2, rows, kv_heads, n, head_dim)`: one copy."""
         end = self.length + keys_values.shape[3]
         buffer = self.layers[layer]
         buffer[:, :, :, self.length : end] = keys_values
-        return buffer[0, :, :, :end], buffer[1, :, :, :end]
+        return buffer[0, :, :, : self._span], buffer[1, :, :, : self._span]
 
     def commit(self, count: int) -> None:
         """Keep the `count` positions written last."""
@@ -146,8 +199,26 @@ class KVBuffer:
         self.length += 1
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Row `i` becomes the old row `rows[i]` (beam search)."""
-        self.layers = [buffer.index_select(1, rows) for buffer in self.layers]
+        """Row `i` becomes the old row `rows[i]` (beam search), written positions included."""
+        end = self._end
+        for i, old in enumerate(self.layers):
+            new = _empty(old.shape, old)
+            # Only what was written: the rest of a reserved buffer stays untouched, and takes no memory.
+            new[:, :, :, :end] = old[:, :, :, :end].index_select(1, rows)
+            self.layers[i] = new
+
+
+def _capacity(
+    needed: int, limit: int | None, num_layers: int, shape: tuple[int, ...], like: torch.Tensor
+) -> int:
+    """The capacity of a buffer of `num_layers` layers shaped like `shape` that must hold `needed` positions:
+    `limit` where the buffer is mapped memory and the reservation is within `RESERVE_MAX_BYTES`, otherwise a
+    growth step (`grown_capacity`)."""
+    if limit is not None and limit >= needed:
+        per_position = math.prod(shape[:3]) * shape[4] * like.element_size()
+        if _maps(per_position * limit, like) and num_layers * per_position * limit <= RESERVE_MAX_BYTES:
+            return limit
+    return grown_capacity(needed)
 
 
 class IncrementalDecoder(ABC):
@@ -258,12 +329,23 @@ class IncrementalDecoder(ABC):
         token attends to) or additive in the model's dtype. The new tokens' keys and values are written after the committed positions but not
         committed: call `buffer.commit(n)` or `buffer.keep_one(...)` afterwards.
         """
-        buffer.reserve(input_ids.shape[1])
+        mask = _pad_mask(mask, buffer.reserve(input_ids.shape[1]))
         hidden = self.embed(input_ids, position_ids)
         state = self.position_state(hidden, position_ids)
         for index in range(self.num_layers):
             hidden = self.layer(index, hidden, state, mask, buffer)
         return self.norm(hidden) if self.final_norm else hidden
+
+
+def _pad_mask(mask: torch.Tensor, span: int) -> torch.Tensor:
+    """`mask` `(rows, 1, n, end)`, extended to `span` columns that no token attends to."""
+    rows, _, n, end = mask.shape
+    if end == span:
+        return mask
+    blocked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+    padded = mask.new_full((rows, 1, n, span), blocked)
+    padded[..., :end] = mask
+    return padded
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -285,7 +285,7 @@ class GuidanceState:
         if self._ids is not None or self.reward_calls:
             self.prepare()
         self._prompt_mask = None
-        prompt_rewards = self.scorer.reset(input_ids, mask).float().cpu()
+        prompt_rewards = self.scorer.reset(input_ids, mask, self.config.top_k).float().cpu()
         self.start_time = time.monotonic()
         self._ids = input_ids
         self._finished = [False] * len(input_ids)

@@ -2,7 +2,8 @@
 
 The logits processor chooses candidates; a scorer gets their rewards. Every scorer follows the same small protocol:
 
-- `reset(input_ids, attention_mask)` at the start of a `generate()` call, with the (expanded) prompts;
+- `reset(input_ids, attention_mask, max_candidates)` at the start of a `generate()` call, with the (expanded)
+  prompts and, if known, the most candidates a step will score;
 - `score(candidates)` with `(rows, k)` token ids, returning `(rows, k)` rewards;
 - `advance(tokens, parents)` once `generate()` has appended one token per row, `parents[i]` being the row that row
   `i` extends (beam search reorders rows).
@@ -40,11 +41,19 @@ class CandidateScorer(ABC):
         self.device = reward_model.device
         self.input_ids: torch.Tensor | None = None
         self.attention_mask: torch.Tensor | None = None
+        self.max_candidates: int | None = None
 
-    def reset(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Start over with new prompts; returns the reward of each prompt, shape `(rows,)`."""
+    def reset(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_candidates: int | None = None
+    ) -> torch.Tensor:
+        """Start over with new prompts; returns the reward of each prompt, shape `(rows,)`.
+
+        `max_candidates`, the most candidates `score` will get per row if known, lets a scorer size its buffers
+        once; `score` accepts any number.
+        """
         self.input_ids = input_ids.to(self.device)
         self.attention_mask = attention_mask.to(self.device, torch.long)
+        self.max_candidates = max_candidates
         rewards = self._reset()
         if not self.keeps_inputs:
             self.input_ids = self.attention_mask = None
@@ -227,7 +236,9 @@ class CachedScorer(CandidateScorer):
         self.reward_model._check_length(positions)
         decoder = self.decoder
         like = torch.empty(0, dtype=self.reward_model.dtype, device=self.device)
-        self.buffer = KVBuffer.empty(decoder.num_layers, rows, *decoder.kv_shape, grown_capacity(width), like)
+        self.buffer = KVBuffer.empty(
+            decoder.num_layers, rows, *decoder.kv_shape, width, like, self._most_positions()
+        )
         # Causal attention to the real tokens; a padding position sees itself only, so no row is empty.
         index = torch.arange(width, device=self.device)
         allowed = (index[None, :] <= index[:, None]) & attention.bool()[:, None, :]
@@ -238,6 +249,17 @@ class CachedScorer(CandidateScorer):
         return (
             self.reward_model.score(hidden[torch.arange(rows, device=self.device), last]).squeeze(-1).float()
         )
+
+    def _most_positions(self) -> int | None:
+        """The most buffer positions decoding can use, when the reward model's maximum length and the number of
+        candidates are known: the longest row may grow to the maximum length (`score` refuses to go further), the
+        padding of the other rows stays, and the last candidates need room after the prefix."""
+        max_positions = self.reward_model.max_positions
+        if max_positions is None or self.max_candidates is None:
+            return None
+        width = self.attention_mask.shape[1]
+        longest = int(self.attention_mask.sum(-1).max())
+        return width - longest + max_positions - 1 + self.max_candidates
 
     @staticmethod
     def _mask_buffer(prefix: torch.Tensor, k: int, needed: int) -> torch.Tensor:

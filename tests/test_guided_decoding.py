@@ -191,9 +191,11 @@ def test_eager_attention_uses_an_additive_mask_and_matches_reference():
     incremental=st.booleans(),
     growth=st.sampled_from([1, 3, 256]),
     mapped=st.booleans(),
+    reserved=st.booleans(),
+    block=st.sampled_from([1, 3, 64]),
 )
 def test_property_cached_scorer_matches_reference_under_any_padding_and_reordering(
-    lengths, k, steps, seed, reorder, arch, head_layer, incremental, growth, mapped
+    lengths, k, steps, seed, reorder, arch, head_layer, incremental, growth, mapped, reserved, block
 ):
     rm = _shared_rm(arch, head_layer)
     generator = torch.Generator().manual_seed(seed)
@@ -202,12 +204,16 @@ def test_property_cached_scorer_matches_reference_under_any_padding_and_reorderi
     cached, reference = CachedScorer(rm, incremental=incremental), ReferenceScorer(rm)
     # Every test architecture has an incremental decoder; `incremental=False` takes the transformers forward.
     assert (cached.decoder is not None) == incremental
-    # Small growth steps reallocate the buffer often; `mapped` puts even these tiny buffers in memory mappings.
+    # Small growth steps reallocate the buffer often; `mapped` puts even these tiny buffers in memory mappings, and
+    # `reserved` (the number of candidates known up front) reserves mapped buffers for the model's whole length;
+    # `block` is how far past the written positions attention reads (masked out).
     with (
+        patch.object(hf_rgtg.incremental, "ATTEND_BLOCK", block),
         patch.object(hf_rgtg.incremental, "GROWTH", growth),
         patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1 if mapped else 1 << 40),
     ):
-        torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
+        rewards = cached.reset(ids, mask, k if reserved else None)
+        torch.testing.assert_close(rewards, reference.reset(ids, mask), atol=1e-4, rtol=0)
         for _ in range(steps):
             candidates = torch.randint(1, VOCAB_SIZE, (len(rows), k), generator=generator)
             torch.testing.assert_close(
@@ -722,3 +728,88 @@ def test_cached_scorer_follows_a_change_of_k_between_steps(incremental):
         tokens = candidates.gather(1, chosen[:, None])[:, 0]
         cached.advance(tokens, None, chosen)
         reference.advance(tokens, None, chosen)
+
+
+def test_mapped_buffer_is_reserved_once_for_the_whole_length_when_k_is_known():
+    rm = _shared_rm("gpt2")
+    ids, mask = left_padded()
+    width, longest = ids.shape[1], int(mask.sum(-1).max())
+    with patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1):
+        reserved, growing = CachedScorer(rm), CachedScorer(rm)
+        reserved.reset(ids, mask, max_candidates=3)
+        growing.reset(ids, mask)
+        first = list(reserved.buffer.layers)
+        # The longest row can reach the model's last position, the candidates need room after it.
+        assert reserved.buffer.capacity == width - longest + rm.max_positions - 1 + 3
+        assert growing.buffer.capacity < reserved.buffer.capacity
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(40):
+            candidates = torch.randint(1, VOCAB_SIZE, (len(ids), 3), generator=generator)
+            torch.testing.assert_close(
+                reserved.score(candidates), growing.score(candidates), atol=1e-5, rtol=0
+            )
+            chosen = torch.randint(0, 3, (len(ids),), generator=generator)
+            tokens = candidates.gather(1, chosen[:, None])[:, 0]
+            reserved.advance(tokens, None, chosen)
+            growing.advance(tokens, None, chosen)
+        assert all(a is b for a, b in zip(reserved.buffer.layers, first, strict=True))  # never reallocated
+    # Past `RESERVE_MAX_BYTES` of address space, the buffer grows step by step instead.
+    with (
+        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1),
+        patch.object(hf_rgtg.incremental, "RESERVE_MAX_BYTES", 1024),
+    ):
+        small = CachedScorer(rm)
+        small.reset(ids, mask, max_candidates=3)
+        assert small.buffer.capacity == hf_rgtg.incremental.grown_capacity(width)
+
+
+def test_attention_reads_whole_blocks_of_zeros_past_the_written_positions():
+    rm = _shared_rm("llama")
+    ids, mask = left_padded()
+    with patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1):
+        cached = CachedScorer(rm)
+        cached.reset(ids, mask, max_candidates=3)
+        buffer = cached.buffer
+        seen = []
+        original = buffer.write
+
+        def spy(layer, keys, values):
+            views = original(layer, keys, values)
+            seen.append((buffer.length + keys.shape[2], views))
+            return views
+
+        buffer.write = spy
+        cached.score(torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]]))
+    block = hf_rgtg.incremental.ATTEND_BLOCK
+    for end, (keys, values) in seen:
+        assert keys.shape[2] == values.shape[2] == -(-end // block) * block
+        # What lies past the new tokens was written as zeros, not left to whatever the memory held.
+        assert not keys[:, :, end:].any() and not values[:, :, end:].any()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_buffer_memory_never_written_is_never_read(arch):
+    """Fresh buffers full of NaN (as uninitialised memory may be): rewards still match the reference."""
+    original = hf_rgtg.incremental._empty
+
+    def poisoned(shape, like):
+        return original(shape, like).fill_(math.nan)
+
+    with patch.object(hf_rgtg.incremental, "_empty", poisoned):
+        cached = CachedScorer(_shared_rm(arch))
+        reference = ReferenceScorer(cached.reward_model)
+        ids, mask = left_padded()
+        torch.testing.assert_close(cached.reset(ids, mask, 3), reference.reset(ids, mask), atol=1e-4, rtol=0)
+        generator = torch.Generator().manual_seed(2)
+        for step in range(70):  # past a growth step and a new attention block
+            candidates = torch.randint(1, VOCAB_SIZE, (len(ids), 3), generator=generator)
+            rewards = cached.score(candidates)
+            if step % 10 == 0:
+                torch.testing.assert_close(rewards, reference.score(candidates), atol=1e-4, rtol=0)
+            assert torch.isfinite(rewards).all()
+            chosen = torch.randint(0, 3, (len(ids),), generator=generator)
+            parents = torch.tensor([1, 0, 2]) if step % 7 == 3 else None  # beam-style reorders too
+            source = candidates if parents is None else candidates[parents]
+            tokens = source.gather(1, chosen[:, None])[:, 0]
+            cached.advance(tokens, parents, chosen)
+            reference.advance(tokens, parents, chosen)
