@@ -71,7 +71,7 @@ class Loops:
             )
         if rm:
             scorer = CachedScorer(self.setup.rm)
-            scorer.reset(self.ids, torch.ones_like(self.ids))
+            scorer.reset(self.ids, torch.ones_like(self.ids), k)
         for step in range(steps):
             if lm:
                 start = time.perf_counter()

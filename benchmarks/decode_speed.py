@@ -28,7 +28,9 @@ never stops records the wall time (and the peak RSS so far) when the N-th token 
 
 Peak RSS is the kernel's high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs`` before each run,
 or, where that is not possible, the maximum of a psutil sampling thread. "Delta" is the peak minus the RSS just
-before the run (after ``gc.collect()`` and ``malloc_trim``).
+before the run (after ``gc.collect()`` and ``malloc_trim(0)``). The trim hands the pages of every free heap chunk
+back to the kernel, so a run counts every heap page it touches, as a first run in a new process would; the
+measure is strict (without the trim, a run reusing free heap the process already had counts nothing for it).
 
 Usage::
 
@@ -412,6 +414,13 @@ def setup_b(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) 
         _chat_prompt(tokenizer, PROMPT_QUESTIONS[i % len(PROMPT_QUESTIONS)], prompt_length)
         for i in range(max_batch)
     ]
+    # Both models map their weights from the safetensors file, and a page comes in when it is first read: the LM's
+    # tied embedding is read whole by its head at every step, the RM's only row by row, as new tokens appear. Read
+    # every weight once, so that the RSS of a run measures what decoding allocates, not weights paging in.
+    for model in (lm, rm):
+        with torch.no_grad():
+            for tensor in (*model.parameters(), *model.buffers()):
+                tensor.sum()
     setup = Setup("b", lm, rm, torch.tensor(rows), eos, pad, [])
     setup.description = [
         f"LM: SmolLM2-135M-Instruct via `load_default_lm()` ({type(lm).__name__}, {_param_count(lm)}, "
@@ -568,7 +577,7 @@ class Bench:
         self.rss.start()
         with torch.no_grad():
             start = time.perf_counter()
-            scorer.reset(ids, mask)
+            scorer.reset(ids, mask, k)
             for step in range(job.new_tokens):
                 if step:
                     scorer.advance(tokens[step - 1], None, chosen[step - 1])
@@ -995,9 +1004,10 @@ def render(args, info: dict, cells: dict[tuple[str, int, int], Cell], elapsed: f
         "",
         "## Peak RSS",
         "",
-        "MiB. Δ = peak RSS during the run minus the RSS just before it (after `gc.collect()` and `malloc_trim`), "
-        "the largest over the runs; for a shorter length, the peak up to its last token. Both models are loaded "
-        "before every run. RM cache = 2 × layers × KV heads × head dim × (prompt + N) × batch × 4 bytes.",
+        "MiB. Δ = peak RSS during the run minus the RSS just before it (after `gc.collect()` and `malloc_trim(0)`), "
+        "the largest over the runs; for a shorter length, the peak up to its last token. Both models are loaded, "
+        "and their weights read once, before every run. RM cache = 2 × layers × KV heads × head dim × (prompt + N) × "
+        "batch × 4 bytes.",
         "",
         memory_table(cells, info, args.prompt_length),
         "",
