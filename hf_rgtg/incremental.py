@@ -118,10 +118,8 @@ class KVBuffer:
     ) -> KVBuffer:
         """A buffer with no committed position, in `like`'s dtype and device, with room for `needed` positions and
         a growth step more (or for `limit`, see the class)."""
-        shape = (2, rows, kv_heads, 0, head_dim)
-        capacity = _capacity(needed, limit, num_layers, shape, like)
-        shape = (2, rows, kv_heads, capacity, head_dim)
-        return cls([_empty(shape, like) for _ in range(num_layers)], 0, limit)
+        layers = _allocate(num_layers, (2, rows, kv_heads, 0, head_dim), needed, limit, like)
+        return cls(layers, 0, limit)
 
     @property
     def capacity(self) -> int:
@@ -132,12 +130,10 @@ class KVBuffer:
         reads in this call ([`~KVBuffer.span`])."""
         needed = self.length + positions
         if needed > self.capacity:
-            capacity = _capacity(needed, self.limit, len(self.layers), self.layers[0].shape, self.layers[0])
-            for i, old in enumerate(self.layers):
-                shape = (*old.shape[:3], capacity, old.shape[4])
-                new = _empty(shape, old)
+            old_layers = self.layers
+            self.layers = _allocate(len(old_layers), old_layers[0].shape, needed, self.limit, old_layers[0])
+            for new, old in zip(self.layers, old_layers, strict=True):
                 new[:, :, :, : self.length] = old[:, :, :, : self.length]
-                self.layers[i] = new
             self._end = self.length
         span = self._span = self.span(needed)
         if span > self._end:
@@ -208,17 +204,22 @@ class KVBuffer:
             self.layers[i] = new
 
 
-def _capacity(
-    needed: int, limit: int | None, num_layers: int, shape: tuple[int, ...], like: torch.Tensor
-) -> int:
-    """The capacity of a buffer of `num_layers` layers shaped like `shape` that must hold `needed` positions:
-    `limit` where the buffer is mapped memory and the reservation is within `RESERVE_MAX_BYTES`, otherwise a
-    growth step (`grown_capacity`)."""
+def _allocate(
+    num_layers: int, shape: tuple[int, ...], needed: int, limit: int | None, like: torch.Tensor
+) -> list[torch.Tensor]:
+    """`num_layers` buffers shaped like `shape` (any capacity) with room for `needed` positions: `limit` of them
+    where the buffer is mapped memory and the reservation is within `RESERVE_MAX_BYTES`, otherwise a growth step
+    (`grown_capacity`). A reservation the system refuses (strict overcommit accounting) falls back to the growth
+    step."""
+    grown = grown_capacity(needed)
     if limit is not None and limit >= needed:
         per_position = math.prod(shape[:3]) * shape[4] * like.element_size()
         if _maps(per_position * limit, like) and num_layers * per_position * limit <= RESERVE_MAX_BYTES:
-            return limit
-    return grown_capacity(needed)
+            try:
+                return [_empty((*shape[:3], limit, shape[4]), like) for _ in range(num_layers)]
+            except OSError:
+                pass
+    return [_empty((*shape[:3], grown, shape[4]), like) for _ in range(num_layers)]
 
 
 class IncrementalDecoder(ABC):

@@ -813,3 +813,28 @@ def test_buffer_memory_never_written_is_never_read(arch):
             tokens = source.gather(1, chosen[:, None])[:, 0]
             cached.advance(tokens, parents, chosen)
             reference.advance(tokens, parents, chosen)
+
+
+def test_a_refused_reservation_falls_back_to_growing_the_buffer():
+    rm = _shared_rm("gpt2")
+    ids, mask = left_padded()
+    real_mmap = hf_rgtg.incremental.mmap.mmap
+    heads, dim = IncrementalDecoder.for_model(rm).kv_shape
+    width, longest = ids.shape[1], int(mask.sum(-1).max())
+    reservation = 2 * len(ids) * heads * dim * 4 * (width - longest + rm.max_positions - 1 + 3)
+
+    def strict_overcommit(fileno, length, *args, **kwargs):
+        if length >= reservation:  # the system refuses the whole-length reservation, not a growth step
+            raise OSError(12, "Cannot allocate memory")
+        return real_mmap(fileno, length, *args, **kwargs)
+
+    with (
+        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1),
+        patch.object(hf_rgtg.incremental.mmap, "mmap", strict_overcommit),
+    ):
+        cached = CachedScorer(rm)
+        reference = ReferenceScorer(rm)
+        torch.testing.assert_close(cached.reset(ids, mask, 3), reference.reset(ids, mask), atol=1e-4, rtol=0)
+        assert cached.buffer.capacity == hf_rgtg.incremental.grown_capacity(ids.shape[1])
+        candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
+        torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
