@@ -24,6 +24,7 @@ from hf_rgtg import (
     score_sequences,
 )
 from hf_rgtg.incremental import IncrementalDecoder
+from hf_rgtg.scoring import CandidateScorer
 
 PAD = 0
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
@@ -725,9 +726,20 @@ def test_cached_scorer_follows_a_change_of_k_between_steps(incremental):
         candidates = torch.randint(1, VOCAB_SIZE, (len(ids), k), generator=generator)
         torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
         chosen = torch.randint(0, k, (len(ids),), generator=generator)
-        tokens = candidates.gather(1, chosen[:, None])[:, 0]
-        cached.advance(tokens, None, chosen)
-        reference.advance(tokens, None, chosen)
+        advance_all((cached, reference), candidates, chosen)
+
+
+def advance_all(
+    scorers: tuple[CandidateScorer, ...],
+    candidates: torch.Tensor,
+    chosen: torch.Tensor,
+    parents: torch.Tensor | None = None,
+) -> None:
+    """Append to every scorer's rows the candidate at `chosen`, each row extending row `parents[i]` if given."""
+    source = candidates if parents is None else candidates[parents]
+    tokens = source.gather(1, chosen[:, None])[:, 0]
+    for scorer in scorers:
+        scorer.advance(tokens, parents, chosen)
 
 
 def test_mapped_buffer_is_reserved_once_for_the_whole_length_when_k_is_known():
@@ -749,9 +761,7 @@ def test_mapped_buffer_is_reserved_once_for_the_whole_length_when_k_is_known():
                 reserved.score(candidates), growing.score(candidates), atol=1e-5, rtol=0
             )
             chosen = torch.randint(0, 3, (len(ids),), generator=generator)
-            tokens = candidates.gather(1, chosen[:, None])[:, 0]
-            reserved.advance(tokens, None, chosen)
-            growing.advance(tokens, None, chosen)
+            advance_all((reserved, growing), candidates, chosen)
         assert all(a is b for a, b in zip(reserved.buffer.layers, first, strict=True))  # never reallocated
     # Past `RESERVE_MAX_BYTES` of address space, the buffer grows step by step instead.
     with (
@@ -809,10 +819,7 @@ def test_buffer_memory_never_written_is_never_read(arch):
             assert torch.isfinite(rewards).all()
             chosen = torch.randint(0, 3, (len(ids),), generator=generator)
             parents = torch.tensor([1, 0, 2]) if step % 7 == 3 else None  # beam-style reorders too
-            source = candidates if parents is None else candidates[parents]
-            tokens = source.gather(1, chosen[:, None])[:, 0]
-            cached.advance(tokens, parents, chosen)
-            reference.advance(tokens, parents, chosen)
+            advance_all((cached, reference), candidates, chosen, parents)
 
 
 def test_a_refused_reservation_falls_back_to_growing_the_buffer():
