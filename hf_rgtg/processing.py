@@ -295,18 +295,26 @@ class GuidanceState:
             for row, reward in zip(input_ids.tolist(), prompt_rewards.tolist(), strict=True)
         ]
 
+    def _matching_rows(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The row of the last scoring step that each row of `input_ids` extends by one token, or `None` when some
+        row extends none of them."""
+        previous = self._ids
+        if previous is None or input_ids.shape[1] != previous.shape[1] + 1:
+            return None
+        matches = (input_ids[:, None, :-1] == previous[None, :, :]).all(-1)
+        if not bool(matches.any(-1).all()):
+            return None
+        return matches.int().argmax(-1)
+
     def _parents(self, input_ids: torch.Tensor) -> torch.Tensor | None | bool:
         """`None` when row i extends row i, a tensor of parent rows after a reorder, `False` for a new call."""
         previous = self._ids
         if previous is None or input_ids.shape != (previous.shape[0], previous.shape[1] + 1):
             return False
-        prefix = input_ids[:, :-1]
-        if torch.equal(prefix, previous):
+        if torch.equal(input_ids[:, :-1], previous):
             return None
-        matches = (prefix[:, None, :] == previous[None, :, :]).all(-1)
-        if not bool(matches.any(-1).all()):
-            return False
-        return matches.int().argmax(-1)
+        parents = self._matching_rows(input_ids)
+        return False if parents is None else parents
 
     def commit(self, input_ids: torch.Tensor) -> bool:
         """Record the tokens `generate()` appended after the last scoring step. Returns whether `input_ids` extends
@@ -385,18 +393,42 @@ class GuidanceState:
             and time.monotonic() - self.start_time >= config.max_time
         )
 
-    def stopped(self, num_rows: int) -> torch.Tensor:
-        """Which of the current rows should stop: reward threshold reached, or the whole budget spent."""
+    def stopped(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Which rows of `input_ids` should stop: reward threshold reached, or the whole budget spent.
+
+        Rows the last step extended are committed to the trace first. Beam search instead shows the stopping
+        criteria its `2 * num_beams` best continuations, which are not the next step's rows: their rewards are
+        read from the last step's candidates, and each one is added to the trace, so that a beam that ends here
+        can be read back."""
+        num_rows = input_ids.shape[0]
+        if self.commit(input_ids):
+            rewards = self._last_rewards
+        else:
+            rewards = self._record_continuations(input_ids)
         if self.budget_spent():
             return torch.ones(num_rows, dtype=torch.bool)
-        if (
-            self.config.reward_threshold is None
-            or self._last_rewards is None
-            or len(self._last_rewards) != num_rows
-        ):
-            return torch.zeros(num_rows, dtype=torch.bool)
         threshold = self.config.reward_threshold
-        return torch.tensor([reward >= threshold for reward in self._last_rewards], dtype=torch.bool)
+        if threshold is None or rewards is None:
+            return torch.zeros(num_rows, dtype=torch.bool)
+        # NaN (a token that was not a candidate, or a finished row) never reaches the threshold.
+        return torch.tensor([reward >= threshold for reward in rewards], dtype=torch.bool)
+
+    def _record_continuations(self, input_ids: torch.Tensor) -> list[float] | None:
+        """Trace and reward of each row of `input_ids` that extends a row of the last scoring step by one of its
+        candidates (NaN for other tokens and for finished rows); `None` when the rows do not extend that step."""
+        parents = self._matching_rows(input_ids) if self._candidates is not None else None
+        if parents is None:
+            return None
+        rewards = []
+        for parent, token in zip(parents.tolist(), input_ids[:, -1].tolist(), strict=True):
+            row_candidates = self._candidates[parent]
+            if self._finished[parent] or token not in row_candidates:
+                rewards.append(math.nan)
+                continue
+            reward = self._candidate_rewards[parent][row_candidates.index(token)]
+            self.trace.child(self._nodes[parent], token, reward)
+            rewards.append(reward)
+        return rewards
 
 
 class RewardGuidedLogitsProcessor(LogitsProcessor):
@@ -510,8 +542,7 @@ class RewardStoppingCriteria(StoppingCriteria):
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs
     ) -> torch.BoolTensor:
-        self.state.commit(input_ids)
-        return self.state.stopped(input_ids.shape[0]).to(input_ids.device)
+        return self.state.stopped(input_ids).to(input_ids.device)
 
 
 __all__ = [

@@ -497,6 +497,30 @@ def test_reward_threshold_stops_a_sequence():
     assert len(guidance.trace.steps(out[0], ids.shape[1])) == stop_step + 1
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_reward_threshold_stops_beams(arch):
+    # Beam search shows the stopping criteria its 2 * num_beams best continuations, not the next step's rows: a
+    # continuation that reaches the threshold has to end there, and stay readable in the trace.
+    lm, rm = models(arch)
+    ids, mask = left_padded()
+    kwargs = {"max_new_tokens": 8, "do_sample": False, "num_beams": 3}
+    _, free = guided(lm, rm, ids, mask, **kwargs)
+    threshold = sorted(free.trace.rewards[len(free.trace.prompts) :])[-len(free.trace.rewards) // 4]
+    out, guidance = guided(lm, rm, ids, mask, reward_threshold=threshold, **kwargs)
+    eos = lm.generation_config.eos_token_id
+    stopped_early = 0
+    for row in out:
+        generated = row[ids.shape[1] :].tolist()
+        rewards = guidance.trace.rewards_of(row[None], ids.shape[1])[0]
+        assert rewards and all(r < threshold for r in rewards[:-1])
+        if rewards[-1] >= threshold:  # it ends here: only padding follows
+            assert set(generated[len(rewards) :]) <= {PAD, eos}
+            stopped_early += len(rewards) < kwargs["max_new_tokens"]
+        else:  # it ran to the end or produced EOS, and the trace covers every token
+            assert len(rewards) == kwargs["max_new_tokens"] or generated[len(rewards) - 1] == eos
+    assert stopped_early > 0
+
+
 def test_budgets_stop_every_sequence():
     lm, rm = models("gpt2")
     ids, mask = left_padded()
