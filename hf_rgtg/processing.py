@@ -91,15 +91,9 @@ class RewardGuidanceConfig:
 
 
 def make_scorer(reward_model: PrefixRewardModel, kind: str = "auto") -> CandidateScorer:
-    """The scorer for `reward_model`: cached when it is a decoder with a plain attention implementation."""
-    cacheable = (
-        reward_model.supports_incremental_scoring
-        and reward_model.config.text_config._attn_implementation
-        in (
-            "sdpa",
-            "eager",
-        )
-    )
+    """The scorer for `reward_model`: cached when it is a decoder with plain attention and a plain dynamic cache
+    (see [`CachedScorer.unsupported_reason`]), the reference scorer otherwise."""
+    cacheable = CachedScorer.unsupported_reason(reward_model) is None
     if kind == "cached" or (kind == "auto" and cacheable):
         return CachedScorer(reward_model)
     return ReferenceScorer(reward_model)

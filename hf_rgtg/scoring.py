@@ -19,10 +19,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers import PreTrainedConfig
+from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, DynamicLayer, get_layer_types_and_kwargs
 
 from .incremental import IncrementalDecoder, KVBuffer, grown_capacity
 from .modeling import PrefixRewardModel, last_token_index, position_ids_from_attention_mask
+
+
+def _dynamic_cache_layers(config: PreTrainedConfig) -> list[type]:
+    """The layer classes a `DynamicCache` built for `config` would hold (the same dispatch transformers uses)."""
+    layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    return [DYNAMIC_LAYER_TYPE_MAPPING[layer_type] for layer_type in layer_types]
 
 
 class CandidateScorer(ABC):
@@ -181,20 +188,36 @@ class CachedScorer(CandidateScorer):
 
     keeps_inputs = False
 
-    def __init__(self, reward_model: PrefixRewardModel, incremental: bool = True):
-        super().__init__(reward_model)
+    @staticmethod
+    def unsupported_reason(reward_model: PrefixRewardModel) -> str | None:
+        """Why `reward_model` cannot be scored on a cache (`None` when it can): it has to be a decoder with
+        `"sdpa"` or `"eager"` attention whose cache is made of plain (full-attention) dynamic layers."""
+        config = reward_model.config.text_config
         if not reward_model.supports_incremental_scoring:
-            raise ValueError(
-                f"CachedScorer needs a decoder reward model; {reward_model.config.text_config.model_type!r} cannot be "
-                "scored incrementally. Use ReferenceScorer."
+            return (
+                f"CachedScorer needs a decoder reward model; {config.model_type!r} cannot be scored incrementally. "
+                "Use ReferenceScorer."
             )
-        attn = reward_model.config.text_config._attn_implementation
+        attn = config._attn_implementation
         if attn not in ("sdpa", "eager"):
-            raise ValueError(
+            return (
                 f"CachedScorer needs the reward model's `attn_implementation` to be 'sdpa' or 'eager' (got {attn!r}): "
                 "sibling candidates need an arbitrary 4D attention mask. Reload the reward model with "
                 "`attn_implementation='sdpa'`."
             )
+        layers = {layer.__name__ for layer in _dynamic_cache_layers(config)} - {DynamicLayer.__name__}
+        if layers:
+            return (
+                f"CachedScorer supports plain dynamic caches; this reward model's cache has {sorted(layers)} layers "
+                "(sliding-window, chunked or hybrid attention). Use ReferenceScorer."
+            )
+        return None
+
+    def __init__(self, reward_model: PrefixRewardModel, incremental: bool = True):
+        super().__init__(reward_model)
+        reason = self.unsupported_reason(reward_model)
+        if reason is not None:
+            raise ValueError(reason)
         self.decoder = IncrementalDecoder.for_model(reward_model) if incremental else None
         self.cache = None  # the transformers cache, without a decoder
         self.buffer: KVBuffer | None = None  # the decoder's buffer

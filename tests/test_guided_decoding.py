@@ -8,7 +8,7 @@ import torch
 from conftest import ARCHITECTURES, VOCAB_SIZE, tiny_causal_lm, tiny_config, tiny_prefix_rm
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import GenerationMixin
+from transformers import GenerationMixin, MistralConfig
 
 import hf_rgtg.incremental
 from hf_rgtg import (
@@ -581,6 +581,40 @@ def test_encoder_reward_model_falls_back_to_the_reference_scorer():
         ids, attention_mask=mask, max_new_tokens=3, pad_token_id=PAD, **guidance.generate_kwargs()
     )
     assert out.shape == (3, ids.shape[1] + 3)
+
+
+@pytest.mark.parametrize(
+    "text_config",
+    [
+        lambda: tiny_config("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0),
+        lambda: MistralConfig(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=4,
+        ),
+    ],
+    ids=["qwen2-sliding", "mistral-sliding"],
+)
+def test_sliding_window_reward_model_falls_back_to_the_reference_scorer(text_config):
+    torch.manual_seed(2)
+    rm = PrefixRewardModel(PrefixRewardConfig(text_config=text_config())).eval()
+    guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
+    assert isinstance(guidance.state.scorer, ReferenceScorer)
+    lm, _ = models("llama")
+    ids, mask = left_padded()
+    out = lm.generate(
+        ids, attention_mask=mask, max_new_tokens=6, pad_token_id=PAD, **guidance.generate_kwargs()
+    )
+    # The window (4) is shorter than the sequences, so the rewards really depend on sliding attention.
+    direct = guidance.sequence_rewards(out, ids.shape[1], prompt_attention_mask=mask)
+    traced = torch.tensor([steps[-1] for steps in guidance.trace.rewards_of(out, ids.shape[1])])
+    torch.testing.assert_close(traced, direct, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="sliding-window"):
+        RewardGuidance(rm, top_k=3, pad_token_id=PAD, scorer="cached")
 
 
 def test_processor_and_criteria_opt_out_of_continuous_batching():
