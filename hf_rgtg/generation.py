@@ -270,12 +270,23 @@ def _check_against_model(
     if max_positions is None or generation_config.max_length is None:
         return
     prompt_tokens = int(attention_mask.sum(-1).max()) if attention_mask is not None else input_ids.shape[1]
+    if prompt_tokens >= max_positions:
+        raise ValueError(
+            f"The prompt has {prompt_tokens} tokens, but the reward model has at most {max_positions} positions "
+            "(`max_position_embeddings`) and the first new token needs one more. Shorten the prompt."
+        )
     new_tokens = generation_config.max_length - input_ids.shape[1]
     if prompt_tokens + new_tokens > max_positions:
+        fits = max_positions - prompt_tokens
+        fix = (
+            f"set `max_new_tokens` to at most {fits}"
+            if generation_config.max_new_tokens is not None
+            else f"set `max_length` to at most {input_ids.shape[1] + fits}"
+        )
         raise ValueError(
-            f"The prompt ({prompt_tokens} tokens) plus `max_new_tokens` ({new_tokens}) needs {prompt_tokens + new_tokens} "
+            f"The prompt ({prompt_tokens} tokens) plus {new_tokens} new tokens needs {prompt_tokens + new_tokens} "
             f"positions, but the reward model has at most {max_positions} (`max_position_embeddings`). Shorten the "
-            f"prompt or set `max_new_tokens` to at most {max_positions - prompt_tokens}."
+            f"prompt or {fix}."
         )
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
@@ -18,6 +21,26 @@ REWARD_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "clamp": lambda r: r.clamp(0.0, 1.0),  # RAD
     "sigmoid": torch.sigmoid,
 }
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+
+def _finite(name: str, value: Any, hint: str) -> float:
+    """`value` as a float: any finite real number (Python, NumPy or a one-element tensor), never a bool."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"`{name}` (={value!r}) has to be a finite number, {hint}.")
+    return float(value)
+
+
+def _positive_int(name: str, value: Any, hint: str) -> int:
+    """`value` as an int: any integer >= 1 (Python, NumPy or a one-element integer tensor), never a bool."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` (={value!r}) has to be a positive integer, {hint}.")
+    return int(value)
 
 
 @dataclass
@@ -57,14 +80,8 @@ class RewardGuidanceConfig:
     scorer: str = "auto"
 
     def __post_init__(self):
-        if (
-            isinstance(self.beta, bool)
-            or not isinstance(self.beta, (int, float))
-            or not math.isfinite(self.beta)
-        ):
-            raise ValueError(f"`beta` (={self.beta!r}) has to be a finite number, e.g. `beta=1.0`.")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ValueError(f"`top_k` (={self.top_k!r}) has to be a positive integer, e.g. `top_k=10`.")
+        self.beta = _finite("beta", self.beta, "e.g. `beta=1.0`")
+        self.top_k = _positive_int("top_k", self.top_k, "e.g. `top_k=10`")
         if self.score_with not in ("logprobs", "logits"):
             raise ValueError(f"`score_with` (={self.score_with!r}) has to be 'logprobs' or 'logits'.")
         if not callable(self.reward_transform) and self.reward_transform not in REWARD_TRANSFORMS:
@@ -72,12 +89,23 @@ class RewardGuidanceConfig:
                 f"`reward_transform` (={self.reward_transform!r}) has to be one of {sorted(REWARD_TRANSFORMS)} or a "
                 "function of a tensor."
             )
-        if self.max_reward_calls is not None and self.max_reward_calls < 1:
-            raise ValueError(
-                f"`max_reward_calls` (={self.max_reward_calls}) has to be a positive integer or None."
+        for name in ("standardize_rewards", "record_candidates"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` (={getattr(self, name)!r}) has to be True or False.")
+        if self.reward_threshold is not None:
+            self.reward_threshold = _finite(
+                "reward_threshold", self.reward_threshold, "e.g. `reward_threshold=2.0`, or None"
             )
-        if self.max_time is not None and not self.max_time > 0:
-            raise ValueError(f"`max_time` (={self.max_time}) has to be a positive number of seconds or None.")
+        if self.max_reward_calls is not None:
+            self.max_reward_calls = _positive_int(
+                "max_reward_calls", self.max_reward_calls, "e.g. `max_reward_calls=64`, or None"
+            )
+        if self.max_time is not None:
+            self.max_time = _finite("max_time", self.max_time, "e.g. `max_time=30.0` (seconds), or None")
+            if self.max_time <= 0:
+                raise ValueError(
+                    f"`max_time` (={self.max_time}) has to be a positive number of seconds or None."
+                )
         if self.scorer not in ("auto", "cached", "reference"):
             raise ValueError(f"`scorer` (={self.scorer!r}) has to be 'auto', 'cached' or 'reference'.")
 
@@ -256,6 +284,7 @@ class GuidanceState:
         self._committed: tuple[int, torch.Tensor | None, torch.Tensor] | None = (
             None  # (length, parents, chosen)
         )
+        self._prompt_width = self._longest_prompt = 0
 
     def prepare(self, attention_mask: torch.Tensor | None = None) -> None:
         """Forget everything and start a new `generate()` call; `attention_mask` is the expanded prompts' mask."""
@@ -282,6 +311,8 @@ class GuidanceState:
         prompt_rewards = self.scorer.reset(input_ids, mask, self.config.top_k).float().cpu()
         self.start_time = time.monotonic()
         self._ids = input_ids
+        self._prompt_width = input_ids.shape[1]
+        self._longest_prompt = int(mask.sum(-1).max())
         self._finished = [False] * len(input_ids)
         self._last_rewards = prompt_rewards.tolist()
         self._nodes = [
@@ -399,13 +430,30 @@ class GuidanceState:
             rewards = self._last_rewards
         else:
             rewards = self._record_continuations(input_ids)
-        if self.budget_spent():
+        if self.budget_spent() or self._out_of_positions(input_ids.shape[1]):
             return torch.ones(num_rows, dtype=torch.bool)
         threshold = self.config.reward_threshold
         if threshold is None or rewards is None:
             return torch.zeros(num_rows, dtype=torch.bool)
         # NaN (a token that was not a candidate, or a finished row) never reaches the threshold.
         return torch.tensor([reward >= threshold for reward in rewards], dtype=torch.bool)
+
+    def _out_of_positions(self, length: int) -> bool:
+        """Whether the next step's candidates would lie past the reward model's last position. `generate()` then
+        stops with what it has, and a warning: the processor cannot see `max_new_tokens`, so unlike the
+        `reward_model=` entry points it cannot refuse the call up front."""
+        max_positions = self.reward_model.max_positions
+        new_tokens = length - self._prompt_width
+        if max_positions is None or self._ids is None or self._longest_prompt + new_tokens < max_positions:
+            return False
+        warnings.warn(
+            f"Reward-guided generation stopped after {new_tokens} new tokens: the longest prompt has "
+            f"{self._longest_prompt} tokens and the reward model has at most {max_positions} positions "
+            "(`max_position_embeddings`). Ask for at most that many new tokens (`max_new_tokens`), shorten the "
+            "prompt, or use a reward model with more positions.",
+            stacklevel=2,
+        )
+        return True
 
     def _record_continuations(self, input_ids: torch.Tensor) -> list[float] | None:
         """Trace and reward of each row of `input_ids` that extends a row of the last scoring step by one of its

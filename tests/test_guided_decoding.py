@@ -17,6 +17,7 @@ from hf_rgtg import (
     PrefixRewardModel,
     ReferenceScorer,
     RewardGuidance,
+    RewardGuidanceConfig,
     disable_reward_guided_generate,
     enable_reward_guided_generate,
     reward_guided_generate,
@@ -639,6 +640,31 @@ def test_bad_top_k(top_k):
         RewardGuidance(tiny_prefix_rm("gpt2"), top_k=top_k)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"reward_threshold": "0.5"}, "`reward_threshold`.*finite number"),
+        ({"max_time": "3"}, "`max_time`.*finite number"),
+        ({"max_time": 0}, "`max_time`.*positive"),
+        ({"max_reward_calls": 2.5}, "`max_reward_calls`.*positive integer"),
+        ({"standardize_rewards": "no"}, "`standardize_rewards`.*True or False"),
+        ({"record_candidates": 1}, "`record_candidates`.*True or False"),
+        ({"top_k": torch.tensor(2.5)}, "`top_k`.*positive integer"),
+    ],
+)
+def test_bad_settings_are_named(setting, message):
+    with pytest.raises(ValueError, match=message):
+        RewardGuidance(tiny_prefix_rm("gpt2"), **setting)
+
+
+def test_numpy_and_tensor_scalars_are_accepted_as_settings():
+    import numpy as np
+
+    config = RewardGuidanceConfig(beta=np.float32(2), top_k=np.int64(5), max_reward_calls=torch.tensor(3))
+    assert (config.beta, config.top_k, config.max_reward_calls) == (2.0, 5, 3)
+    assert type(config.beta) is float and type(config.top_k) is int and type(config.max_reward_calls) is int
+
+
 def test_reward_model_with_another_vocabulary_is_rejected():
     lm, _ = models("llama")
     torch.manual_seed(0)
@@ -666,14 +692,16 @@ def test_prompt_plus_new_tokens_beyond_reward_model_positions_fails_before_decod
     calls = []
     rm.register_forward_hook(lambda *args: calls.append(1))
     ids, mask = left_padded()
-    with pytest.raises(ValueError, match=r"plus `max_new_tokens` \(125\).*at most 128.*at most 122"):
-        lm.generate(
-            ids,
-            attention_mask=mask,
-            max_new_tokens=125,
-            custom_generate=reward_guided_generate,
-            reward_model=rm,
-        )
+    guided = {"custom_generate": reward_guided_generate, "reward_model": rm}
+    with pytest.raises(
+        ValueError, match=r"plus 125 new tokens.*at most 128.*`max_new_tokens` to at most 122"
+    ):
+        lm.generate(ids, attention_mask=mask, max_new_tokens=125, **guided)
+    # Asked with `max_length`, the fix names `max_length` (6 prompt columns + 122).
+    with pytest.raises(ValueError, match=r"`max_length` to at most 128"):
+        lm.generate(ids, attention_mask=mask, max_length=131, **guided)
+    with pytest.raises(ValueError, match=r"prompt has 128 tokens.*Shorten the prompt"):
+        lm.generate(torch.randint(1, VOCAB_SIZE - 1, (1, 128)), max_new_tokens=1, **guided)
     assert calls == []
 
 
@@ -690,12 +718,16 @@ def test_reward_model_argument_checks(tmp_path):
     assert isinstance(loaded.reward_model, PrefixRewardModel) and not loaded.reward_model.training
 
 
-def test_generating_past_the_reward_model_positions_with_explicit_processors_fails_clearly():
+def test_explicit_processors_stop_at_the_reward_model_positions_and_keep_the_output():
+    # The processor cannot see `max_new_tokens`: it stops where the reward model's positions end (the longest
+    # prompt has 6 tokens, the reward model 128 positions) and warns, instead of failing mid-way.
     lm, rm = models("gpt2")
     ids, mask = left_padded()
     guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
-    with pytest.raises(ValueError, match="reaches position 129.*at most 128 positions"):
-        lm.generate(
+    with pytest.warns(
+        UserWarning, match="stopped after 122 new tokens.*at most 128 positions.*max_new_tokens"
+    ):
+        out = lm.generate(
             ids,
             attention_mask=mask,
             max_new_tokens=125,
@@ -703,6 +735,12 @@ def test_generating_past_the_reward_model_positions_with_explicit_processors_fai
             pad_token_id=PAD,
             **guidance.generate_kwargs(),
         )
+    assert out.shape == (3, ids.shape[1] + 122)
+    assert [len(steps) for steps in guidance.trace.rewards_of(out, ids.shape[1])] == [122] * 3
+    # A prompt that alone fills the reward model is refused before any token is generated.
+    long_ids = torch.randint(1, VOCAB_SIZE - 1, (1, 128))
+    with pytest.raises(ValueError, match="reaches position 129.*at most 128 positions"):
+        lm.generate(long_ids, max_new_tokens=2, pad_token_id=PAD, **guidance.generate_kwargs())
 
 
 def test_prompts_that_start_with_the_pad_token_keep_it_with_an_explicit_mask():
