@@ -14,6 +14,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteriaList,
+    StopStringCriteria,
 )
 from transformers.generation import GenerationMixin
 from transformers.generation.logits_process import (
@@ -28,6 +29,7 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 from transformers.generation.utils import GENERATION_MODES_MAPPING
+from transformers.utils import ModelOutput
 
 from .auto import AutoModelForPrefixReward
 from .modeling import PrefixRewardModel
@@ -38,6 +40,8 @@ from .processing import (
     RewardGuidedLogitsProcessor,
     RewardStoppingCriteria,
     leading_padding_mask,
+    output_sequences,
+    require_prompt_ids,
 )
 
 # Processors that `generate()` places after user-given ones; the guidance processor goes before them.
@@ -57,7 +61,19 @@ _AFTER_CUSTOM_PROCESSORS = (
 def resolve_reward_model(reward_model: Any) -> PrefixRewardModel:
     """Accept a [`PrefixRewardModel`] or a name/path to load with [`AutoModelForPrefixReward`]."""
     if isinstance(reward_model, (str, os.PathLike)):
-        return AutoModelForPrefixReward.from_pretrained(reward_model).eval()
+        name = os.fspath(reward_model)
+        local = (
+            isinstance(reward_model, os.PathLike) or name.startswith(("/", ".", "~")) or name.count("/") > 1
+        )
+        if local and not os.path.isdir(os.path.expanduser(name)):
+            raise ValueError(
+                f"`reward_model` ({name!r}) is not a folder. Give the folder a reward model was saved to (with "
+                "`save_pretrained`), or a Hub id such as 'org/name'."
+            )
+        try:
+            return AutoModelForPrefixReward.from_pretrained(os.path.expanduser(name)).eval()
+        except OSError as error:
+            raise OSError(f"Could not load `reward_model` {name!r}: {error}") from error
     if isinstance(reward_model, PrefixRewardModel):
         return reward_model
     if isinstance(reward_model, PreTrainedModel):
@@ -178,7 +194,7 @@ class RewardGuidance:
     @torch.no_grad()
     def sequence_rewards(
         self,
-        sequences: torch.Tensor,
+        sequences: torch.Tensor | ModelOutput,
         prompt_length: int,
         prompt_attention_mask: torch.Tensor | None = None,
         batch_size: int = 32,
@@ -189,7 +205,8 @@ class RewardGuidance:
         after a sequence's first end-of-sequence token (the padding `generate()` appends to finished rows).
 
         Args:
-            sequences (`torch.LongTensor` of shape `(rows, length)`): the output of `generate()`.
+            sequences (`torch.LongTensor` of shape `(rows, length)`): the output of `generate()` (or the object it
+                returns with `return_dict_in_generate=True`).
             prompt_length (`int`): the prompt's length in `sequences` (`input_ids.shape[1]`).
             prompt_attention_mask (`torch.Tensor`, *optional*): the prompts' mask, `(rows, prompt_length)` or
                 `(batch, prompt_length)` when each prompt was expanded into several rows.
@@ -238,7 +255,7 @@ def generated_attention_mask(
 @torch.no_grad()
 def score_sequences(
     reward_model: PrefixRewardModel,
-    sequences: torch.Tensor,
+    sequences: torch.Tensor | ModelOutput,
     prompt_length: int,
     prompt_attention_mask: torch.Tensor | None = None,
     eos_token_id: int | Sequence[int] | None = None,
@@ -247,6 +264,7 @@ def score_sequences(
 ) -> torch.Tensor:
     """The reward of each of `generate()`'s output sequences at its last real token. See
     [`RewardGuidance.sequence_rewards`]."""
+    sequences = output_sequences(sequences)
     mask = generated_attention_mask(
         sequences, prompt_length, prompt_attention_mask, _as_id_list(eos_token_id), pad_token_id
     )
@@ -263,6 +281,12 @@ def score_sequences(
 def _check_against_model(
     model: PreTrainedModel, guidance: RewardGuidance, input_ids, generation_config, attention_mask
 ) -> None:
+    if model.config.is_encoder_decoder:
+        raise ValueError(
+            f"Reward-guided generation steers decoder-only (causal) language models; {type(model).__name__} is an "
+            "encoder-decoder model, whose generated tokens the reward model would score without the prompt."
+        )
+    require_prompt_ids(input_ids)
     output_embeddings = model.get_output_embeddings()
     lm_vocab = getattr(output_embeddings, "out_features", None) or model.config.get_text_config().vocab_size
     guidance.logits_processor._check_vocabulary(lm_vocab)
@@ -309,6 +333,7 @@ def reward_guided_generate(
     max_reward_calls: int | None = None,
     record_candidates: bool | None = None,
     reward_scorer: str | None = None,
+    guided_streamer=None,
     **model_kwargs,
 ):
     r"""
@@ -325,6 +350,11 @@ def reward_guided_generate(
         beta (`float`, *optional*): see [`RewardGuidanceConfig`], as are `top_k`, `score_with`,
             `reward_transform`, `standardize_rewards`, `reward_threshold`, `max_reward_calls` and
             `record_candidates`; `reward_scorer` is its `scorer`.
+        guided_streamer (`BaseStreamer`, *optional*): the streamer, given again. transformers 5 drops
+            `streamer`, `tokenizer` and `assistant_model` on the way to a callable `custom_generate` (it keeps only
+            the callable's own arguments), so a `streamer=` alone would receive the prompt and nothing else. Pass
+            `streamer=s, guided_streamer=s`, or use [`enable_reward_guided_generate`], whose `generate()` does this
+            (and handles `stop_strings`) for you.
 
     Examples:
 
@@ -391,6 +421,9 @@ def reward_guided_generate(
         raise ValueError(
             f"Reward-guided generation supports greedy decoding, sampling and beam search, not {method.strip('_')}."
         )
+    streamer = streamer if streamer is not None else guided_streamer
+    if streamer is not None and method != "_sample":
+        raise ValueError("`streamer` cannot be used with beam search (`num_beams` > 1), as in `generate()`.")
     extra = {"streamer": streamer} if method == "_sample" else {}
     return getattr(type(model), method)(
         model,
@@ -407,6 +440,37 @@ def reward_guided_generate(
 _GUIDANCE_KEYS = ("reward_model", "reward_guidance")
 
 
+def _guided_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`generate()` keyword arguments that reach `reward_guided_generate` whole.
+
+    transformers 5 keeps only a callable `custom_generate`'s own arguments for it: the streamer goes again as
+    `guided_streamer`, and stop strings become a `StopStringCriteria` here, since `generate()` would build theirs
+    with the tokenizer it has just dropped."""
+    if kwargs.pop("custom_generate", None) not in (None, reward_guided_generate):
+        raise ValueError("`reward_model=` cannot be combined with another `custom_generate`.")
+    for name in ("assistant_model", "prompt_lookup_num_tokens"):
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"Reward-guided generation does not support assisted decoding (`{name}`): every token is chosen "
+                "from the reward-scored candidates of the main model."
+            )
+    kwargs = dict(kwargs)
+    if kwargs.get("streamer") is not None:
+        kwargs["guided_streamer"] = kwargs["streamer"]
+    stop_strings = kwargs.pop("stop_strings", None)
+    tokenizer = kwargs.pop("tokenizer", None)
+    if stop_strings is not None:
+        if tokenizer is None:
+            raise ValueError("`stop_strings` needs the model's tokenizer: pass `tokenizer=` as well.")
+        kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [
+                *(kwargs.get("stopping_criteria") or []),
+                StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings),
+            ]
+        )
+    return {**kwargs, "custom_generate": reward_guided_generate}
+
+
 def _guided(generate):
     @functools.wraps(generate)
     def generate_with_reward_guidance(self, *args, **kwargs):
@@ -414,9 +478,7 @@ def _guided(generate):
             for key in _GUIDANCE_KEYS:
                 kwargs.pop(key, None)
             return generate(self, *args, **kwargs)
-        if kwargs.get("custom_generate") is not None:
-            raise ValueError("`reward_model=` cannot be combined with another `custom_generate`.")
-        return generate(self, *args, custom_generate=reward_guided_generate, **kwargs)
+        return generate(self, *args, **_guided_generate_kwargs(kwargs))
 
     generate_with_reward_guidance.__wrapped_generate__ = generate
     return generate_with_reward_guidance
@@ -442,8 +504,9 @@ def enable_reward_guided_generate(model: PreTrainedModel | None = None) -> None:
     ```
     """
     if model is not None:
-        if not hasattr(model.generate, "__wrapped_generate__"):
-            model.generate = _guided(type(model).generate).__get__(model)
+        if "generate" not in vars(model):  # an opt-in of its own, which outlives a global one
+            plain = type(model).generate
+            model.generate = _guided(getattr(plain, "__wrapped_generate__", plain)).__get__(model)
         return
     if not hasattr(GenerationMixin.generate, "__wrapped_generate__"):
         GenerationMixin.generate = _guided(GenerationMixin.generate)

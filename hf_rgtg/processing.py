@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
+from transformers.utils import ModelOutput
 
 from .modeling import PrefixRewardModel
 from .scoring import CachedScorer, CandidateScorer, ReferenceScorer
@@ -215,9 +216,37 @@ class GuidanceTrace:
                 return self.child(node, token, rewards[row][candidates[row].index(token)])
         return None
 
-    def rewards_of(self, sequences: torch.Tensor, prompt_length: int) -> list[list[float]]:
-        """The prefix reward after each generated token, for every returned sequence."""
-        return [[step.reward for step in self.steps(row, prompt_length)] for row in sequences]
+    def rewards_of(self, sequences: torch.Tensor | ModelOutput, prompt_length: int) -> list[list[float]]:
+        """The prefix reward after each generated token, for every returned sequence (`generate()`'s output: the
+        tensor, or the output object of `return_dict_in_generate=True`)."""
+        return [
+            [step.reward for step in self.steps(row, prompt_length)] for row in output_sequences(sequences)
+        ]
+
+
+def output_sequences(output: torch.Tensor | ModelOutput) -> torch.Tensor:
+    """The `(rows, length)` token ids of `generate()`'s output: the tensor itself (or nested lists of ids), or the
+    `sequences` of the object `return_dict_in_generate=True` returns."""
+    sequences = getattr(output, "sequences", output)
+    if isinstance(sequences, (list, tuple)) and all(isinstance(row, (list, tuple)) for row in sequences):
+        sequences = torch.tensor(sequences)
+    if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2:
+        raise TypeError(
+            f"Expected `generate()`'s output (a (rows, length) tensor of token ids, or its output object with "
+            f"`.sequences`), got {type(output).__name__}"
+            + (f" of shape {tuple(sequences.shape)}" if isinstance(sequences, torch.Tensor) else "")
+            + ". For one row, pass `sequence[None]`."
+        )
+    return sequences
+
+
+def require_prompt_ids(input_ids: torch.Tensor) -> None:
+    """Refuse a `generate()` call whose prompt is only `inputs_embeds`: the reward model reads token ids."""
+    if input_ids.shape[-1] == 0:
+        raise ValueError(
+            "Reward-guided generation scores the prompt's token ids, but `generate()` got `inputs_embeds` without "
+            "`input_ids`. Pass the prompt's `input_ids` as well (the language model still uses `inputs_embeds`)."
+        )
 
 
 def leading_padding_mask(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
@@ -295,6 +324,7 @@ class GuidanceState:
         self.start_time = None
 
     def _reset(self, input_ids: torch.Tensor) -> None:
+        require_prompt_ids(input_ids)
         mask = self._prompt_mask
         if (
             mask is not None
@@ -304,6 +334,13 @@ class GuidanceState:
             # `generate()` repeats each prompt for `num_return_sequences` or `num_beams`.
             mask = mask.to(input_ids.device).repeat_interleave(input_ids.shape[0] // mask.shape[0], dim=0)
         else:
+            if self.pad_token_id is None and input_ids.shape[0] > 1:
+                warnings.warn(
+                    "Reward-guided generation cannot tell the prompts' left padding: no attention mask was given "
+                    "and no pad token id is known, so every prompt token is scored as real. Pass `pad_token_id=` "
+                    "(or the tokenizer) to `RewardGuidance`, or the mask to `generate_kwargs(attention_mask=...)`.",
+                    stacklevel=3,
+                )
             mask = leading_padding_mask(input_ids, self.pad_token_id)
         if self._ids is not None or self.reward_calls:
             self.prepare()
@@ -595,5 +632,7 @@ __all__ = [
     "RewardStoppingCriteria",
     "StepRecord",
     "leading_padding_mask",
+    "output_sequences",
+    "require_prompt_ids",
     "make_scorer",
 ]

@@ -1,6 +1,7 @@
 """Reward-guided decoding: the fast (cached) path against the reference path, and the three ways into generate()."""
 
 import math
+import warnings
 from unittest.mock import patch
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 from conftest import ARCHITECTURES, VOCAB_SIZE, tiny_causal_lm, tiny_config, tiny_prefix_rm
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import GenerationMixin, MistralConfig
+from transformers import GenerationMixin, MistralConfig, T5Config, T5ForConditionalGeneration
+from transformers.generation.streamers import BaseStreamer
 
 import hf_rgtg.incremental
 from hf_rgtg import (
@@ -348,6 +350,122 @@ def test_per_model_opt_in(restore_generate):
     assert not reward_guided_generate_enabled(lm)
 
 
+def test_per_model_opt_in_outlives_a_global_one(restore_generate):
+    lm, rm = models("qwen2")
+    enable_reward_guided_generate()
+    enable_reward_guided_generate(lm)
+    disable_reward_guided_generate()
+    assert reward_guided_generate_enabled(lm) and not reward_guided_generate_enabled()
+    out = lm.generate(torch.tensor([[5, 6]]), max_new_tokens=2, pad_token_id=PAD, reward_model=rm, top_k=4)
+    assert out.shape == (1, 4)
+
+
+class RecordingStreamer(BaseStreamer):
+    def __init__(self):
+        self.chunks, self.ended = [], False
+
+    def put(self, value):
+        self.chunks.append(value.flatten().tolist())
+
+    def end(self):
+        self.ended = True
+
+
+def test_opt_in_streams_and_honours_stop_strings(restore_generate, tokenizer):
+    lm, rm = models("llama")  # its random weights do not just repeat one token here
+    ids = tokenizer("Thank you so much", return_tensors="pt").input_ids
+    common = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": PAD}
+    settings = {"beta": 2.0, "top_k": 6}
+    eos = lm.generation_config.eos_token_id
+
+    def explicit(**kwargs):
+        guidance = RewardGuidance(rm, eos_token_id=eos, pad_token_id=PAD, **settings)
+        return lm.generate(ids, **common, **kwargs, **guidance.generate_kwargs())
+
+    enable_reward_guided_generate()
+    streamed = {}
+    for way, run in {
+        "explicit": lambda s: explicit(streamer=s),
+        "opt-in": lambda s: lm.generate(ids, **common, streamer=s, reward_model=rm, **settings),
+        "custom_generate": lambda s: lm.generate(
+            ids,
+            **common,
+            streamer=s,
+            guided_streamer=s,
+            custom_generate=reward_guided_generate,
+            reward_model=rm,
+            **settings,
+        ),
+    }.items():
+        streamer = RecordingStreamer()
+        out = run(streamer)
+        assert streamer.ended, way
+        streamed[way] = (out, streamer.chunks)
+    out, chunks = streamed["explicit"]
+    assert chunks == [ids[0].tolist()] + [[t] for t in out[0, ids.shape[1] :].tolist()]
+    assert all(streamed[way][1] == chunks for way in streamed)
+
+    # A stop string taken from the guided output ends the opt-in's generation where it ends the explicit one's.
+    width = ids.shape[1]
+    stop = next(
+        (
+            text
+            for step in range(1, common["max_new_tokens"] - 1)
+            if (text := tokenizer.decode(out[0, width + step : width + step + 1])).strip()
+            and text not in tokenizer.decode(out[0, : width + step])
+        ),
+        None,
+    )
+    if stop is None:
+        pytest.skip("no generated token decodes to a fresh stop string")
+    stopped = explicit(stop_strings=[stop], tokenizer=tokenizer)
+    assert stopped.shape[1] < out.shape[1]
+    opt_in = lm.generate(ids, **common, stop_strings=[stop], tokenizer=tokenizer, reward_model=rm, **settings)
+    assert torch.equal(opt_in, stopped)
+    with pytest.raises(ValueError, match="`stop_strings` needs the model's tokenizer"):
+        lm.generate(ids, **common, stop_strings=[stop], reward_model=rm)
+
+
+def test_opt_in_refuses_assisted_decoding_and_accepts_custom_generate_none(restore_generate):
+    lm, rm = models("gpt2")
+    ids = torch.tensor([[5, 6, 7]])
+    enable_reward_guided_generate()
+    with pytest.raises(ValueError, match="does not support assisted decoding \\(`assistant_model`\\)"):
+        lm.generate(ids, max_new_tokens=2, assistant_model=lm, reward_model=rm)
+    with pytest.raises(ValueError, match="cannot be combined with another `custom_generate`"):
+        lm.generate(ids, max_new_tokens=2, custom_generate=lambda **kw: None, reward_model=rm)
+    out = lm.generate(ids, max_new_tokens=2, pad_token_id=PAD, custom_generate=None, reward_model=rm, top_k=3)
+    assert out.shape == (1, 5)
+
+
+def test_prompts_given_only_as_embeddings_and_encoder_decoder_models_are_refused(restore_generate):
+    lm, rm = models("llama")
+    ids = torch.tensor([[5, 6, 7]])
+    embeds = lm.get_input_embeddings()(ids)
+    guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
+    enable_reward_guided_generate()
+    for kwargs in (guidance.generate_kwargs(), {"reward_model": rm}):
+        with pytest.raises(ValueError, match="`inputs_embeds` without `input_ids`"):
+            lm.generate(inputs_embeds=embeds, max_new_tokens=2, pad_token_id=PAD, **kwargs)
+    # With both, the language model reads the embeddings and the reward model the ids.
+    out = lm.generate(ids, inputs_embeds=embeds, max_new_tokens=2, pad_token_id=PAD, reward_model=rm, top_k=3)
+    assert out.shape == (1, 5)
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=VOCAB_SIZE,
+            d_model=32,
+            d_ff=64,
+            d_kv=16,
+            num_layers=1,
+            num_heads=2,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    with pytest.raises(ValueError, match="T5ForConditionalGeneration is an encoder-decoder model"):
+        t5.generate(ids, max_new_tokens=2, reward_model=rm)
+
+
 def test_reward_guidance_object_through_custom_generate_exposes_the_trace():
     lm, rm = models("llama")
     ids, mask = left_padded()
@@ -560,6 +678,22 @@ def test_sequence_rewards_read_the_last_real_token():
     )
 
 
+def test_results_are_read_from_the_output_object_of_return_dict_in_generate():
+    lm, rm = models("llama")
+    ids, mask = left_padded()
+    tensor_out, guidance = guided(lm, rm, ids, mask, max_new_tokens=4, do_sample=False)
+    rewards, final = guidance.trace.rewards_of(tensor_out, 6), guidance.sequence_rewards(tensor_out, 6, mask)
+    dict_out, guidance = guided(
+        lm, rm, ids, mask, max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_scores=True
+    )
+    assert torch.equal(dict_out.sequences, tensor_out)
+    assert guidance.trace.rewards_of(dict_out, 6) == rewards and all(len(r) == 4 for r in rewards)
+    torch.testing.assert_close(guidance.sequence_rewards(dict_out, 6, mask), final)
+    assert guidance.trace.rewards_of(tensor_out.tolist(), 6) == rewards
+    with pytest.raises(TypeError, match=r"\(rows, length\).*shape \(10,\).*sequence\[None\]"):
+        guidance.trace.rewards_of(tensor_out[0], 6)
+
+
 def test_reward_model_in_another_dtype():
     lm, rm = models("llama")
     rm = rm.to(torch.bfloat16)
@@ -716,6 +850,13 @@ def test_reward_model_argument_checks(tmp_path):
     rm.save_pretrained(tmp_path)
     loaded = RewardGuidance(str(tmp_path), top_k=2)
     assert isinstance(loaded.reward_model, PrefixRewardModel) and not loaded.reward_model.training
+    for missing in (str(tmp_path / "nope"), tmp_path / "nope", "./my_rm"):
+        with pytest.raises(
+            ValueError, match="`reward_model` .* is not a folder.*save_pretrained.*'org/name'"
+        ):
+            RewardGuidance(missing)
+    with pytest.raises(OSError, match="Could not load `reward_model` 'no-such-org/no-such-rm'"):
+        RewardGuidance("no-such-org/no-such-rm")
 
 
 def test_explicit_processors_stop_at_the_reward_model_positions_and_keep_the_output():
@@ -741,6 +882,21 @@ def test_explicit_processors_stop_at_the_reward_model_positions_and_keep_the_out
     long_ids = torch.randint(1, VOCAB_SIZE - 1, (1, 128))
     with pytest.raises(ValueError, match="reaches position 129.*at most 128 positions"):
         lm.generate(long_ids, max_new_tokens=2, pad_token_id=PAD, **guidance.generate_kwargs())
+
+
+def test_a_batch_whose_padding_cannot_be_told_warns():
+    lm, rm = models("gpt2")
+    ids, mask = left_padded()
+    guidance = RewardGuidance(rm, top_k=3)  # no tokenizer, no pad id
+    with pytest.warns(UserWarning, match="cannot tell the prompts' left padding.*pad_token_id"):
+        lm.generate(
+            ids, attention_mask=mask, max_new_tokens=2, pad_token_id=PAD, **guidance.generate_kwargs()
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm.generate(
+            ids, attention_mask=mask, max_new_tokens=2, pad_token_id=PAD, **guidance.generate_kwargs(mask)
+        )
 
 
 def test_prompts_that_start_with_the_pad_token_keep_it_with_an_explicit_mask():
