@@ -314,6 +314,7 @@ class GuidanceState:
             None  # (length, parents, chosen)
         )
         self._prompt_width = self._longest_prompt = 0
+        self._max_positions: int | None = None
 
     def prepare(self, attention_mask: torch.Tensor | None = None) -> None:
         """Forget everything and start a new `generate()` call; `attention_mask` is the expanded prompts' mask."""
@@ -350,6 +351,7 @@ class GuidanceState:
         self._ids = input_ids
         self._prompt_width = input_ids.shape[1]
         self._longest_prompt = int(mask.sum(-1).max())
+        self._max_positions = self.reward_model.max_positions
         self._finished = [False] * len(input_ids)
         self._last_rewards = prompt_rewards.tolist()
         self._nodes = [
@@ -479,9 +481,9 @@ class GuidanceState:
         """Whether the next step's candidates would lie past the reward model's last position. `generate()` then
         stops with what it has, and a warning: the processor cannot see `max_new_tokens`, so unlike the
         `reward_model=` entry points it cannot refuse the call up front."""
-        max_positions = self.reward_model.max_positions
+        max_positions = self._max_positions
         new_tokens = length - self._prompt_width
-        if max_positions is None or self._ids is None or self._longest_prompt + new_tokens < max_positions:
+        if max_positions is None or self._longest_prompt + new_tokens < max_positions:
             return False
         warnings.warn(
             f"Reward-guided generation stopped after {new_tokens} new tokens: the longest prompt has "
