@@ -446,6 +446,7 @@ def _guided_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     transformers 5 keeps only a callable `custom_generate`'s own arguments for it: the streamer goes again as
     `guided_streamer`, and stop strings become a `StopStringCriteria` here, since `generate()` would build theirs
     with the tokenizer it has just dropped."""
+    kwargs = dict(kwargs)
     if kwargs.pop("custom_generate", None) not in (None, reward_guided_generate):
         raise ValueError("`reward_model=` cannot be combined with another `custom_generate`.")
     for name in ("assistant_model", "prompt_lookup_num_tokens"):
@@ -454,12 +455,11 @@ def _guided_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
                 f"Reward-guided generation does not support assisted decoding (`{name}`): every token is chosen "
                 "from the reward-scored candidates of the main model."
             )
-    kwargs = dict(kwargs)
     if kwargs.get("streamer") is not None:
         kwargs["guided_streamer"] = kwargs["streamer"]
     stop_strings = kwargs.pop("stop_strings", None)
-    tokenizer = kwargs.pop("tokenizer", None)
     if stop_strings is not None:
+        tokenizer = kwargs.pop("tokenizer", None)
         if tokenizer is None:
             raise ValueError("`stop_strings` needs the model's tokenizer: pass `tokenizer=` as well.")
         kwargs["stopping_criteria"] = StoppingCriteriaList(
