@@ -245,7 +245,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"{PROG} train: saved to {config.output_dir}")
     if push:
         repo_id = config.hub_model_id or Path(config.output_dir).name
-        trainer.accelerator.unwrap_model(trainer.model).push_to_hub(
+        trainer.trained_model().push_to_hub(
             repo_id, token=config.hub_token, private=config.hub_private_repo, tokenizer=tokenizer
         )
         print(f"{PROG} train: pushed to {repo_id}")

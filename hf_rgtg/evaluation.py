@@ -87,6 +87,23 @@ def evaluate_prefix_accuracy(
     {'0-25%': 1, '25-50%': 1, '50-75%': 1, '75-100%': 1, 'full': 1}
     ```
     """
+    # Scored in eval mode (no dropout), whatever mode the model is in; that mode is restored afterwards.
+    was_training = model.training
+    model.eval()
+    try:
+        return _prefix_accuracy(model, examples, pad_token_id, eos_token_id, batch_size, show_progress)
+    finally:
+        model.train(was_training)
+
+
+def _prefix_accuracy(
+    model: PrefixRewardModel,
+    examples: Sequence[dict[str, list[int]]],
+    pad_token_id: int,
+    eos_token_id: int,
+    batch_size: int,
+    show_progress: bool,
+) -> PrefixAccuracy:
     collate = PrefixRewardCollator(pad_token_id=pad_token_id, eos_token_id=eos_token_id)
     device = model.device
     wins = dict.fromkeys((*BUCKETS, "full"), 0)

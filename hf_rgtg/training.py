@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import os
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -9,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from .modeling import PrefixRewardModel
 
@@ -366,14 +369,58 @@ class PrefixRewardTrainer(Trainer):
             summary["mean_margin"] = self.prefix_accuracy.mean_margin
         return summary
 
+    def _unwrapped(self) -> tuple[Any, bool]:
+        """The model without its accelerate wrapper, with the training summary recorded in its configuration;
+        and whether it is a peft (LoRA) wrapper."""
+        model = self.accelerator.unwrap_model(self.model)
+        lora = hasattr(model, "merge_and_unload")
+        base = model.get_base_model() if lora else model
+        if isinstance(base, PrefixRewardModel):
+            base.config.training_summary = self.training_summary()
+        return model, lora
+
+    def trained_model(self) -> PrefixRewardModel:
+        """The trained reward model as a plain [`PrefixRewardModel`], with its training summary. After
+        `train="lora"` it is a copy with the adapters merged into the backbone (the trainer's model is left as it
+        is), which `AutoModelForPrefixReward.from_pretrained` loads like any other."""
+        model, lora = self._unwrapped()
+        return copy.deepcopy(model).merge_and_unload() if lora else model
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Record the training summary in the model's configuration (hence its card), then save as usual."""
-        target = self.accelerator.unwrap_model(self.model)
-        if hasattr(target, "get_base_model"):  # a peft wrapper
-            target = target.get_base_model()
-        if isinstance(target, PrefixRewardModel):
-            target.config.training_summary = self.training_summary()
-        super().save_model(output_dir, _internal_call=_internal_call)
+        """Save the model with its training summary in the configuration (hence in its card).
+
+        Checkpoints (`output_dir` given by the Trainer itself) are saved as the Trainer saves them, so that
+        `resume_from_checkpoint` works; after `train="lora"` they hold the adapters. Any other save writes
+        [`trained_model`]: a complete prefix reward model, the adapters merged.
+        """
+        _, lora = self._unwrapped()
+        if not lora or (_internal_call and output_dir is not None):
+            super().save_model(output_dir, _internal_call=_internal_call)
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            self.trained_model().save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Keep the card `save_model` wrote from the configuration (`Trainer.push_to_hub` calls this before
+        uploading; the Trainer's generic card would replace it)."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation (`trainer.evaluate()`, `eval_strategy`): the loss of the pairs, and with
+        `prediction_loss_only=False` their per-position rewards `(chosen, rejected)` with the loss weights as labels.
+
+        The pairs carry no `labels`, so the Trainer's own step would call the model with the pairs' columns."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, (outputs["chosen_rewards"], outputs["rejected_rewards"]), inputs["loss_weights"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         input_ids = torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]])

@@ -1,6 +1,7 @@
 import csv
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -132,10 +133,9 @@ def train(model, tmp_path, mode, steps=30, lr=3e-3, **kwargs):
         learning_rate=lr,
         per_device_train_batch_size=8,
         report_to=[],
-        save_strategy="no",
         logging_steps=5,
         seed=0,
-        **kwargs,
+        **{"save_strategy": "no", **kwargs},
     )
     trainer = PrefixRewardTrainer(
         model,
@@ -175,6 +175,87 @@ def test_trainer_learns_in_each_mode(mode, tmp_path):
         assert not changed
     elif mode == "full":
         assert changed
+
+
+def test_trainer_evaluate_and_predict_on_pairs(tmp_path):
+    # The pairs carry no `labels`: the Trainer's own evaluation step would call the model with the pairs' columns.
+    args = PrefixRewardTrainingConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        report_to=[],
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        save_strategy="no",
+    )
+    pairs = separable_pairs(8)
+    trainer = PrefixRewardTrainer(
+        tiny_prefix_rm("gpt2"),
+        args,
+        train_dataset=pairs,
+        eval_dataset=pairs,
+        data_collator=PrefixRewardCollator(pad_token_id=PAD, eos_token_id=EOS),
+    )
+    trainer.train()
+    evaluations = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evaluations) == 2 and all(math.isfinite(loss) and loss > 0 for loss in evaluations)
+    model = trainer.model.eval()
+    batch_losses = []
+    for start in (0, 4):  # the evaluation's batches of 4; it averages their losses
+        batch = PrefixRewardCollator(pad_token_id=PAD, eos_token_id=EOS)(pairs[start : start + 4])
+        with torch.no_grad():
+            chosen = model(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).rewards
+            rejected = model(
+                batch["rejected_input_ids"], attention_mask=batch["rejected_attention_mask"]
+            ).rewards
+        batch_losses.append(prefix_bradley_terry_loss(chosen, rejected, batch["loss_weights"]).item())
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(sum(batch_losses) / 2, rel=1e-4)
+    prediction = trainer.predict(pairs[:4])
+    assert prediction.predictions[0].shape == prediction.label_ids.shape
+
+
+def test_lora_training_saves_a_complete_prefix_reward_model(tmp_path):
+    pytest.importorskip("peft")
+    model = tiny_prefix_rm("llama", seed=5)
+    trainer = train(model, tmp_path, "lora", steps=6, save_strategy="steps", save_steps=3)
+    assert (tmp_path / "lora" / "checkpoint-3" / "adapter_config.json").exists()  # resumable as before
+    out = tmp_path / "saved"
+    trainer.save_model(str(out))
+    loaded = AutoModelForPrefixReward.from_pretrained(out).eval()
+    pairs = separable_pairs(4, seed=3)
+    batch = PrefixRewardCollator(pad_token_id=PAD, eos_token_id=EOS)(pairs)
+    with torch.no_grad():
+        trained = trainer.model.eval()(
+            batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]
+        )
+        reloaded = loaded(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"])
+    torch.testing.assert_close(reloaded.rewards, trained.rewards, atol=1e-5, rtol=0)
+    assert loaded.config.training_summary["settings"]["train"] == "lora"
+    card = (out / "README.md").read_text()
+    assert "library_name: hf_rgtg" in card
+    # `Trainer.push_to_hub` writes its own card before uploading; the prefix reward model's card stays.
+    trainer.args.output_dir = str(out)
+    trainer.create_model_card()
+    assert (out / "README.md").read_text() == card
+    assert hasattr(trainer.model, "peft_config")  # the trainer's own model is still the adapter model
+
+
+def test_prefix_accuracy_is_measured_without_dropout_and_keeps_the_mode():
+    model = tiny_prefix_rm("gpt2", seed=3)
+    model.backbone.config.attn_pdrop = model.backbone.config.resid_pdrop = 0.5
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    model.train()
+    pairs = separable_pairs(8)
+    first = evaluate_prefix_accuracy(model, pairs, PAD, EOS, show_progress=False)
+    second = evaluate_prefix_accuracy(model, pairs, PAD, EOS, show_progress=False)
+    assert first.mean_margin == second.mean_margin and model.training
+    model.eval()
+    assert (
+        evaluate_prefix_accuracy(model, pairs, PAD, EOS, show_progress=False).mean_margin == first.mean_margin
+    )
 
 
 def test_trainer_needs_a_tokenizer_or_collator(tmp_path):
