@@ -46,32 +46,85 @@ class PreferenceData:
 def read_rows(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Rows of a JSONL, JSON, CSV or Parquet file, of a `datasets.Dataset`, or of any iterable of mappings."""
     if not isinstance(source, (str, os.PathLike)):
+        if isinstance(source, Mapping):
+            raise ValueError(
+                f"Preference data has to be rows (an iterable of mappings), got a {type(source).__name__} with keys "
+                f"{sorted(map(str, source))[:5]}: pass one split (e.g. `data['train']`) or a list of rows."
+            )
         return list(source)
     path = Path(source)
+    if path.is_dir():
+        raise ValueError(
+            f"The preference data {str(path)!r} is a folder: give one .jsonl, .json, .csv or .parquet file."
+        )
     if not path.is_file():
         raise ValueError(f"The preference data file {str(path)!r} does not exist.")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):  # {"prompt": [...], "chosen": [...], ...} or {"data": [...]}
-            if "data" in data and isinstance(data["data"], list):
-                return data["data"]
-            keys = list(data)
-            return [dict(zip(keys, values, strict=True)) for values in zip(*data.values(), strict=True)]
-        return data
-    if suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as error:
-            raise ImportError("Reading Parquet needs `pyarrow`: pip install pyarrow") from error
-        return pq.read_table(path).to_pylist()
+    try:
+        if suffix == ".jsonl":
+            return _jsonl_rows(path)
+        if suffix == ".json":
+            return _json_rows(path)
+        if suffix == ".csv":
+            with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheets write a BOM
+                return list(csv.DictReader(handle))
+        if suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError as error:
+                raise ImportError("Reading Parquet needs `pyarrow`: pip install pyarrow") from error
+            return pq.read_table(path).to_pylist()
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8."
+        ) from error
+    except (OSError, ValueError) as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"Could not read the preference data file {str(path)!r}: {error}") from error
     raise ValueError(f"Unsupported preference data format {suffix!r}: use .jsonl, .json, .csv or .parquet.")
+
+
+def _jsonl_rows(path: Path) -> list[Any]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{str(path)!r}, line {number}: not valid JSON ({error.msg}, column {error.colno})."
+                ) from error
+    return rows
+
+
+def _json_rows(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{str(path)!r}, line {error.lineno}: not valid JSON ({error.msg}, column {error.colno})."
+        ) from error
+    layouts = (
+        'a list of rows, {"data": [rows]}, or columns {"prompt": [...], "chosen": [...], "rejected": [...]}'
+    )
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path)!r} holds a JSON {type(data).__name__}; expected {layouts}.")
+    if isinstance(data.get("data"), list):
+        return data["data"]
+    if not all(isinstance(values, list) for values in data.values()):
+        if all(column in data for column in COLUMNS):
+            return [data]  # one row
+        raise ValueError(f"{str(path)!r} holds a JSON object that is none of {layouts}.")
+    lengths = {key: len(values) for key, values in data.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{str(path)!r}: the columns have different lengths ({lengths}).")
+    keys = list(data)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*data.values(), strict=True)]
 
 
 def _is_messages(value: Any) -> bool:

@@ -318,6 +318,55 @@ def test_files_load_and_bad_rows_are_counted(suffix, tmp_path, caplog):
     assert data[0]["prompt_ids"] == tokenizer("Tell me a story.")["input_ids"]
 
 
+def test_other_file_layouts_load_the_same_pairs(tmp_path):
+    tokenizer = build_tokenizer()
+    expected = load_preference_data(ROWS[:2], tokenizer).examples
+    columns = {key: [row[key] for row in ROWS[:2]] for key in ("prompt", "chosen", "rejected")}
+    (tmp_path / "columns.json").write_text(json.dumps(columns))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": ROWS[:2]}))
+    write(tmp_path / "bom.csv", ROWS[:2])
+    (tmp_path / "bom.csv").write_bytes(
+        b"\xef\xbb\xbf" + (tmp_path / "bom.csv").read_bytes()
+    )  # a spreadsheet export
+    for name in ("columns.json", "wrapped.json", "bom.csv"):
+        assert load_preference_data(tmp_path / name, tokenizer).examples == expected, name
+    (tmp_path / "one.json").write_text(json.dumps(ROWS[0]))  # a single pair, not its characters
+    assert load_preference_data(tmp_path / "one.json", tokenizer).examples == expected[:1]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "broken.jsonl",
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": oops}\n',
+            "line 3: not valid JSON",
+        ),
+        ("broken.json", '[{"prompt": "a"},\n oops]', "line 2: not valid JSON"),
+        ("number.json", "3", "holds a JSON int; expected a list of rows"),
+        (
+            "ragged.json",
+            '{"prompt": ["a", "b"], "chosen": ["c"], "rejected": ["d", "e"]}',
+            "different lengths",
+        ),
+        ("latin1.csv", "prompt,chosen,rejected\ncaf\xe9,b,c\n".encode("latin-1"), "is not UTF-8 text"),
+    ],
+)
+def test_unreadable_files_are_named_with_the_problem(name, content, message, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message) as error:
+        load_preference_data(path, build_tokenizer())
+    assert name in str(error.value)
+
+
+def test_a_folder_or_a_dataset_dict_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        load_preference_data(tmp_path, build_tokenizer())
+    with pytest.raises(ValueError, match="pass one split"):
+        load_preference_data({"train": ROWS, "test": ROWS}, build_tokenizer())
+
+
 def test_datasets_dataset_and_conversational_rows():
     datasets = pytest.importorskip("datasets")
     tokenizer = build_tokenizer()
