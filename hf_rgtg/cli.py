@@ -515,7 +515,7 @@ def _prefix_rewards(
     if not tokens:
         return []
     ids = sequence[: prompt_length + end].unsqueeze(0).to(reward_model.device)
-    rewards = reward_model(ids).rewards[0, prompt_length:].float().cpu().tolist()
+    rewards = reward_model(ids, return_dict=True).rewards[0, prompt_length:].float().cpu().tolist()
     return list(zip(tokens, rewards, strict=True))
 
 

@@ -119,6 +119,7 @@ def _prefix_accuracy(
             out = model(
                 batch[f"{name}_input_ids"].to(device),
                 attention_mask=batch[f"{name}_attention_mask"].to(device),
+                return_dict=True,
             )
             rewards.append(out.rewards.cpu())
         difference = rewards[0] - rewards[1]

@@ -271,7 +271,9 @@ def score_sequences(
     device = reward_model.device
     rewards = [
         reward_model(
-            sequences[i : i + batch_size].to(device), attention_mask=mask[i : i + batch_size].to(device)
+            sequences[i : i + batch_size].to(device),
+            attention_mask=mask[i : i + batch_size].to(device),
+            return_dict=True,
         ).reward
         for i in range(0, len(sequences), batch_size)
     ]

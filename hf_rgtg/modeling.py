@@ -214,6 +214,21 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.backbone.set_input_embeddings(value)
 
+    @staticmethod
+    def _check_shape(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+        name, tensor, dims, shape = (
+            ("input_ids", input_ids, 2, "(batch_size, sequence_length)")
+            if input_ids is not None
+            else ("inputs_embeds", inputs_embeds, 3, "(batch_size, sequence_length, hidden_size)")
+        )
+        if tensor.dim() != dims:
+            raise ValueError(
+                f"`{name}` has shape {tuple(tensor.shape)}; expected {shape}. For one sequence, add the batch "
+                f"dimension: `{name}[None]`."
+            )
+        if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+            raise ValueError(f"`{name}` has shape {tuple(tensor.shape)}: there is no token to score.")
+
     def _check_inputs(
         self,
         batch_size: int,
@@ -253,8 +268,9 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> PrefixRewardOutput:
+    ) -> PrefixRewardOutput | tuple:
         r"""
         Score every prefix of the input.
 
@@ -272,12 +288,20 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 Defaults to positions counted over non-pad tokens of `attention_mask`.
             inputs_embeds (`torch.FloatTensor`, *optional*):
                 Embeddings to use instead of `input_ids`.
+            return_dict (`bool`, *optional*):
+                `False` returns a tuple of the output's fields that are set. Defaults to `config.return_dict`.
 
         Returns:
             [`PrefixRewardOutput`] with `rewards` `(batch_size, sequence_length)` and `reward` `(batch_size,)`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if "labels" in kwargs:
+            raise ValueError(
+                "PrefixRewardModel computes no loss from `labels`: it scores sequences. Train it on preference pairs "
+                "with `PrefixRewardTrainer` (or `prefix_bradley_terry_loss`)."
+            )
+        self._check_shape(input_ids, inputs_embeds)
         batch_size, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         incremental = self.supports_incremental_scoring
         if past_key_values is not None and not incremental:
@@ -317,12 +341,17 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         mask_2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         index = last_token_index(mask_2d, batch_size, seq_len).to(rewards.device)
         reward = rewards[torch.arange(batch_size, device=rewards.device), index]
-        return PrefixRewardOutput(
+        output = PrefixRewardOutput(
             rewards=rewards,
             reward=reward,
             past_key_values=getattr(outputs, "past_key_values", None),
             hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=getattr(outputs, "attentions", None),
+        )
+        return (
+            output
+            if (return_dict if return_dict is not None else self.config.return_dict)
+            else output.to_tuple()
         )
 
     def _rewards(

@@ -127,6 +127,7 @@ class ReferenceScorer(CandidateScorer):
             self.reward_model(
                 input_ids[i : i + self.max_batch_size],
                 attention_mask=attention_mask[i : i + self.max_batch_size],
+                return_dict=True,
             ).reward
             for i in range(0, len(input_ids), self.max_batch_size)
         ]
@@ -230,7 +231,9 @@ class CachedScorer(CandidateScorer):
         if self.decoder is not None:
             rewards = self._prefill()
         else:
-            out = self.reward_model(self.input_ids, attention_mask=self.attention_mask, use_cache=True)
+            out = self.reward_model(
+                self.input_ids, attention_mask=self.attention_mask, use_cache=True, return_dict=True
+            )
             for layer in out.past_key_values.layers:
                 if type(layer) is not DynamicLayer:
                     raise ValueError(

@@ -425,7 +425,7 @@ class PrefixRewardTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         input_ids = torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]])
         attention_mask = torch.cat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]])
-        rewards = model(input_ids=input_ids, attention_mask=attention_mask).rewards
+        rewards = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).rewards
         chosen, rejected = rewards.chunk(2)
         loss = prefix_bradley_terry_loss(
             chosen, rejected, inputs["loss_weights"], self.args.margin, self.args.center_rewards_coefficient

@@ -157,6 +157,35 @@ def test_attention_mask_of_wrong_shape_is_rejected():
         model(ids, attention_mask=torch.ones(2, 1, 5, dtype=torch.long))
 
 
+def test_inputs_of_the_wrong_rank_empty_inputs_and_labels_are_rejected():
+    model = tiny_prefix_rm("gpt2")
+    with pytest.raises(ValueError, match=r"`input_ids` has shape \(5,\).*`input_ids\[None\]`"):
+        model(torch.arange(1, 6))
+    for shape in ((1, 0), (0, 5)):
+        with pytest.raises(ValueError, match="no token to score"):
+            model(torch.zeros(shape, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`inputs_embeds` has shape \(5, 64\)"):
+        model(inputs_embeds=torch.zeros(5, 64))
+    with pytest.raises(ValueError, match="no loss from `labels`.*PrefixRewardTrainer"):
+        model(torch.arange(1, 6)[None], labels=torch.tensor([1.0]))
+
+
+def test_return_dict_false_gives_a_tuple_and_internal_callers_do_not_depend_on_it():
+    model = tiny_prefix_rm("llama")
+    ids = torch.randint(1, VOCAB_SIZE, (2, 5))
+    out = model(ids)
+    rewards, reward = model(ids, return_dict=False)[:2]
+    torch.testing.assert_close(rewards, out.rewards)
+    torch.testing.assert_close(reward, out.reward)
+    model.config.return_dict = False
+    assert isinstance(model(ids), tuple)
+    from hf_rgtg import RewardGuidance, score_sequences
+
+    torch.testing.assert_close(score_sequences(model, ids, 2), out.reward)
+    guidance = RewardGuidance(model, top_k=3, scorer="reference", pad_token_id=0)
+    assert guidance.state.scorer.reset(ids, torch.ones_like(ids), 3).shape == (2,)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_sequence_longer_than_max_positions_is_rejected(arch):
     model = tiny_prefix_rm(arch)
