@@ -23,6 +23,7 @@ _HUB_KWARGS = (
     "force_download",
     "proxies",
     "subfolder",
+    "trust_remote_code",
 )
 # `PrefixRewardConfig` fields that may be set when wrapping a foreign checkpoint.
 _HEAD_KWARGS = ("head_layer", "head_hidden_size", "head_bias")
@@ -39,6 +40,10 @@ def _base_model_prefix(config: PreTrainedConfig) -> str:
     return model_class.base_model_prefix
 
 
+def _head_settings(config: PrefixRewardConfig) -> str:
+    return ", ".join(f"{key}={getattr(config, key)!r}" for key in _HEAD_KWARGS)
+
+
 def _check_backbone_config(config: PreTrainedConfig, name: str) -> None:
     if config.is_encoder_decoder:
         raise ValueError(
@@ -49,7 +54,12 @@ def _check_backbone_config(config: PreTrainedConfig, name: str) -> None:
     if type(config) not in MODEL_MAPPING:
         raise ValueError(
             f"{name!r} has model_type={config.model_type!r}, which `transformers.AutoModel` cannot build, so it "
-            "cannot serve as a prefix reward model's backbone."
+            "cannot serve as a prefix reward model's backbone"
+            + (
+                " (backbones with custom code, `auto_map`, are not supported)."
+                if getattr(config, "auto_map", None)
+                else "."
+            )
         )
     if _is_sequence_classifier(config):
         if config.num_labels != 1:
@@ -138,20 +148,43 @@ class AutoModelForPrefixReward:
                 wrapping a checkpoint that is not a prefix reward model yet.
         """
         name = str(pretrained_model_name_or_path)
-        config = kwargs.pop("config", None)
+        given = kwargs.pop("config", None)
         hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-        if config is None:
-            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        if isinstance(config, PrefixRewardConfig):
-            return PrefixRewardModel.from_pretrained(
-                pretrained_model_name_or_path, *model_args, config=config, **kwargs
-            )
-
-        _check_backbone_config(config, name)
-        is_classifier = _is_sequence_classifier(config)
+        kwargs.pop("trust_remote_code", None)  # only the configuration reads it: custom backbones are refused
         head = {key: kwargs.pop(key) for key in _HEAD_KWARGS if key in kwargs}
+        source = (
+            AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            if given is None or isinstance(given, PrefixRewardConfig)
+            else given
+        )
+        if isinstance(source, PrefixRewardConfig):
+            if head:
+                raise ValueError(
+                    f"{name!r} is already a prefix reward model; its head ({_head_settings(source)}) was saved with "
+                    f"it, so {sorted(head)} cannot be changed on loading. Set them when wrapping a causal-LM or "
+                    "sequence-classification checkpoint, or train a new head."
+                )
+            return PrefixRewardModel.from_pretrained(
+                pretrained_model_name_or_path, *model_args, config=given or source, **kwargs
+            )
+        if isinstance(given, PrefixRewardConfig):  # a prefix reward model's settings for a foreign checkpoint
+            if head:
+                raise ValueError(
+                    f"Set {sorted(head)} on the `config` you pass, not as keyword arguments as well."
+                )
+            config, prefix_config = given.text_config, given
+            if type(config) is not type(source):
+                raise ValueError(
+                    f"`config.text_config` is a {type(config).__name__}, but {name!r} holds a "
+                    f"{type(source).__name__} checkpoint."
+                )
+        else:
+            config = source
+            prefix_config = PrefixRewardConfig(text_config=config, base_model_name_or_path=name, **head)
+
+        _check_backbone_config(source, name)
+        is_classifier = _is_sequence_classifier(source)
         return_info = kwargs.pop("output_loading_info", False)
-        prefix_config = PrefixRewardConfig(text_config=config, base_model_name_or_path=name, **head)
         key_mapping = {rf"^{_base_model_prefix(config)}\.": "backbone."}
         model, info = PrefixRewardModel.from_pretrained(
             pretrained_model_name_or_path,

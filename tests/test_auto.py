@@ -166,3 +166,34 @@ def test_converted_checkpoints_save_as_prefix_reward_models(source, tmp_path):
     expected, actual = converted.state_dict(), reloaded.state_dict()
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_head_settings_of_a_saved_prefix_reward_model_cannot_change_on_loading(tmp_path):
+    tiny_prefix_rm("gpt2", head_layer=1).save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"already a prefix reward model; its head \(head_layer=1.*\['head_layer'\]"
+    ):
+        AutoModelForPrefixReward.from_pretrained(tmp_path, head_layer=2)
+
+
+def test_an_explicit_prefix_reward_config_wraps_a_causal_lm_checkpoint(tmp_path):
+    lm = tiny_causal_lm("llama", seed=1)
+    lm.save_pretrained(tmp_path)
+    config = PrefixRewardConfig(text_config=lm.config, head_layer=1)
+    rm = AutoModelForPrefixReward.from_pretrained(tmp_path, config=config)
+    assert rm.config.head_layer == 1
+    expected, actual = lm.base_model.state_dict(), rm.backbone.state_dict()
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+    with pytest.raises(ValueError, match="text_config` is a GPT2Config.*LlamaConfig checkpoint"):
+        AutoModelForPrefixReward.from_pretrained(
+            tmp_path, config=PrefixRewardConfig(text_config=tiny_config("gpt2"))
+        )
+
+
+def test_custom_code_backbones_are_refused_by_name():
+    from transformers import PreTrainedConfig
+
+    from hf_rgtg.auto import _check_backbone_config
+
+    with pytest.raises(ValueError, match="custom code, `auto_map`, are not supported"):
+        _check_backbone_config(PreTrainedConfig(auto_map={"AutoModel": "modeling.Custom"}), "org/custom")
