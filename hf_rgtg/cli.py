@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from huggingface_hub import constants as hub_constants
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     HfArgumentParser,
@@ -26,6 +28,7 @@ from transformers import (
 
 from . import __version__, defaults
 from .auto import AutoModelForPrefixReward
+from .configuration import PrefixRewardConfig
 from .data import load_preference_data
 from .evaluation import evaluate_prefix_accuracy
 from .generation import RewardGuidance
@@ -195,9 +198,29 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return parser
 
 
+TRAIN_USAGE = (
+    f"{PROG} train --model NAME --data FILE --output-dir DIR [--eval-data FILE] [--train full|head|lora] "
+    "[--prefix-sampling all|random|full] [--push-to-hub --hub-model-id ID] [any TrainingArguments flag]"
+)
+TRAIN_EXAMPLE = f"""example:
+  {PROG} train --model HuggingFaceTB/SmolLM2-135M-Instruct --data pairs.jsonl --output-dir my-prefix-rm \\
+      --train lora --num-train-epochs 1 --learning-rate 1e-4"""
+
+
 def train_argument_parser() -> HfArgumentParser:
     """`hf-rgtg train`'s parser, generated from the two dataclasses."""
-    return HfArgumentParser((TrainScriptArguments, PrefixRewardTrainingConfig), prog=f"{PROG} train")
+    return HfArgumentParser(
+        (TrainScriptArguments, PrefixRewardTrainingConfig),
+        prog=f"{PROG} train",
+        usage=TRAIN_USAGE,
+        description=(
+            "Train a prefix reward model on preference pairs with the all-prefix Bradley-Terry loss, report its\n"
+            "prefix accuracy on held-out pairs, save it with its model card (and push it). Every\n"
+            "transformers.TrainingArguments option is a flag too, with dashes or underscores."
+        ),
+        epilog=TRAIN_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -206,11 +229,34 @@ def run_train(args: argparse.Namespace) -> int:
         script, config = train_argument_parser().parse_args_into_dataclasses(args.arguments)
     except SystemExit as exit_request:
         return exit_request.code if isinstance(exit_request.code, int) else 2
+    if not any(a.split("=")[0] in ("--output-dir", "--output_dir") for a in args.arguments):
+        raise ValueError("argument --output-dir: required: the folder the trained reward model is saved to")
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"argument --output-dir: {str(output_dir)!r} is a file, not a folder")
     push, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
+    if push and hub_constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "argument --push-to-hub: the Hub is offline here (HF_HUB_OFFLINE=1); train without --push-to-hub and "
+            "push the saved folder later, or unset HF_HUB_OFFLINE"
+        )
+    for flag, name in (("--model", script.model), ("--tokenizer", script.tokenizer)):
+        if name is not None:
+            _check_local_path(flag, name)
+    for flag, name in (("--data", script.data), ("--eval-data", script.eval_data)):
+        _check_data_file(flag, name)
+    if not 0 <= script.eval_fraction < 1:
+        raise ValueError(f"argument --eval-fraction: has to be in [0, 1), got {script.eval_fraction}")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not config.resume_from_checkpoint:
+        print(
+            f"{PROG} train: warning: --output-dir {str(output_dir)!r} is not empty; files of the same names are "
+            "overwritten, older checkpoints stay",
+            file=sys.stderr,
+        )
     tokenizer = _load_named(
-        "--tokenizer",
+        "--tokenizer" if script.tokenizer else "--model",
         script.tokenizer or script.model,
-        lambda: AutoTokenizer.from_pretrained(script.tokenizer or script.model),
+        lambda: _checked_tokenizer(script.tokenizer or script.model),
     )
     ensure_pad_token(tokenizer)
     head = {
@@ -221,6 +267,7 @@ def run_train(args: argparse.Namespace) -> int:
     model = _load_named(
         "--model", script.model, lambda: AutoModelForPrefixReward.from_pretrained(script.model, **head)
     )
+    config.max_length = _fitted_max_length(config.max_length, model)
     data = load_preference_data(script.data, tokenizer, max_length=config.max_length)
     if script.eval_data:
         train_pairs, eval_pairs = (
@@ -253,8 +300,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
-    if not 0 <= fraction < 1:
-        raise ValueError(f"argument --eval_fraction: has to be in [0, 1), got {fraction}")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     held = int(round(len(examples) * fraction))
@@ -266,6 +311,13 @@ def add_eval_rm_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser = subparsers.add_parser(
         "eval-rm",
         help="prefix accuracy of any reward model on preference pairs, by relative position in the response",
+        description=(
+            "How often a reward model prefers the chosen response over the rejected one on every prefix of\n"
+            "held-out pairs, by relative position in the response (and on whole responses). Works for prefix\n"
+            "reward models and for ordinary reward models alike."
+        ),
+        epilog=f"example:\n  {PROG} eval-rm --rm my-prefix-rm --data held_out.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--rm", required=True, metavar="NAME", help="Hub id or folder of the reward model")
     parser.add_argument(
@@ -282,14 +334,20 @@ def add_eval_rm_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def run_eval_rm(args: argparse.Namespace) -> int:
     """Carry out `hf-rgtg eval-rm`: print the prefix-accuracy table of a reward model."""
+    if args.batch_size < 1:
+        raise ValueError(f"argument --batch-size: has to be a positive integer, got {args.batch_size}")
+    for flag, name in (("--rm", args.rm), ("--tokenizer", args.tokenizer)):
+        if name is not None:
+            _check_local_path(flag, name)
+    _check_data_file("--data", args.data)
     tokenizer = _load_named(
-        "--tokenizer",
+        "--tokenizer" if args.tokenizer else "--rm",
         args.tokenizer or args.rm,
-        lambda: AutoTokenizer.from_pretrained(args.tokenizer or args.rm),
+        lambda: _checked_tokenizer(args.tokenizer or args.rm),
     )
     ensure_pad_token(tokenizer)
     model = _load_named("--rm", args.rm, lambda: AutoModelForPrefixReward.from_pretrained(args.rm)).eval()
-    data = load_preference_data(args.data, tokenizer, max_length=args.max_length)
+    data = load_preference_data(args.data, tokenizer, max_length=_fitted_max_length(args.max_length, model))
     result = evaluate_prefix_accuracy(
         model,
         data.examples,
@@ -353,6 +411,9 @@ def run_generate(args: argparse.Namespace) -> int:
     ensure_pad_token(tokenizer)
     inputs = _encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     prompt_length = inputs["input_ids"].shape[1]
+    # Both runs (--compare) must fit both models: checked before generating anything.
+    for model, what in ((lm, "the language model"), (reward_model, "the reward model")):
+        _check_positions(prompt_length, args.max_new_tokens, _max_positions(model), what)
 
     eos_token_id = lm.generation_config.eos_token_id
     if eos_token_id is None:
@@ -360,9 +421,14 @@ def run_generate(args: argparse.Namespace) -> int:
     pad_token_id = lm.generation_config.pad_token_id
     if pad_token_id is None:
         pad_token_id = tokenizer.pad_token_id
-    guidance = RewardGuidance(
-        reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
-    )
+    try:
+        guidance = RewardGuidance(
+            reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"argument --top-k: {error}" if str(error).startswith("`top_k`") else str(error)
+        ) from None
     generation_kwargs = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.sample,
@@ -404,6 +470,49 @@ def run_generate(args: argparse.Namespace) -> int:
             print()
         _print_result(result, tokenizer, show_rewards=args.show_rewards, with_header=args.compare)
     return 0
+
+
+def _max_positions(model: PreTrainedModel) -> int | None:
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
+def _check_positions(prompt_length: int, max_new_tokens: int, max_positions: int | None, what: str) -> None:
+    """Refuse a prompt plus `--max-new-tokens` that `what` (a model with `max_positions`) cannot hold."""
+    if max_positions is None or prompt_length + max_new_tokens <= max_positions:
+        return
+    if prompt_length >= max_positions:
+        raise ValueError(
+            f"the prompt has {prompt_length} tokens, but {what} has at most {max_positions} positions: shorten it"
+        )
+    raise ValueError(
+        f"argument --max-new-tokens: the prompt has {prompt_length} tokens and {what} at most {max_positions} "
+        f"positions, so at most {max_positions - prompt_length} new tokens fit (got {max_new_tokens})"
+    )
+
+
+# Files a tokenizer is saved in (fast, slow BPE/WordPiece, SentencePiece); a model folder with none has no tokenizer.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
+
+
+def _checked_tokenizer(name: str, or_flag: bool = True) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained(name)`, refusing the empty tokenizer it builds for a folder without tokenizer
+    files (every text would then tokenize to nothing). To be called inside [`_load_named`]."""
+    message = "it has no tokenizer (no tokenizer.json or tokenizer_config.json): save the tokenizer next to the model"
+    message += ", or pass --tokenizer" if or_flag else ""
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not any((folder / file).exists() for file in TOKENIZER_FILES):
+        raise OSError(message)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if len(tokenizer) < 2:
+        raise OSError(message)
+    return tokenizer
 
 
 def _guidance_config(beta: float, top_k: int) -> RewardGuidanceConfig:
@@ -448,11 +557,32 @@ def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedT
     _check_local_path("--lm", name)
 
     def load() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        if isinstance(AutoConfig.from_pretrained(name), PrefixRewardConfig):
+            raise ValueError("it is a prefix reward model, not a language model: pass it as --rm")
+        tokenizer = _checked_tokenizer(name, or_flag=False)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
         return model.eval(), tokenizer
 
     return _load_named("--lm", name, load)
+
+
+def _check_data_file(flag: str, name: str | None) -> None:
+    """Fail before loading any model on a data file that is not there."""
+    if name is not None and not Path(name).expanduser().is_file():
+        what = "a folder" if Path(name).expanduser().is_dir() else "not there"
+        raise ValueError(f"argument {flag}: {name!r} is {what}: give a .jsonl, .json, .csv or .parquet file")
+
+
+def _fitted_max_length(max_length: int, model: PrefixRewardModel) -> int:
+    """`--max-length`, lowered (with a note) to what the reward model's backbone can read."""
+    limit = model.max_positions
+    if limit is None or max_length <= limit:
+        return max_length
+    print(
+        f"{PROG}: note: --max-length {max_length} is more than the model's {limit} positions; using {limit}",
+        file=sys.stderr,
+    )
+    return limit
 
 
 def _check_local_path(flag: str, name: str) -> None:

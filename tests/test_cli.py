@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -243,7 +244,38 @@ def test_bad_values_give_a_one_line_error_naming_the_flag(folders, capsys, flag,
 def test_top_k_larger_than_the_vocabulary_is_an_error(folders, capsys):
     code, _, err = run(capsys, PROMPT, *models(folders), "--top-k", "1000")
     assert code == 2
-    assert "hf-rgtg: error: `top_k` (=1000) is larger than" in err
+    assert "hf-rgtg: error: argument --top-k: `top_k` (=1000) is larger than" in err
+
+
+def test_prompt_plus_new_tokens_beyond_either_model_is_refused_before_generating(folders, capsys, tmp_path):
+    # The tiny LM and RM both have 128 positions.
+    generate_calls = []
+    original = GenerationMixin.generate
+    GenerationMixin.generate = lambda *a, **k: generate_calls.append(1) or original(*a, **k)
+    try:
+        code, out, err = run(capsys, PROMPT, *models(folders), "--max-new-tokens", "127", "--compare")
+        assert code == 2 and out == "" and err.count("\n") == 1
+        prompt_tokens = int(
+            re.search(r"argument --max-new-tokens: the prompt has (\d+) tokens", err).group(1)
+        )
+        assert f"at most {128 - prompt_tokens} new tokens fit" in err
+        code, _, err = run(capsys, "hello " * 130, *models(folders), "--max-new-tokens", "1")
+        assert code == 2 and "shorten it" in err
+    finally:
+        GenerationMixin.generate = original
+    assert generate_calls == []
+    code, _, _ = run(
+        capsys, PROMPT, *models(folders), "--max-new-tokens", str(128 - prompt_tokens), "--compare"
+    )
+    assert code == 0
+
+
+def test_folders_without_a_tokenizer_and_a_reward_model_given_as_lm_are_named(folders, capsys, tmp_path):
+    tiny_causal_lm("llama").save_pretrained(tmp_path / "no-tokenizer")
+    code, _, err = run(capsys, PROMPT, "--lm", str(tmp_path / "no-tokenizer"), "--rm", folders["rm"])
+    assert code == 2 and "argument --lm" in err and "has no tokenizer" in err
+    code, _, err = run(capsys, PROMPT, "--lm", folders["rm"], "--rm", folders["rm"])
+    assert code == 2 and "prefix reward model, not a language model: pass it as --rm" in err
 
 
 def test_reward_model_with_another_vocabulary_is_an_error(folders, capsys, tmp_path):

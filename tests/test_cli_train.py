@@ -11,6 +11,7 @@ import torch
 import transformers.utils.hub as transformers_hub
 from conftest import build_tokenizer, tiny_causal_lm
 from huggingface_hub import ModelCard
+from huggingface_hub import constants as hub_constants
 
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
 from hf_rgtg.cli import main
@@ -89,6 +90,7 @@ def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monk
 
     api = FakeHubApi()
     monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # the fake Hub stands in for the network
     args = train_args(
         lm_folder, tmp_path, "--push-to-hub", "--hub-model-id", "org/cli-rm", "--max-steps", "2"
     )
@@ -101,6 +103,61 @@ def test_train_command_flags_are_checked(lm_folder, tmp_path, capsys):
     assert "`prefix_sampling` (='sometimes')" in capsys.readouterr().err
     assert main(["train", "--help"]) == 0
     assert "--prefix_sampling" in capsys.readouterr().out
+
+
+def test_train_and_eval_rm_check_what_they_can_before_loading_models(lm_folder, tmp_path, capsys):
+    def error(args):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        assert captured.err.count("\n") == 1, captured.err
+        return captured.err
+
+    args = train_args(lm_folder, tmp_path)
+    without_output_dir = args[: args.index("--output-dir")] + args[args.index("--output-dir") + 2 :]
+    assert "argument --output-dir: required" in error(without_output_dir)
+    (tmp_path / "a-file").write_text("x")
+    assert "is a file, not a folder" in error(
+        train_args(lm_folder, tmp_path, "--output-dir", str(tmp_path / "a-file"))
+    )
+    assert "argument --push-to-hub: the Hub is offline" in error(
+        train_args(lm_folder, tmp_path, "--push-to-hub")
+    )
+    assert "argument --model: the folder './nope' does not exist" in error(
+        ["train", "--model", "./nope", "--data", "x.jsonl", "--output-dir", str(tmp_path / "o")]
+    )
+    assert "argument --data: 'missing.jsonl' is not there" in error(
+        ["train", "--model", str(lm_folder), "--data", "missing.jsonl", "--output-dir", str(tmp_path / "o")]
+    )
+    assert "argument --eval-fraction" in error(train_args(lm_folder, tmp_path, "--eval-fraction", "1.5"))
+    pairs = str(write_pairs(tmp_path / "pairs.jsonl"))
+    assert "argument --rm: the folder './nope' does not exist" in error(
+        ["eval-rm", "--rm", "./nope", "--data", pairs]
+    )
+    for size in ("0", "-1"):
+        assert "argument --batch-size: has to be a positive integer" in error(
+            ["eval-rm", "--rm", str(lm_folder), "--data", pairs, "--batch-size", size]
+        )
+    no_tokenizer = tmp_path / "no-tokenizer"
+    tiny_causal_lm("gpt2", seed=1).save_pretrained(no_tokenizer)
+    assert "argument --rm" in (message := error(["eval-rm", "--rm", str(no_tokenizer), "--data", pairs]))
+    assert "has no tokenizer" in message and "pass --tokenizer" in message
+
+
+def test_max_length_beyond_the_model_positions_is_lowered_with_a_note(lm_folder, tmp_path, capsys):
+    # The tiny model has 128 positions; the default --max-length is 512.
+    assert (
+        main(["eval-rm", "--rm", str(lm_folder), "--data", str(write_pairs(tmp_path / "pairs.jsonl"))]) == 0
+    )
+    assert (
+        "note: --max-length 512 is more than the model's 128 positions; using 128" in capsys.readouterr().err
+    )
+
+
+def test_a_non_empty_output_dir_is_reused_with_a_warning(lm_folder, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("x")
+    assert main(train_args(lm_folder, tmp_path, "--max-steps", "1", "--eval-fraction", "0")) == 0
+    assert "warning: --output-dir" in capsys.readouterr().err
 
 
 def test_two_process_training_with_accelerate(lm_folder, tmp_path):
