@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -27,6 +28,12 @@ _HUB_KWARGS = (
 )
 # `PrefixRewardConfig` fields that may be set when wrapping a foreign checkpoint.
 _HEAD_KWARGS = ("head_layer", "head_hidden_size", "head_bias")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` can only be a local path, never a Hub id (`org/name`): absolute, relative (`.`, `~`), or with
+    more than one `/`. A missing folder of that form is worth naming as such instead of as an unknown repo."""
+    return Path(name).expanduser().is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
 
 
 def _is_sequence_classifier(config: PreTrainedConfig) -> bool:

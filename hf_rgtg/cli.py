@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from . import __version__, defaults
-from .auto import AutoModelForPrefixReward
+from .auto import AutoModelForPrefixReward, looks_like_local_path
 from .configuration import PrefixRewardConfig
 from .data import load_preference_data
 from .evaluation import evaluate_prefix_accuracy
@@ -587,9 +587,7 @@ def _fitted_max_length(max_length: int, model: PrefixRewardModel) -> int:
 
 def _check_local_path(flag: str, name: str) -> None:
     """Fail early, and clearly, on a path that does not exist, which would otherwise be taken for a Hub id."""
-    path = Path(name).expanduser()
-    looks_like_a_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
-    if looks_like_a_path and not path.exists():
+    if looks_like_local_path(name) and not Path(name).expanduser().exists():
         raise OSError(f"argument {flag}: the folder {name!r} does not exist")
 
 

@@ -31,7 +31,7 @@ from transformers.generation.logits_process import (
 from transformers.generation.utils import GENERATION_MODES_MAPPING
 from transformers.utils import ModelOutput
 
-from .auto import AutoModelForPrefixReward
+from .auto import AutoModelForPrefixReward, looks_like_local_path
 from .modeling import PrefixRewardModel
 from .processing import (
     GuidanceState,
@@ -62,9 +62,7 @@ def resolve_reward_model(reward_model: Any) -> PrefixRewardModel:
     """Accept a [`PrefixRewardModel`] or a name/path to load with [`AutoModelForPrefixReward`]."""
     if isinstance(reward_model, (str, os.PathLike)):
         name = os.fspath(reward_model)
-        local = (
-            isinstance(reward_model, os.PathLike) or name.startswith(("/", ".", "~")) or name.count("/") > 1
-        )
+        local = isinstance(reward_model, os.PathLike) or looks_like_local_path(name)
         if local and not os.path.isdir(os.path.expanduser(name)):
             raise ValueError(
                 f"`reward_model` ({name!r}) is not a folder. Give the folder a reward model was saved to (with "
