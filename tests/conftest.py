@@ -34,9 +34,11 @@ from transformers import (  # noqa: E402
     BertConfig,
     GPT2Config,
     LlamaConfig,
+    MistralConfig,
     PreTrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    T5Config,
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -76,7 +78,18 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(arch: str, **overrides) -> PreTrainedConfig:
-    """A 2-layer, hidden-size-64 configuration of `arch` ("gpt2", "llama", "qwen2", or the encoder "bert")."""
+    """A 2-layer, hidden-size-64 configuration of `arch` ("gpt2", "llama", "qwen2", "mistral", the encoder "bert"),
+    or a 1-layer, d_model-32 encoder-decoder "t5"."""
+    if arch == "t5":
+        kwargs = {
+            "d_model": 32,
+            "d_ff": 64,
+            "d_kv": 16,
+            "num_layers": 1,
+            "num_heads": 2,
+            "decoder_start_token_id": 0,
+        }
+        return T5Config(**{"vocab_size": VOCAB_SIZE, **kwargs, **overrides})
     if arch == "bert":
         kwargs = {
             "hidden_size": 64,
@@ -97,7 +110,7 @@ def tiny_config(arch: str, **overrides) -> PreTrainedConfig:
         "num_key_value_heads": 2,
         "max_position_embeddings": MAX_POSITIONS,
     }
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
     return config_class(**{**common, **kwargs, **overrides})
 
 

@@ -11,7 +11,7 @@ from conftest import (
     tiny_prefix_rm,
     tiny_sequence_classifier,
 )
-from transformers import AutoModelForSequenceClassification, BartConfig, T5Config
+from transformers import AutoModelForSequenceClassification, BartConfig
 
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardConfig, PrefixRewardModel
 
@@ -119,7 +119,7 @@ def test_sequence_classifier_with_several_labels_is_rejected(hub_cache):
 @pytest.mark.parametrize(
     "config",
     [
-        T5Config(vocab_size=VOCAB_SIZE, d_model=32, num_layers=1, num_heads=2, d_ff=32, d_kv=16),
+        tiny_config("t5"),
         BartConfig(
             vocab_size=VOCAB_SIZE,
             d_model=32,

@@ -9,7 +9,7 @@ import torch
 from conftest import ARCHITECTURES, VOCAB_SIZE, tiny_causal_lm, tiny_config, tiny_prefix_rm
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import GenerationMixin, MistralConfig, T5Config, T5ForConditionalGeneration
+from transformers import GenerationMixin, T5ForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 
 import hf_rgtg.incremental
@@ -451,17 +451,7 @@ def test_prompts_given_only_as_embeddings_and_encoder_decoder_models_are_refused
     out = lm.generate(ids, inputs_embeds=embeds, max_new_tokens=2, pad_token_id=PAD, reward_model=rm, top_k=3)
     assert out.shape == (1, 5)
     torch.manual_seed(0)
-    t5 = T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=VOCAB_SIZE,
-            d_model=32,
-            d_ff=64,
-            d_kv=16,
-            num_layers=1,
-            num_heads=2,
-            decoder_start_token_id=0,
-        )
-    ).eval()
+    t5 = T5ForConditionalGeneration(tiny_config("t5")).eval()
     with pytest.raises(ValueError, match="T5ForConditionalGeneration is an encoder-decoder model"):
         t5.generate(ids, max_new_tokens=2, reward_model=rm)
 
@@ -722,15 +712,7 @@ def test_encoder_reward_model_falls_back_to_the_reference_scorer():
     "text_config",
     [
         lambda: tiny_config("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0),
-        lambda: MistralConfig(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            sliding_window=4,
-        ),
+        lambda: tiny_config("mistral", sliding_window=4),
     ],
     ids=["qwen2-sliding", "mistral-sliding"],
 )
