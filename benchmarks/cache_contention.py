@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import decode_speed  # noqa: E402  (the benchmarks directory is not a package)
 
 from hf_rgtg import CachedScorer  # noqa: E402
+from hf_rgtg.compat import cache_kwargs  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cache_contention.md"
 MIB = 1 << 20
@@ -67,7 +68,7 @@ class Loops:
         if lm:
             cache = DynamicCache(config=model.config)
             token = (
-                model(self.ids, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+                model(self.ids, use_cache=True, **cache_kwargs(cache)).logits[:, -1].argmax(-1, keepdim=True)
             )
         if rm:
             scorer = CachedScorer(self.setup.rm)
@@ -76,7 +77,7 @@ class Loops:
             if lm:
                 start = time.perf_counter()
                 token = (
-                    model(token, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+                    model(token, use_cache=True, **cache_kwargs(cache)).logits[:, -1].argmax(-1, keepdim=True)
                 )
                 lm_time += time.perf_counter() - start
             if rm:

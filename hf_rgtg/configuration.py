@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 
 class PrefixRewardConfig(PreTrainedConfig):
@@ -50,7 +49,9 @@ class PrefixRewardConfig(PreTrainedConfig):
     """
 
     model_type = "prefix_reward"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+    # The plain `sub_configs` mapping (not 5.20's `sub_configs_defaults`), with the dict-to-config step done in
+    # `__post_init__`, works on every supported transformers.
+    sub_configs = {"text_config": AutoConfig}
 
     text_config: dict | PreTrainedConfig | None = None
     head_layer: int | None = None
@@ -60,6 +61,11 @@ class PrefixRewardConfig(PreTrainedConfig):
     training_summary: dict | None = None
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.text_config, dict):
+            text_config = dict(self.text_config)
+            self.text_config = AutoConfig.for_model(text_config.pop("model_type", "llama"), **text_config)
+        elif self.text_config is None:
+            self.text_config = AutoConfig.for_model("llama")
         super().__post_init__(**kwargs)
         if self.text_config.is_encoder_decoder:
             raise ValueError(
@@ -83,5 +89,9 @@ class PrefixRewardConfig(PreTrainedConfig):
                 f"an index in [{-num_layers - 1}, {num_layers}], or `None` for the final output."
             )
 
+
+# Saved prefix reward models then load through `AutoConfig` (and so `AutoModelForPrefixReward`) without
+# `trust_remote_code`. Every module that reads a prefix reward model's configuration imports this one.
+AutoConfig.register(PrefixRewardConfig.model_type, PrefixRewardConfig, exist_ok=True)
 
 __all__ = ["PrefixRewardConfig"]

@@ -246,7 +246,7 @@ class IncrementalDecoder(ABC):
     >>> with torch.no_grad():
     ...     out = rm(prompt, use_cache=True)
     >>> decoder = IncrementalDecoder.for_model(rm)
-    >>> buffer = KVBuffer.from_cache(out.past_key_values, decoder.num_layers)
+    >>> buffer = KVBuffer.from_cache(out.cache, decoder.num_layers)
     >>> # Two candidates for the next token, as siblings: each sees the prompt and itself, both at position 3.
     >>> mask = torch.tensor([[[[True, True, True, True, False], [True, True, True, False, True]]]])
     >>> hidden = decoder(torch.tensor([[8, 9]]), torch.tensor([[3, 3]]), mask, buffer)

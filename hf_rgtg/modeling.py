@@ -20,6 +20,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.utils import ModelOutput
 from transformers.utils import hub as hub_utils
 
+from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache
 from .configuration import PrefixRewardConfig
 from .hub import TAGS, model_card
 
@@ -56,6 +57,7 @@ def position_ids_from_attention_mask(attention_mask: torch.Tensor, seq_len: int)
 
 
 @dataclass
+@cache_field
 class PrefixRewardOutput(ModelOutput):
     r"""
     Output of a [`PrefixRewardModel`].
@@ -67,8 +69,9 @@ class PrefixRewardOutput(ModelOutput):
             input, so only `reward` is meaningful.)
         reward (`torch.FloatTensor` of shape `(batch_size,)`):
             The reward at each row's last non-pad token, under left or right padding alike.
-        past_key_values (`Cache`, *optional*):
-            The backbone's key/value cache, returned when `use_cache=True`.
+        cache (`Cache`, *optional*):
+            The backbone's key/value cache, returned when `use_cache=True`. The field is named as the installed
+            transformers names it (`cache` from 5.24, `past_key_values` before); both names read it.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The backbone's hidden states, when `output_hidden_states=True`.
         attentions (`tuple(torch.FloatTensor)`, *optional*):
@@ -77,7 +80,7 @@ class PrefixRewardOutput(ModelOutput):
 
     rewards: torch.FloatTensor | None = None
     reward: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -89,7 +92,7 @@ class PrefixRewardPreTrainedModel(PreTrainedModel):
     config: PrefixRewardConfig
     base_model_prefix = "backbone"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -103,7 +106,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     A prefix reward model: any `AutoModel` backbone with a scalar head applied at **every** position, so one forward
     pass returns `r(x, y[:t])` for every prefix length `t`.
 
-    On a decoder backbone the model can be fed incrementally with `past_key_values`, giving the same per-position
+    On a decoder backbone the model can be fed incrementally with `cache`, giving the same per-position
     rewards as one full forward. Padding may be on either side: position ids are computed from the attention mask
     when not given, exactly as `generate()` does.
 
@@ -132,7 +135,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
 
     >>> # Feeding the last token on top of a cache gives the same reward as the full forward.
     >>> first = model(input_ids[:, :3], use_cache=True)
-    >>> step = model(input_ids[:, 3:], past_key_values=first.past_key_values)
+    >>> step = model(input_ids[:, 3:], cache=first.cache)
     >>> torch.allclose(step.reward, out.reward, atol=1e-5)
     True
     ```
@@ -262,13 +265,14 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> PrefixRewardOutput | tuple:
         r"""
@@ -276,11 +280,11 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
 
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-                Token ids. Only the new tokens when `past_key_values` is given.
+                Token ids. Only the new tokens when `cache` is given.
             attention_mask (`torch.Tensor`, *optional*):
                 `(batch_size, cached_length + sequence_length)`, 1 for real tokens and 0 for padding (either side).
                 A 4D mask is passed through to the backbone as is and then needs `position_ids`.
-            past_key_values (`Cache`, *optional*):
+            cache (`Cache`, *optional*):
                 A cache returned by an earlier call with `use_cache=True` (decoder backbones only).
             use_cache (`bool`, *optional*):
                 Whether to return the updated cache. Defaults to the backbone's setting.
@@ -290,6 +294,8 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 Embeddings to use instead of `input_ids`.
             return_dict (`bool`, *optional*):
                 `False` returns a tuple of the output's fields that are set. Defaults to `config.return_dict`.
+            past_key_values (`Cache`, *optional*):
+                The name of `cache` before transformers 5.24, accepted on every version.
 
         Returns:
             [`PrefixRewardOutput`] with `rewards` `(batch_size, sequence_length)` and `reward` `(batch_size,)`.
@@ -304,13 +310,17 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         self._check_shape(input_ids, inputs_embeds)
         batch_size, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         incremental = self.supports_incremental_scoring
-        if past_key_values is not None and not incremental:
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("Pass the cache once: `cache` and `past_key_values` are the same argument.")
+            cache = past_key_values
+        if cache is not None and not incremental:
             raise ValueError(
-                f"`past_key_values` was given, but this reward model's backbone "
+                f"`cache` was given, but this reward model's backbone "
                 f"({self.config.text_config.model_type}) is not a causal decoder and cannot be scored "
                 "incrementally. Re-encode the whole sequence instead."
             )
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_len = cache.get_seq_length() if cache is not None else 0
         self._check_inputs(batch_size, seq_len, past_len, attention_mask, position_ids)
 
         backbone_kwargs = dict(kwargs)
@@ -323,7 +333,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                     position_ids = torch.arange(past_len, past_len + seq_len, device=device).expand(
                         batch_size, -1
                     )
-            backbone_kwargs.update(past_key_values=past_key_values, use_cache=use_cache)
+            backbone_kwargs.update(cache_kwargs(cache), use_cache=use_cache)
         if position_ids is not None:
             self._check_length(position_ids)
             backbone_kwargs["position_ids"] = position_ids
@@ -344,7 +354,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         output = PrefixRewardOutput(
             rewards=rewards,
             reward=reward,
-            past_key_values=getattr(outputs, "past_key_values", None),
+            **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=getattr(outputs, "attentions", None),
         )
@@ -374,9 +384,9 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor,
         position_ids: torch.LongTensor,
-        past_key_values: Cache,
+        cache: Cache,
     ) -> torch.Tensor:
-        """Rewards `(batch, seq)` of `input_ids` fed on top of `past_key_values`, extending the cache in place.
+        """Rewards `(batch, seq)` of `input_ids` fed on top of `cache`, extending the cache in place.
 
         The unchecked hot path of guided decoding: the caller guarantees a decoder backbone, an attention mask that
         covers the cache and the new tokens (2D or 4D), exact position ids within the backbone's range. Use
@@ -386,8 +396,8 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=True,
+            **cache_kwargs(cache),
         )
         return rewards
 

@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedConfig
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, DynamicLayer, get_layer_types_and_kwargs
 
+from .compat import output_cache
 from .incremental import IncrementalDecoder, KVBuffer, grown_capacity
 from .modeling import PrefixRewardModel, last_token_index, position_ids_from_attention_mask
 
@@ -234,13 +235,14 @@ class CachedScorer(CandidateScorer):
             out = self.reward_model(
                 self.input_ids, attention_mask=self.attention_mask, use_cache=True, return_dict=True
             )
-            for layer in out.past_key_values.layers:
+            cache = output_cache(out)
+            for layer in cache.layers:
                 if type(layer) is not DynamicLayer:
                     raise ValueError(
                         f"CachedScorer supports plain dynamic caches; this reward model uses {type(layer).__name__} "
                         "layers (sliding-window or hybrid attention). Use ReferenceScorer."
                     )
-            self.cache, rewards = out.past_key_values, out.reward
+            self.cache, rewards = cache, out.reward
         self.prefix_length = self._prompt_width = self.attention_mask.shape[1]
         prompt_bias = _additive(self.attention_mask.bool(), self.reward_model.dtype)
         self._mask = self._mask_buffer(prompt_bias[:, None, None, :], 1, self.prefix_length + 1)
@@ -377,9 +379,7 @@ class CachedScorer(CandidateScorer):
             self.buffer.commit(1)
         else:
             mask = (bias[:, 0, 0] == 0).long()
-            self.reward_model(
-                tokens[:, None], attention_mask=mask, past_key_values=self.cache, use_cache=True
-            )
+            self.reward_model(tokens[:, None], attention_mask=mask, cache=self.cache, use_cache=True)
         self.prefix_length += 1
 
     def _keep_candidate(self, chosen: torch.Tensor) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -43,6 +44,20 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()
+
+
+class _LoggedDeprecationError(logging.Handler):
+    """Raises on a deprecation that transformers *logs* rather than warns, e.g. 5.24's "`past_key_values` ... are
+    deprecated. Use `cache` instead." when a `ModelOutput` is built or read by the old name; the `filterwarnings`
+    entry in setup.cfg does the same for its `FutureWarning`s. The error surfaces at the call that caused it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecated" in message:
+            raise FutureWarning(f"transformers logged a deprecation: {message}")
+
+
+logging.getLogger("transformers").addHandler(_LoggedDeprecationError(logging.WARNING))
 
 ARCHITECTURES = ("gpt2", "llama", "qwen2")
 VOCAB_SIZE = 384

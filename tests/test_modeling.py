@@ -47,14 +47,12 @@ def test_incremental_matches_full_forward_with_left_padding(arch):
     # Prompt of 5 columns, then one token at a time, then a chunk of 3 on top of the cache.
     prompt_len = 5
     out = model(ids[:, :prompt_len], attention_mask=mask[:, :prompt_len], use_cache=True)
-    pieces, cache, t = [out.rewards], out.past_key_values, prompt_len
+    pieces, cache, t = [out.rewards], out.cache, prompt_len
     while t < ids.shape[1]:
         step = 1 if t < ids.shape[1] - 3 else 3
-        out = model(
-            ids[:, t : t + step], attention_mask=mask[:, : t + step], past_key_values=cache, use_cache=True
-        )
+        out = model(ids[:, t : t + step], attention_mask=mask[:, : t + step], cache=cache, use_cache=True)
         pieces.append(out.rewards)
-        cache, t = out.past_key_values, t + step
+        cache, t = out.cache, t + step
     incremental = torch.cat(pieces, dim=1)
     real = mask.bool()
     torch.testing.assert_close(incremental[real], full[real], atol=1e-5, rtol=0)
@@ -83,7 +81,7 @@ def test_property_padded_incremental_prefix_rewards_match_unpadded(lengths, spli
     split = min(split, ids.shape[1] - 1) if ids.shape[1] > 1 else 1
     first = model(ids[:, :split], attention_mask=mask[:, :split], use_cache=True)
     rest = (
-        model(ids[:, split:], attention_mask=mask, past_key_values=first.past_key_values).rewards
+        model(ids[:, split:], attention_mask=mask, cache=first.cache).rewards
         if split < ids.shape[1]
         else first.rewards[:, :0]
     )
@@ -135,7 +133,7 @@ def test_head_on_intermediate_layer_and_mlp_head(head_layer, tmp_path):
     ids = torch.randint(1, VOCAB_SIZE, (2, 6))
     full = model(ids)
     out = model(ids[:, :4], use_cache=True)
-    step = model(ids[:, 4:], past_key_values=out.past_key_values)
+    step = model(ids[:, 4:], cache=out.cache)
     torch.testing.assert_close(step.rewards, full.rewards[:, 4:], atol=1e-5, rtol=0)
     # The intermediate layer really is the one read: it differs from the final output.
     hidden = model.backbone(ids, output_hidden_states=True)
@@ -150,9 +148,9 @@ def test_attention_mask_of_wrong_shape_is_rejected():
     ids = torch.randint(1, VOCAB_SIZE, (2, 5))
     with pytest.raises(ValueError, match=r"`attention_mask` has shape \(2, 4\).*must have shape \(2, 5\)"):
         model(ids, attention_mask=torch.ones(2, 4, dtype=torch.long))
-    cache = model(ids, use_cache=True).past_key_values
+    cache = model(ids, use_cache=True).cache
     with pytest.raises(ValueError, match=r"5 cached tokens.*\(2, 6\)"):
-        model(ids[:, :1], attention_mask=torch.ones(2, 1, dtype=torch.long), past_key_values=cache)
+        model(ids[:, :1], attention_mask=torch.ones(2, 1, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="2D"):
         model(ids, attention_mask=torch.ones(2, 1, 5, dtype=torch.long))
 
@@ -200,9 +198,9 @@ def test_sequence_longer_than_max_positions_is_rejected(arch):
     assert model(ids, attention_mask=mask).rewards.shape == (1, MAX_POSITIONS + 4)
     # The limit also holds for tokens fed on top of a cache.
     cache = DynamicCache(config=model.config.text_config)
-    model(torch.randint(1, VOCAB_SIZE, (1, MAX_POSITIONS)), past_key_values=cache, use_cache=True)
+    model(torch.randint(1, VOCAB_SIZE, (1, MAX_POSITIONS)), cache=cache, use_cache=True)
     with pytest.raises(ValueError, match="Truncate the prompt or generate fewer tokens"):
-        model(torch.randint(1, VOCAB_SIZE, (1, 1)), past_key_values=cache)
+        model(torch.randint(1, VOCAB_SIZE, (1, 1)), cache=cache)
 
 
 def test_encoder_backbone_is_allowed_but_not_incremental():
@@ -213,7 +211,7 @@ def test_encoder_backbone_is_allowed_but_not_incremental():
     out = model(ids, attention_mask=mask)
     assert out.reward.shape == (2,)
     with pytest.raises(ValueError, match="not a causal decoder and cannot be scored incrementally"):
-        model(ids, past_key_values=DynamicCache())
+        model(ids, cache=DynamicCache())
 
 
 def test_encoder_decoder_backbone_is_rejected():
