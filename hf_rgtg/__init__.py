@@ -1,86 +1,72 @@
 """hf_rgtg: reward-guided text generation for Hugging Face transformers.
 
-Importing the package registers `PrefixRewardConfig` with `AutoConfig`, so saved prefix reward models load without
-`trust_remote_code`. It patches nothing else.
+The public names below are imported lazily, the way `transformers` imports its own: `import hf_rgtg` reads only
+the installed transformers' version (and refuses one outside the supported range with an `ImportError` naming the
+fix), so the command line answers `--help` without loading torch. A name is imported from its module on first use,
+and an error inside that module surfaces then, unchanged.
+
+Importing the configuration (which every model, Auto class and loader does) registers `PrefixRewardConfig` with
+`AutoConfig`, so saved prefix reward models load without `trust_remote_code`. The package patches nothing else.
 """
 
-from transformers import AutoConfig
+from __future__ import annotations
 
-from .auto import AutoModelForPrefixReward
-from .configuration import PrefixRewardConfig
-from .data import PreferenceData, load_preference_data
-from .defaults import (
-    DEFAULT_LM_INSTALL_COMMAND,
-    DEFAULT_LM_NAME,
-    default_cache_dir,
-    load_default_lm,
-    load_default_rm,
-)
-from .evaluation import PrefixAccuracy, evaluate_prefix_accuracy
-from .generation import (
-    RewardGuidance,
-    disable_reward_guided_generate,
-    enable_reward_guided_generate,
-    reward_guided_generate,
-    reward_guided_generate_enabled,
-    score_sequences,
-)
-from .modeling import PrefixRewardModel, PrefixRewardOutput, PrefixRewardPreTrainedModel
-from .processing import (
-    GuidanceState,
-    GuidanceTrace,
-    RewardGuidanceConfig,
-    RewardGuidedLogitsProcessor,
-    RewardStoppingCriteria,
-    StepRecord,
-)
-from .scoring import CachedScorer, CandidateScorer, ReferenceScorer
-from .tokenization import ensure_pad_token
-from .training import (
-    PrefixRewardCollator,
-    PrefixRewardTrainer,
-    PrefixRewardTrainingConfig,
-    prefix_bradley_terry_loss,
-)
+import importlib
+from typing import Any
+
+from . import compat as _compat  # noqa: F401  (checks the installed transformers at import)
 
 __version__ = "0.1.0.dev0"
 
-AutoConfig.register(PrefixRewardConfig.model_type, PrefixRewardConfig, exist_ok=True)
+#: Each public name and the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "AutoModelForPrefixReward": "auto",
+    "PrefixRewardConfig": "configuration",
+    "PreferenceData": "data",
+    "load_preference_data": "data",
+    "DEFAULT_LM_INSTALL_COMMAND": "defaults",
+    "DEFAULT_LM_NAME": "defaults",
+    "default_cache_dir": "defaults",
+    "load_default_lm": "defaults",
+    "load_default_rm": "defaults",
+    "PrefixAccuracy": "evaluation",
+    "evaluate_prefix_accuracy": "evaluation",
+    "RewardGuidance": "generation",
+    "disable_reward_guided_generate": "generation",
+    "enable_reward_guided_generate": "generation",
+    "reward_guided_generate": "generation",
+    "reward_guided_generate_enabled": "generation",
+    "score_sequences": "generation",
+    "PrefixRewardModel": "modeling",
+    "PrefixRewardOutput": "modeling",
+    "PrefixRewardPreTrainedModel": "modeling",
+    "GuidanceState": "processing",
+    "GuidanceTrace": "processing",
+    "RewardGuidanceConfig": "processing",
+    "RewardGuidedLogitsProcessor": "processing",
+    "RewardStoppingCriteria": "processing",
+    "StepRecord": "processing",
+    "CachedScorer": "scoring",
+    "CandidateScorer": "scoring",
+    "ReferenceScorer": "scoring",
+    "ensure_pad_token": "tokenization",
+    "PrefixRewardCollator": "training",
+    "PrefixRewardTrainer": "training",
+    "PrefixRewardTrainingConfig": "training",
+    "prefix_bradley_terry_loss": "training",
+}
 
-__all__ = [
-    "PreferenceData",
-    "PrefixAccuracy",
-    "PrefixRewardCollator",
-    "PrefixRewardTrainer",
-    "PrefixRewardTrainingConfig",
-    "evaluate_prefix_accuracy",
-    "load_preference_data",
-    "prefix_bradley_terry_loss",
-    "CachedScorer",
-    "CandidateScorer",
-    "GuidanceState",
-    "GuidanceTrace",
-    "ReferenceScorer",
-    "RewardGuidance",
-    "RewardGuidanceConfig",
-    "RewardGuidedLogitsProcessor",
-    "RewardStoppingCriteria",
-    "StepRecord",
-    "disable_reward_guided_generate",
-    "enable_reward_guided_generate",
-    "reward_guided_generate",
-    "reward_guided_generate_enabled",
-    "score_sequences",
-    "DEFAULT_LM_INSTALL_COMMAND",
-    "DEFAULT_LM_NAME",
-    "AutoModelForPrefixReward",
-    "PrefixRewardConfig",
-    "PrefixRewardModel",
-    "PrefixRewardOutput",
-    "PrefixRewardPreTrainedModel",
-    "__version__",
-    "default_cache_dir",
-    "ensure_pad_token",
-    "load_default_lm",
-    "load_default_rm",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,0 +1,164 @@
+"""`hf-rgtg train`: train a prefix reward model on preference pairs; every `TrainingArguments` option is a flag."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import constants as hub_constants
+from transformers import HfArgumentParser
+
+from ..auto import AutoModelForPrefixReward
+from ..data import load_preference_data
+from ..tokenization import ensure_pad_token
+from ..training import PrefixRewardTrainer, PrefixRewardTrainingConfig
+from . import PROG
+from .loading import check_data_file, check_local_path, checked_tokenizer, fitted_max_length, load_named
+
+
+@dataclass
+class TrainScriptArguments:
+    """What `hf-rgtg train` reads besides [`PrefixRewardTrainingConfig`]."""
+
+    model: str = field(
+        metadata={"help": "Hub id or folder: a prefix RM, a causal LM or a sequence classifier."}
+    )
+    data: str = field(metadata={"help": "Preference pairs: a .jsonl, .json, .csv or .parquet file."})
+    eval_data: str | None = field(
+        default=None, metadata={"help": "Held-out pairs (default: a split of --data)."}
+    )
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "Share of --data held out when no --eval-data."}
+    )
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
+    head_layer: int | None = field(default=None, metadata={"help": "Hidden layer the new head reads."})
+    head_hidden_size: int | None = field(default=None, metadata={"help": "MLP head width (default: linear)."})
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """Declare the `train` command; its flags come from [`TrainScriptArguments`] and
+    [`PrefixRewardTrainingConfig`] through `HfArgumentParser` (see [`train_argument_parser`])."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        add_help=False,
+        prefix_chars="\0",
+    )
+    parser.add_argument("arguments", nargs=argparse.REMAINDER)
+    parser.set_defaults(run=run)
+    return parser
+
+
+TRAIN_USAGE = (
+    f"{PROG} train --model NAME --data FILE --output-dir DIR [--eval-data FILE] [--train full|head|lora] "
+    "[--prefix-sampling all|random|full] [--push-to-hub --hub-model-id ID] [any TrainingArguments flag]"
+)
+
+TRAIN_EXAMPLE = f"""example:
+  {PROG} train --model HuggingFaceTB/SmolLM2-135M-Instruct --data pairs.jsonl --output-dir my-prefix-rm \\
+      --train lora --num-train-epochs 1 --learning-rate 1e-4"""
+
+
+def train_argument_parser() -> HfArgumentParser:
+    """`hf-rgtg train`'s parser, generated from the two dataclasses."""
+    return HfArgumentParser(
+        (TrainScriptArguments, PrefixRewardTrainingConfig),
+        prog=f"{PROG} train",
+        usage=TRAIN_USAGE,
+        description=(
+            "Train a prefix reward model on preference pairs with the all-prefix Bradley-Terry loss, report its\n"
+            "prefix accuracy on held-out pairs, save it with its model card (and push it). Every\n"
+            "transformers.TrainingArguments option is a flag too, with dashes or underscores."
+        ),
+        epilog=TRAIN_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out `hf-rgtg train`: load the model and data, train, report the prefix accuracy, save (and push)."""
+    try:
+        script, config = train_argument_parser().parse_args_into_dataclasses(args.arguments)
+    except SystemExit as exit_request:
+        return exit_request.code if isinstance(exit_request.code, int) else 2
+    if not any(a.split("=")[0] in ("--output-dir", "--output_dir") for a in args.arguments):
+        raise ValueError("argument --output-dir: required: the folder the trained reward model is saved to")
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"argument --output-dir: {str(output_dir)!r} is a file, not a folder")
+    push, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
+    if push and hub_constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "argument --push-to-hub: the Hub is offline here (HF_HUB_OFFLINE=1); train without --push-to-hub and "
+            "push the saved folder later, or unset HF_HUB_OFFLINE"
+        )
+    for flag, name in (("--model", script.model), ("--tokenizer", script.tokenizer)):
+        if name is not None:
+            check_local_path(flag, name)
+    for flag, name in (("--data", script.data), ("--eval-data", script.eval_data)):
+        check_data_file(flag, name)
+    if not 0 <= script.eval_fraction < 1:
+        raise ValueError(f"argument --eval-fraction: has to be in [0, 1), got {script.eval_fraction}")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not config.resume_from_checkpoint:
+        print(
+            f"{PROG} train: warning: --output-dir {str(output_dir)!r} is not empty; files of the same names are "
+            "overwritten, older checkpoints stay",
+            file=sys.stderr,
+        )
+    tokenizer = load_named(
+        "--tokenizer" if script.tokenizer else "--model",
+        script.tokenizer or script.model,
+        lambda: checked_tokenizer(script.tokenizer or script.model),
+    )
+    ensure_pad_token(tokenizer)
+    head = {
+        k: v
+        for k, v in (("head_layer", script.head_layer), ("head_hidden_size", script.head_hidden_size))
+        if v is not None
+    }
+    model = load_named(
+        "--model", script.model, lambda: AutoModelForPrefixReward.from_pretrained(script.model, **head)
+    )
+    config.max_length = fitted_max_length(config.max_length, model)
+    data = load_preference_data(script.data, tokenizer, max_length=config.max_length)
+    if script.eval_data:
+        train_pairs, eval_pairs = (
+            data.examples,
+            load_preference_data(script.eval_data, tokenizer, config.max_length).examples,
+        )
+    else:
+        train_pairs, eval_pairs = _split(data.examples, script.eval_fraction, config.seed)
+    print(f"{PROG} train: {len(train_pairs)} training pairs, {len(eval_pairs)} held out ({data.report()}).")
+    trainer = PrefixRewardTrainer(
+        model,
+        config,
+        train_dataset=train_pairs,
+        eval_dataset=eval_pairs or None,
+        processing_class=tokenizer,
+        dataset_names=[Path(script.data).name],
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    if eval_pairs:
+        print(trainer.evaluate_prefixes().to_markdown())
+    trainer.save_model(config.output_dir)
+    print(f"{PROG} train: saved to {config.output_dir}")
+    if push:
+        repo_id = config.hub_model_id or Path(config.output_dir).name
+        trainer.trained_model().push_to_hub(
+            repo_id, token=config.hub_token, private=config.hub_private_repo, tokenizer=tokenizer
+        )
+        print(f"{PROG} train: pushed to {repo_id}")
+    return 0
+
+
+def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = int(round(len(examples) * fraction))
+    return [examples[i] for i in order[held:]], [examples[i] for i in order[:held]]
+
+
+__all__ = ["TrainScriptArguments", "add_parser", "run", "train_argument_parser"]
