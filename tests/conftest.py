@@ -57,7 +57,24 @@ class _LoggedDeprecationError(logging.Handler):
             raise FutureWarning(f"transformers logged a deprecation: {message}")
 
 
-logging.getLogger("transformers").addHandler(_LoggedDeprecationError(logging.WARNING))
+_LOGGED_DEPRECATION_ERROR = _LoggedDeprecationError(logging.WARNING)
+logging.getLogger("transformers").addHandler(_LOGGED_DEPRECATION_ERROR)
+
+
+@pytest.fixture
+def logged_deprecations_allowed():
+    """Within the test, transformers' logged deprecations are only logged (for tests that use an old name on
+    purpose)."""
+    logger = logging.getLogger("transformers")
+    logger.removeHandler(_LOGGED_DEPRECATION_ERROR)
+    yield
+    logger.addHandler(_LOGGED_DEPRECATION_ERROR)
+    # transformers logs each message once per process (`warning_once`, an lru_cache): forget what was logged here,
+    # so that a later test raising the same deprecation fails.
+    warning_once = getattr(logging.Logger, "warning_once", None)
+    if hasattr(warning_once, "cache_clear"):
+        warning_once.cache_clear()
+
 
 ARCHITECTURES = ("gpt2", "llama", "qwen2")
 VOCAB_SIZE = 384
