@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import time
@@ -16,6 +17,8 @@ from transformers.utils import ModelOutput
 
 from .modeling import PrefixRewardModel
 from .scoring import CachedScorer, CandidateScorer, ReferenceScorer
+
+logger = logging.getLogger(__name__)
 
 REWARD_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda r: r,
@@ -42,6 +45,54 @@ def _positive_int(name: str, value: Any, hint: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"`{name}` (={value!r}) has to be a positive integer, {hint}.")
     return int(value)
+
+
+def checked_prompt_length(value: Any, width: int) -> int:
+    """`value` as the prompts' length in sequences of `width` tokens: an integer from 1 to `width`."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= width:
+        raise ValueError(
+            f"`prompt_length` (={value!r}) has to be the prompts' length in the sequences, an integer from 1 to "
+            f"their length ({width}): `inputs['input_ids'].shape[1]`."
+        )
+    return int(value)
+
+
+def _is_token_id(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= 0
+
+
+def checked_token_id(name: str, value: Any) -> int | None:
+    """`value` as one token id: a non-negative integer (Python, NumPy or a one-element tensor), or `None`."""
+    value = _scalar(value)
+    if value is None:
+        return None
+    if not _is_token_id(value):
+        raise ValueError(
+            f"`{name}` (={value!r}) has to be one token id, a non-negative integer such as `tokenizer.{name}`, "
+            "or None."
+        )
+    return int(value)
+
+
+def checked_token_ids(name: str, value: Any) -> list[int] | None:
+    """`value` as a list of token ids (one id, or a sequence or tensor of them, each a non-negative integer), or
+    `None`."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        items = [_scalar(item) for item in value]
+    elif hasattr(value, "tolist"):  # a tensor, or a NumPy array or scalar
+        items = value.tolist()
+        items = items if isinstance(items, list) else [items]
+    else:
+        items = [value]
+    if not all(_is_token_id(item) for item in items):
+        raise ValueError(
+            f"`{name}` (={value!r}) has to be a token id or a list of them, each a non-negative integer (e.g. "
+            f"`tokenizer.{name}`), or None."
+        )
+    return [int(item) for item in items]
 
 
 @dataclass
@@ -85,7 +136,9 @@ class RewardGuidanceConfig:
         self.top_k = _positive_int("top_k", self.top_k, "e.g. `top_k=10`")
         if self.score_with not in ("logprobs", "logits"):
             raise ValueError(f"`score_with` (={self.score_with!r}) has to be 'logprobs' or 'logits'.")
-        if not callable(self.reward_transform) and self.reward_transform not in REWARD_TRANSFORMS:
+        if not callable(self.reward_transform) and (
+            not isinstance(self.reward_transform, str) or self.reward_transform not in REWARD_TRANSFORMS
+        ):
             raise ValueError(
                 f"`reward_transform` (={self.reward_transform!r}) has to be one of {sorted(REWARD_TRANSFORMS)} or a "
                 "function of a tensor."
@@ -120,11 +173,15 @@ class RewardGuidanceConfig:
 
 
 def make_scorer(reward_model: PrefixRewardModel, kind: str = "auto") -> CandidateScorer:
-    """The scorer for `reward_model`: cached when it is a decoder with plain attention and a plain dynamic cache
-    (see [`CachedScorer.unsupported_reason`]), the reference scorer otherwise."""
-    cacheable = CachedScorer.unsupported_reason(reward_model) is None
-    if kind == "cached" or (kind == "auto" and cacheable):
+    """The scorer for `reward_model`. `"auto"`: cached where it is proven exact (see
+    [`CachedScorer.unsupported_reason`]), else the reference scorer, with one log line saying why. `"cached"` on a
+    reward model outside that raises the reason as a `ValueError`."""
+    if kind == "reference":
+        return ReferenceScorer(reward_model)
+    reason = CachedScorer.unsupported_reason(reward_model)
+    if reason is None or kind == "cached":
         return CachedScorer(reward_model)
+    logger.warning(f"Scoring candidates by re-encoding every prefix (slower, exact): {reason}")
     return ReferenceScorer(reward_model)
 
 
@@ -191,10 +248,16 @@ class GuidanceTrace:
             leaves the trace (padding after a finished sequence).
         """
         ids = sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
+        prompt_length = checked_prompt_length(prompt_length, len(ids))
         node = self.roots.get(tuple(ids[:prompt_length]))
         records: list[StepRecord] = []
         if node is None:
-            return records
+            lengths = sorted({len(prompt) for prompt in self.roots})
+            raise ValueError(
+                f"The first {prompt_length} tokens of this sequence are not a prompt of the last guided `generate()` "
+                f"call (its prompts have {lengths or 'no'} tokens). Pass `prompt_length=input_ids.shape[1]` and an "
+                "output of that call."
+            )
         for token in ids[prompt_length:]:
             parent, node = node, self.children.get((node, token))
             if node is None:
@@ -286,15 +349,8 @@ class GuidanceState:
         self.reward_model = reward_model
         self.config = config
         self.scorer = make_scorer(reward_model, config.scorer)
-        eos = (
-            []
-            if eos_token_id is None
-            else [eos_token_id]
-            if isinstance(eos_token_id, int)
-            else list(eos_token_id)
-        )
-        self.eos_token_ids = frozenset(eos)
-        self.pad_token_id = pad_token_id
+        self.eos_token_ids = frozenset(checked_token_ids("eos_token_id", eos_token_id) or ())
+        self.pad_token_id = checked_token_id("pad_token_id", pad_token_id)
         self.trace = GuidanceTrace()
         self.reward_calls = 0
         self.start_time: float | None = None
@@ -346,6 +402,12 @@ class GuidanceState:
         if self._ids is not None or self.reward_calls:
             self.prepare()
         self._prompt_mask = None
+        empty = (mask.sum(-1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"Prompt row(s) {empty} are all padding (their attention mask is all zeros), so there is nothing to "
+                "continue or score. Give every prompt at least one real token, or drop those rows."
+            )
         prompt_rewards = self.scorer.reset(input_ids, mask, self.config.top_k).float().cpu()
         self.start_time = time.monotonic()
         self._ids = input_ids
@@ -636,5 +698,8 @@ __all__ = [
     "leading_padding_mask",
     "output_sequences",
     "require_prompt_ids",
+    "checked_prompt_length",
+    "checked_token_id",
+    "checked_token_ids",
     "make_scorer",
 ]

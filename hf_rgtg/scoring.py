@@ -26,6 +26,95 @@ from .compat import output_cache
 from .incremental import IncrementalDecoder, KVBuffer, grown_capacity
 from .modeling import PrefixRewardModel, last_token_index, position_ids_from_attention_mask
 
+#: Decoder families whose attention and position scheme the cached scorer is proven exact on: causal attention
+#: over every earlier position, with absolute (learned) or rotary positions. `tests/test_architectures.py` walks
+#: transformers' causal-LM mapping on every run: each family here must build from a tiny configuration and agree
+#: with the reference scorer, and every other family must fall back to it. A family missing here is only slower.
+CACHE_EXACT_MODEL_TYPES: frozenset[str] = frozenset(
+    {
+        "apertus",
+        "apertus1p5_text",
+        "arcee",
+        "aria_text",
+        "biogpt",
+        "bitnet",
+        "cohere",
+        "diffllama",
+        "doge",
+        "ernie4_5",
+        "ernie4_5_moe",
+        "exaone",
+        "falcon",
+        "flex_olmo",
+        "flint",
+        "gemma",
+        "glm",
+        "glm4",
+        "glm4_moe",
+        "gpt-sw3",
+        "gpt2",
+        "gpt_bigcode",
+        "gpt_neox",
+        "gpt_neox_japanese",
+        "granite",
+        "granitemoe",
+        "granitemoeshared",
+        "helium",
+        "hrm_text",
+        "hunyuan_v1_dense",
+        "hunyuan_v1_moe",
+        "hy_v3",
+        "hyperclovax",
+        "internlm3",
+        "iquestcoder",
+        "jais2",
+        "jetmoe",
+        "laguna",
+        "lfm2",
+        "llama",
+        "mellum",
+        "minimax_m2",
+        "minimax_m3_vl_text",
+        "ministral3",
+        "mistral",
+        "mixtral",
+        "nanochat",
+        "nemotron",
+        "olmo",
+        "olmo2",
+        "olmoe",
+        "opt",
+        "persimmon",
+        "phi",
+        "phi3",
+        "phimoe",
+        "qwen2",
+        "qwen3",
+        "qwen3_moe",
+        "sarvam_moe",
+        "seed_oss",
+        "smollm3",
+        "solar_open",
+        "stablelm",
+        "starcoder2",
+        "xglm",
+    }
+)
+
+#: Rotary variants whose frequencies do not depend on how long the sequence is so far. "dynamic" and "longrope"
+#: change them once the sequence passes the original length, so a cache built earlier no longer matches.
+STATIC_ROPE_TYPES = frozenset({"default", "linear", "llama3", "yarn"})
+
+
+def _rope_types(config: PreTrainedConfig) -> set[str]:
+    """The rotary variants a configuration uses (one per layer type where it has several), empty without RoPE."""
+    parameters = getattr(config, "rope_parameters", None)
+    if not isinstance(parameters, dict):
+        return set()
+    if "rope_type" in parameters:
+        return {parameters["rope_type"]}
+    return {value.get("rope_type", "default") for value in parameters.values() if isinstance(value, dict)}
+
 
 def _dynamic_cache_layers(config: PreTrainedConfig) -> list[type]:
     """The layer classes a `DynamicCache` built for `config` would hold (the same dispatch transformers uses)."""
@@ -192,26 +281,46 @@ class CachedScorer(CandidateScorer):
 
     @staticmethod
     def unsupported_reason(reward_model: PrefixRewardModel) -> str | None:
-        """Why `reward_model` cannot be scored on a cache (`None` when it can): it has to be a decoder with
-        `"sdpa"` or `"eager"` attention whose cache is made of plain (full-attention) dynamic layers."""
+        """Why `reward_model` cannot be scored on a cache (`None` when it can).
+
+        The cached scorer is taken only where it is proven exact: a decoder of a family in
+        [`CACHE_EXACT_MODEL_TYPES`] with `"sdpa"` or `"eager"` attention, full causal attention in every layer
+        (no sliding, chunked, local or hybrid layers), no ALiBi, and positions that are learned or rotary with a
+        static variant ([`STATIC_ROPE_TYPES`]). Anything else, including a scheme that cannot be told from the
+        configuration, gets a reason, and `scorer="auto"` takes the reference scorer.
+        """
         config = reward_model.config.text_config
+        model_type = config.model_type
+        fix = 'Use `scorer="reference"` (the `ReferenceScorer`), which re-encodes every prefix and is always exact.'
         if not reward_model.supports_incremental_scoring:
+            return f"CachedScorer needs a decoder reward model; {model_type!r} cannot be scored incrementally. {fix}"
+        if model_type not in CACHE_EXACT_MODEL_TYPES:
             return (
-                f"CachedScorer needs a decoder reward model; {config.model_type!r} cannot be scored incrementally. "
-                "Use ReferenceScorer."
+                f"CachedScorer is not proven exact on {model_type!r} reward models (its attention or position "
+                f"scheme is not one the cached scorer is tested on). {fix}"
             )
         attn = config._attn_implementation
         if attn not in ("sdpa", "eager"):
             return (
                 f"CachedScorer needs the reward model's `attn_implementation` to be 'sdpa' or 'eager' (got {attn!r}): "
                 "sibling candidates need an arbitrary 4D attention mask. Reload the reward model with "
-                "`attn_implementation='sdpa'`."
+                f"`attn_implementation='sdpa'`, or {fix[0].lower()}{fix[1:]}"
+            )
+        if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
+            return f"CachedScorer does not support ALiBi positions (`alibi=True`). {fix}"
+        if "local" in (getattr(config, "attention_layers", None) or ()):
+            return f"CachedScorer does not support local attention layers (`attention_layers`). {fix}"
+        dynamic = sorted(_rope_types(config) - STATIC_ROPE_TYPES)
+        if dynamic:
+            return (
+                f"CachedScorer does not support rotary variants whose frequencies change with the length "
+                f"({dynamic}): keys cached early would no longer match. {fix}"
             )
         layers = {layer.__name__ for layer in _dynamic_cache_layers(config)} - {DynamicLayer.__name__}
         if layers:
             return (
-                f"CachedScorer supports plain dynamic caches; this reward model's cache has {sorted(layers)} layers "
-                "(sliding-window, chunked or hybrid attention). Use ReferenceScorer."
+                f"CachedScorer supports full attention only; this reward model's cache has {sorted(layers)} layers "
+                f"(sliding-window, chunked, linear-attention, convolution or other non-attention layers). {fix}"
             )
         return None
 
@@ -240,7 +349,7 @@ class CachedScorer(CandidateScorer):
                 if type(layer) is not DynamicLayer:
                     raise ValueError(
                         f"CachedScorer supports plain dynamic caches; this reward model uses {type(layer).__name__} "
-                        "layers (sliding-window or hybrid attention). Use ReferenceScorer."
+                        'layers (sliding-window or hybrid attention). Use `scorer="reference"`.'
                     )
             self.cache, rewards = cache, out.reward
         self.prefix_length = self._prompt_width = self.attention_mask.shape[1]
@@ -397,4 +506,10 @@ class CachedScorer(CandidateScorer):
                 setattr(layer, name, tensor[:, :, : length + 1])
 
 
-__all__ = ["CachedScorer", "CandidateScorer", "ReferenceScorer"]
+__all__ = [
+    "CACHE_EXACT_MODEL_TYPES",
+    "STATIC_ROPE_TYPES",
+    "CachedScorer",
+    "CandidateScorer",
+    "ReferenceScorer",
+]
