@@ -43,9 +43,25 @@ class PreferenceData:
         return f"{len(self.examples)} pairs kept" + (f"; skipped: {reasons}" if reasons else "")
 
 
-def read_rows(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+@dataclass(frozen=True)
+class UnusableRow:
+    """A row that was read but cannot be used, with the reason it is counted under (e.g. a ragged CSV line)."""
+
+    reason: str
+
+
+def read_rows(
+    source: str | os.PathLike | Iterable[Mapping[str, Any]],
+) -> list[Mapping[str, Any] | UnusableRow]:
     """Rows of a JSONL, JSON, CSV or Parquet file, of a `datasets.Dataset`, or of any iterable of mappings."""
+    if isinstance(source, bytes):
+        source = os.fsdecode(source)
     if not isinstance(source, (str, os.PathLike)):
+        if not isinstance(source, Iterable):
+            raise TypeError(
+                f"The preference data (`source`) has to be a file path or rows (an iterable of mappings), got "
+                f"{type(source).__name__} ({source!r})."
+            )
         if isinstance(source, Mapping):
             raise ValueError(
                 f"Preference data has to be rows (an iterable of mappings), got a {type(source).__name__} with keys "
@@ -66,8 +82,7 @@ def read_rows(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[M
         if suffix == ".json":
             return _json_rows(path)
         if suffix == ".csv":
-            with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheets write a BOM
-                return list(csv.DictReader(handle))
+            return _csv_rows(path)
         if suffix == ".parquet":
             try:
                 import pyarrow.parquet as pq
@@ -78,11 +93,38 @@ def read_rows(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[M
         raise ValueError(
             f"{str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8."
         ) from error
+    except RecursionError:
+        raise ValueError(
+            f"{str(path)!r} is nested too deeply to read; rows need only three fields."
+        ) from None
     except (OSError, ValueError) as error:
         if str(path) in str(error):
             raise
         raise ValueError(f"Could not read the preference data file {str(path)!r}: {error}") from error
     raise ValueError(f"Unsupported preference data format {suffix!r}: use .jsonl, .json, .csv or .parquet.")
+
+
+def _csv_rows(path: Path) -> list[Mapping[str, Any] | UnusableRow]:
+    """The rows of a CSV file; a row whose number of fields differs from the header's is an [`UnusableRow`]."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheets write a BOM
+        reader = csv.DictReader(handle, restkey=_RAGGED, restval=_RAGGED)
+        rows, ragged = [], []
+        for row in reader:
+            if _RAGGED in row or _RAGGED in row.values():
+                ragged.append((len(rows), reader.line_num))
+            rows.append(row)
+    if ragged:
+        lines = ", ".join(str(line) for _, line in ragged[:10]) + (", ..." if len(ragged) > 10 else "")
+        unusable = UnusableRow(
+            f"malformed CSV row: its number of fields differs from the header's (lines {lines})"
+        )
+        for index, _ in ragged:
+            rows[index] = unusable
+    return rows
+
+
+#: What `csv.DictReader` puts where a row has more fields than the header, or fewer.
+_RAGGED = "\0ragged"
 
 
 def _jsonl_rows(path: Path) -> list[Any]:
@@ -223,9 +265,24 @@ def load_preference_data(
     "1 pairs kept; skipped: 1 missing column 'rejected'"
     ```
     """
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(
+            f"`tokenizer` has to be the reward model's tokenizer (a PreTrainedTokenizerBase), got "
+            f"{type(tokenizer).__name__}: load it with `AutoTokenizer.from_pretrained(...)`."
+        )
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(
+            f"`max_length` (={max_length!r}) has to be an integer of at least 2 (prompt plus response, in tokens), "
+            "e.g. `max_length=512`."
+        )
     data = PreferenceData()
     for row in read_rows(source):
-        rendered = _render(row, tokenizer) if isinstance(row, Mapping) else "row is not a mapping"
+        if isinstance(row, UnusableRow):
+            rendered = row.reason
+        elif isinstance(row, Mapping):
+            rendered = _render(row, tokenizer)
+        else:
+            rendered = "row is not a mapping"
         example = (
             rendered
             if isinstance(rendered, str)
@@ -242,4 +299,4 @@ def load_preference_data(
     return data
 
 
-__all__ = ["PreferenceData", "load_preference_data", "read_rows", "tokenize_pair"]
+__all__ = ["PreferenceData", "UnusableRow", "load_preference_data", "read_rows", "tokenize_pair"]

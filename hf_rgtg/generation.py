@@ -39,6 +39,9 @@ from .processing import (
     RewardGuidanceConfig,
     RewardGuidedLogitsProcessor,
     RewardStoppingCriteria,
+    checked_prompt_length,
+    checked_token_id,
+    checked_token_ids,
     leading_padding_mask,
     output_sequences,
     require_prompt_ids,
@@ -84,14 +87,6 @@ def resolve_reward_model(reward_model: Any) -> PrefixRewardModel:
         f"`reward_model` has to be a PrefixRewardModel or the name/path of one, got {type(reward_model).__name__}. "
         "Load one with `AutoModelForPrefixReward.from_pretrained(...)`."
     )
-
-
-def _as_id_list(value: int | Sequence[int] | torch.Tensor | None) -> list[int] | None:
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        return value.flatten().tolist()
-    return [value] if isinstance(value, int) else list(value)
 
 
 class RewardGuidance:
@@ -143,6 +138,18 @@ class RewardGuidance:
             raise ValueError(
                 f"Pass either `config` or settings as keyword arguments ({sorted(config_kwargs)}), not both."
             )
+        if config is not None and not isinstance(config, RewardGuidanceConfig):
+            hint = (
+                " Pass the settings as keyword arguments: `RewardGuidance(rm, **config)`."
+                if isinstance(config, dict)
+                else ""
+            )
+            raise TypeError(f"`config` has to be a RewardGuidanceConfig, got {type(config).__name__}.{hint}")
+        if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise TypeError(
+                f"`tokenizer` has to be the language model's tokenizer (a PreTrainedTokenizerBase), got "
+                f"{type(tokenizer).__name__} ({tokenizer!r}). Give ids directly with `eos_token_id=`/`pad_token_id=`."
+            )
         self.config = config if config is not None else RewardGuidanceConfig(**config_kwargs)
         self.reward_model = resolve_reward_model(reward_model)
         text_config = self.reward_model.config.text_config.get_text_config()
@@ -162,10 +169,10 @@ class RewardGuidance:
             pad_token_id = (
                 tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             )
-        self.eos_token_id = _as_id_list(eos_token_id)
-        self.pad_token_id = pad_token_id
+        self.eos_token_id = checked_token_ids("eos_token_id", eos_token_id)
+        self.pad_token_id = checked_token_id("pad_token_id", pad_token_id)
         self.state = GuidanceState(
-            self.reward_model, self.config, eos_token_id=self.eos_token_id, pad_token_id=pad_token_id
+            self.reward_model, self.config, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id
         )
         self.logits_processor = RewardGuidedLogitsProcessor(self.state)
         self.stopping_criteria = RewardStoppingCriteria(self.state)
@@ -263,8 +270,13 @@ def score_sequences(
     """The reward of each of `generate()`'s output sequences at its last real token. See
     [`RewardGuidance.sequence_rewards`]."""
     sequences = output_sequences(sequences)
+    prompt_length = checked_prompt_length(prompt_length, sequences.shape[1])
     mask = generated_attention_mask(
-        sequences, prompt_length, prompt_attention_mask, _as_id_list(eos_token_id), pad_token_id
+        sequences,
+        prompt_length,
+        prompt_attention_mask,
+        checked_token_ids("eos_token_id", eos_token_id),
+        checked_token_id("pad_token_id", pad_token_id),
     )
     device = reward_model.device
     rewards = [
@@ -394,9 +406,14 @@ def reward_guided_generate(
         pad = generation_config._pad_token_tensor
         reward_guidance = RewardGuidance(
             reward_model,
-            eos_token_id=_as_id_list(eos),
+            eos_token_id=eos,
             pad_token_id=None if pad is None else int(pad),
             **settings,
+        )
+    elif not isinstance(reward_guidance, RewardGuidance):
+        raise TypeError(
+            f"`reward_guidance` has to be a RewardGuidance, got {type(reward_guidance).__name__}. Build one with "
+            "`RewardGuidance(reward_model, tokenizer, ...)`, or pass `reward_model=` instead."
         )
     elif reward_model is not None or settings:
         raise ValueError(

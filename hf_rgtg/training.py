@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -91,6 +92,20 @@ class PrefixRewardTrainingConfig(TrainingArguments):
             raise ValueError(f"`num_random_prefixes` (={self.num_random_prefixes}) has to be at least 1.")
         if self.max_length < 2:
             raise ValueError(f"`max_length` (={self.max_length}) has to be at least 2.")
+        # Every numeric setting, transformers' own included: a NaN or infinite one would train a non-finite model.
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"`{setting.name}` (={value}) has to be a finite number.")
+        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
+            raise ValueError(
+                f"`center_rewards_coefficient` (={self.center_rewards_coefficient}) has to be at least 0, or None."
+            )
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"`lora_dropout` (={self.lora_dropout}) has to be in [0, 1).")
+        for name in ("lora_r", "lora_alpha"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` (={getattr(self, name)}) has to be a positive integer.")
 
 
 def prefix_lengths(
@@ -393,7 +408,14 @@ class PrefixRewardTrainer(Trainer):
         `resume_from_checkpoint` works; after `train="lora"` they hold the adapters. Any other save writes
         [`trained_model`]: a complete prefix reward model, the adapters merged.
         """
-        _, lora = self._unwrapped()
+        model, lora = self._unwrapped()
+        bad = [name for name, tensor in model.state_dict().items() if not bool(torch.isfinite(tensor).all())]
+        if bad:
+            raise ValueError(
+                f"Not saving to {output_dir or self.args.output_dir!r}: {len(bad)} weight(s) of the model are not "
+                f"finite (e.g. {bad[0]!r}) at step {self.state.global_step}. Lower the learning rate, or resume from "
+                "an earlier checkpoint."
+            )
         if not lora or (_internal_call and output_dir is not None):
             super().save_model(output_dir, _internal_call=_internal_call)
             return
@@ -430,6 +452,11 @@ class PrefixRewardTrainer(Trainer):
         loss = prefix_bradley_terry_loss(
             chosen, rejected, inputs["loss_weights"], self.args.margin, self.args.center_rewards_coefficient
         )
+        if model.training and not bool(torch.isfinite(loss)):
+            raise ValueError(
+                f"The training loss became {loss.item()} at step {self.state.global_step + 1}; stopped before it "
+                "reached the weights. Lower the learning rate, check the data, or resume from an earlier checkpoint."
+            )
         if return_outputs:
             return loss, {"chosen_rewards": chosen, "rejected_rewards": rejected}
         return loss

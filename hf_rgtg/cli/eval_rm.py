@@ -42,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     """Carry out `hf-rgtg eval-rm`: print the prefix-accuracy table of a reward model."""
     if args.batch_size < 1:
         raise ValueError(f"argument --batch-size: has to be a positive integer, got {args.batch_size}")
+    if args.max_length < 2:
+        raise ValueError(
+            f"argument --max-length: has to be at least 2 (a prompt token and a response token), got {args.max_length}"
+        )
     for flag, name in (("--rm", args.rm), ("--tokenizer", args.tokenizer)):
         if name is not None:
             check_local_path(flag, name)

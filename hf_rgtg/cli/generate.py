@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be checked without the models is checked first, so mistakes fail fast.
     beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
     config = _guidance_config(beta=beta, top_k=args.top_k)
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"argument --seed: has to be an integer from 0 to 2**63 - 1, got {args.seed}")
     if args.max_new_tokens < 1:
         raise ValueError(
             f"argument --max-new-tokens: has to be a positive integer, got {args.max_new_tokens}"
