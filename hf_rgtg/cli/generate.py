@@ -20,7 +20,6 @@ from .loading import check_local_path, checked_tokenizer, load_named
 
 # The PARGS paper's weights of the reward: 1 for greedy decoding, 2 for sampling.
 GREEDY_BETA = 1.0
-
 SAMPLING_BETA = 2.0
 
 MISSING_REWARD_MODEL_MESSAGE = (
