@@ -5,13 +5,15 @@ the installed transformers' version (and refuses one outside the supported range
 fix), so the command line answers `--help` without loading torch. A name is imported from its module on first use,
 and an error inside that module surfaces then, unchanged.
 
-Importing the configuration (which every model, Auto class and loader does) registers `PrefixRewardConfig` with
-`AutoConfig`, so saved prefix reward models load without `trust_remote_code`. The package patches nothing else.
+`PrefixRewardConfig` is registered with `AutoConfig`, so that saved prefix reward models load without
+`trust_remote_code`, as soon as its module is imported: at `import hf_rgtg` when transformers is already imported,
+and otherwise on first use of any model, Auto class or loader of the package. The package patches nothing else.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from . import compat as _compat  # noqa: F401  (checks the installed transformers at import)
@@ -70,3 +72,7 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+if "transformers" in sys.modules:  # transformers' import is paid for already: register the configuration now
+    importlib.import_module(f"{__name__}.configuration")

@@ -57,7 +57,10 @@ def installed_transformers_version() -> Version:
             f"The installed transformers reports the version {text!r}, which cannot be read. hf_rgtg supports "
             f"{TRANSFORMERS_REQUIREMENT}; reinstall it with:\n    {install}"
         ) from None
-    if not Version(MIN_TRANSFORMERS_VERSION) <= _release(version) < Version(MAX_TRANSFORMERS_VERSION):
+    # Pre-releases of the oldest version may lack what it is the oldest for; those of 6.0 count as 6.0.
+    if not Version(MIN_TRANSFORMERS_VERSION) <= version or _release(version) >= Version(
+        MAX_TRANSFORMERS_VERSION
+    ):
         raise ImportError(
             f"hf_rgtg supports {TRANSFORMERS_REQUIREMENT}, but transformers {text} is installed. Install a "
             f"supported version with:\n    {install}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import numbers
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -268,13 +269,14 @@ def load_preference_data(
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         raise TypeError(
             f"`tokenizer` has to be the reward model's tokenizer (a PreTrainedTokenizerBase), got "
-            f"{type(tokenizer).__name__}: load it with `AutoTokenizer.from_pretrained(...)`."
+            f"{type(tokenizer).__name__} ({tokenizer!r}): load it with `AutoTokenizer.from_pretrained(...)`."
         )
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 2:
         raise ValueError(
             f"`max_length` (={max_length!r}) has to be an integer of at least 2 (prompt plus response, in tokens), "
             "e.g. `max_length=512`."
         )
+    max_length = int(max_length)
     data = PreferenceData()
     for row in read_rows(source):
         if isinstance(row, UnusableRow):

@@ -71,7 +71,9 @@ class PrefixRewardOutput(ModelOutput):
             The reward at each row's last non-pad token, under left or right padding alike.
         cache (`Cache`, *optional*):
             The backbone's key/value cache, returned when `use_cache=True`. The field is named as the installed
-            transformers names it (`cache` from 5.24, `past_key_values` before); both names read it.
+            transformers names it (`cache` from 5.24, `past_key_values` before); `out.cache` and
+            `out.past_key_values` both read it on every version, while keys (`out[...]`) and the constructor take
+            the installed name, `hf_rgtg.compat.CACHE_NAME`.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The backbone's hidden states, when `output_hidden_states=True`.
         attentions (`tuple(torch.FloatTensor)`, *optional*):

@@ -181,7 +181,10 @@ def make_scorer(reward_model: PrefixRewardModel, kind: str = "auto") -> Candidat
     reason = CachedScorer.unsupported_reason(reward_model)
     if reason is None or kind == "cached":
         return CachedScorer(reward_model)
-    logger.warning(f"Scoring candidates by re-encoding every prefix (slower, exact): {reason}")
+    logger.warning(
+        f"Scoring candidates with the reference scorer, which re-encodes every prefix (slower, always exact): "
+        f'{reason} Pass `scorer="reference"` to choose it explicitly, which also silences this line.'
+    )
     return ReferenceScorer(reward_model)
 
 

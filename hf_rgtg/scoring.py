@@ -291,36 +291,37 @@ class CachedScorer(CandidateScorer):
         """
         config = reward_model.config.text_config
         model_type = config.model_type
-        fix = 'Use `scorer="reference"` (the `ReferenceScorer`), which re-encodes every prefix and is always exact.'
         if not reward_model.supports_incremental_scoring:
-            return f"CachedScorer needs a decoder reward model; {model_type!r} cannot be scored incrementally. {fix}"
+            return (
+                f"CachedScorer needs a decoder reward model; {model_type!r} cannot be scored incrementally."
+            )
         if model_type not in CACHE_EXACT_MODEL_TYPES:
             return (
                 f"CachedScorer is not proven exact on {model_type!r} reward models (its attention or position "
-                f"scheme is not one the cached scorer is tested on). {fix}"
+                f"scheme is not one the cached scorer is tested on)."
             )
         attn = config._attn_implementation
         if attn not in ("sdpa", "eager"):
             return (
                 f"CachedScorer needs the reward model's `attn_implementation` to be 'sdpa' or 'eager' (got {attn!r}): "
                 "sibling candidates need an arbitrary 4D attention mask. Reload the reward model with "
-                f"`attn_implementation='sdpa'`, or {fix[0].lower()}{fix[1:]}"
+                "`attn_implementation='sdpa'`."
             )
         if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
-            return f"CachedScorer does not support ALiBi positions (`alibi=True`). {fix}"
+            return "CachedScorer does not support ALiBi positions (`alibi=True`)."
         if "local" in (getattr(config, "attention_layers", None) or ()):
-            return f"CachedScorer does not support local attention layers (`attention_layers`). {fix}"
+            return "CachedScorer does not support local attention layers (`attention_layers`)."
         dynamic = sorted(_rope_types(config) - STATIC_ROPE_TYPES)
         if dynamic:
             return (
                 f"CachedScorer does not support rotary variants whose frequencies change with the length "
-                f"({dynamic}): keys cached early would no longer match. {fix}"
+                f"({dynamic}): keys cached early would no longer match."
             )
         layers = {layer.__name__ for layer in _dynamic_cache_layers(config)} - {DynamicLayer.__name__}
         if layers:
             return (
                 f"CachedScorer supports full attention only; this reward model's cache has {sorted(layers)} layers "
-                f"(sliding-window, chunked, linear-attention, convolution or other non-attention layers). {fix}"
+                f"(sliding-window, chunked, linear-attention, convolution or other non-attention layers)."
             )
         return None
 
@@ -328,7 +329,10 @@ class CachedScorer(CandidateScorer):
         super().__init__(reward_model)
         reason = self.unsupported_reason(reward_model)
         if reason is not None:
-            raise ValueError(reason)
+            raise ValueError(
+                f'{reason} Use `scorer="reference"` (the `ReferenceScorer`), which re-encodes every prefix and is '
+                "always exact."
+            )
         self.decoder = IncrementalDecoder.for_model(reward_model) if incremental else None
         self.cache = None  # the transformers cache, without a decoder
         self.buffer: KVBuffer | None = None  # the decoder's buffer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import random
 from dataclasses import dataclass, field, fields
@@ -77,6 +78,7 @@ class PrefixRewardTrainingConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_types()
         for name, allowed in (
             ("prefix_sampling", PREFIX_SAMPLING),
             ("position_weighting", POSITION_WEIGHTING),
@@ -92,9 +94,18 @@ class PrefixRewardTrainingConfig(TrainingArguments):
             raise ValueError(f"`num_random_prefixes` (={self.num_random_prefixes}) has to be at least 1.")
         if self.max_length < 2:
             raise ValueError(f"`max_length` (={self.max_length}) has to be at least 2.")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "`remove_unused_columns` has to be False: the collator reads the tokenized columns "
+                "(`prompt_ids`, `chosen_ids`, `rejected_ids`) that the Trainer would remove."
+            )
         # Every numeric setting, transformers' own included: a NaN or infinite one would train a non-finite model.
         for setting in fields(self):
             value = getattr(self, setting.name)
+            if isinstance(setting.default, float) and not _is_number(value):
+                raise ValueError(
+                    f"`{setting.name}` (={value!r}) has to be a number, e.g. `{setting.name}={setting.default}`."
+                )
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"`{setting.name}` (={value}) has to be a finite number.")
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
@@ -106,6 +117,37 @@ class PrefixRewardTrainingConfig(TrainingArguments):
         for name in ("lora_r", "lora_alpha"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` (={getattr(self, name)}) has to be a positive integer.")
+
+    def _check_types(self) -> None:
+        """The settings of this class (not the Trainer's), each of its own type, named with an example."""
+        defaults = {setting.name: setting.default for setting in fields(self)}
+        for name in ("max_length", "num_random_prefixes", "min_prefix_length", "lora_r", "lora_alpha"):
+            if not _is_integer(getattr(self, name)):
+                raise ValueError(
+                    f"`{name}` (={getattr(self, name)!r}) has to be an integer, e.g. `{name}={defaults[name]}`."
+                )
+        for name in ("margin", "lora_dropout", "center_rewards_coefficient"):
+            value = getattr(self, name)
+            if not (_is_number(value) or (value is None and name == "center_rewards_coefficient")):
+                raise ValueError(
+                    f"`{name}` (={value!r}) has to be a number, e.g. `{name}={defaults[name] or 0.1}`."
+                )
+        modules = self.lora_target_modules
+        if modules is not None and not (
+            isinstance(modules, (list, tuple)) and all(isinstance(module, str) for module in modules)
+        ):
+            raise ValueError(
+                f"`lora_target_modules` (={modules!r}) has to be a list of module names, e.g. `['q_proj', 'v_proj']`, "
+                "or None for peft's default for the architecture."
+            )
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def prefix_lengths(

@@ -224,7 +224,7 @@ def markdown(results: list[Outcome]) -> str:
         "| --- | --- | --- |",
     ]
     lines += [
-        f"| `{o.model_type}`{f' ({o.variant})' if o.variant else ''} | {o.scorer} | {o.detail.split(' Use `scorer=')[0].replace('|', '/')} |"
+        f"| `{o.model_type}`{f' ({o.variant})' if o.variant else ''} | {o.scorer} | {o.detail.replace('|', '/')} |"
         for o in results
     ]
     return "\n".join(lines) + "\n"

@@ -183,6 +183,51 @@ def test_training_settings_are_validated_by_name(tmp_path, setting):
         PrefixRewardTrainingConfig(output_dir=str(tmp_path), **setting)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"max_length": "512"}, r"`max_length` \(='512'\) has to be an integer, e.g. `max_length=512`"),
+        ({"num_random_prefixes": 2.7}, r"`num_random_prefixes` \(=2.7\) has to be an integer"),
+        ({"lora_alpha": None}, r"`lora_alpha` \(=None\) has to be an integer"),
+        ({"margin": "0.1"}, r"`margin` \(='0.1'\) has to be a number"),
+        ({"margin": None}, r"`margin` \(=None\) has to be a number"),
+        ({"learning_rate": "1e-3"}, r"`learning_rate` \(='1e-3'\) has to be a number, e.g. `learning_rate="),
+        ({"remove_unused_columns": True}, r"`remove_unused_columns` has to be False"),
+        (
+            {"lora_target_modules": "c_attn"},
+            r"`lora_target_modules` \(='c_attn'\) has to be a list of module names",
+        ),
+    ],
+)
+def test_training_settings_of_the_wrong_type_are_named(tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        PrefixRewardTrainingConfig(output_dir=str(tmp_path), **setting)
+
+
+def test_a_numpy_integer_max_length_is_accepted(tokenizer):
+    numpy = pytest.importorskip("numpy")
+    assert len(load_preference_data(ROWS, tokenizer, max_length=numpy.int64(64))) == 1
+
+
+def test_the_fallback_line_names_the_reason_and_how_to_choose_the_reference_scorer(caplog):
+    from conftest import tiny_config
+
+    from hf_rgtg.configuration import PrefixRewardConfig
+    from hf_rgtg.modeling import PrefixRewardModel
+
+    config = tiny_config("mistral", sliding_window=4)
+    rm = PrefixRewardModel(PrefixRewardConfig(text_config=config)).eval()
+    with caplog.at_level("WARNING", logger="hf_rgtg"):
+        RewardGuidance(rm, eos_token_id=1, pad_token_id=0)
+    (record,) = [r for r in caplog.records if r.name.startswith("hf_rgtg")]
+    assert "reference scorer" in record.message and "full attention only" in record.message
+    assert 'Pass `scorer="reference"` to choose it explicitly' in record.message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_rgtg"):
+        RewardGuidance(rm, eos_token_id=1, pad_token_id=0, scorer="reference")
+    assert not [r for r in caplog.records if r.name.startswith("hf_rgtg")]
+
+
 @pytest.mark.parametrize("flag", ["--margin", "--center-rewards-coefficient"])
 def test_the_cli_refuses_a_nan_loss_setting_and_saves_nothing(tmp_path, capsys, flag):
     data = tmp_path / "pairs.jsonl"

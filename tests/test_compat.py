@@ -103,7 +103,9 @@ print("imported")
 """
 
 
-@pytest.mark.parametrize("installed", ["5.17.2", "4.57.1", "6.0.0", "6.1.0.dev0", None])
+@pytest.mark.parametrize(
+    "installed", ["5.17.2", "5.18.0rc1", "5.18.0.dev0", "4.57.1", "6.0.0", "6.0.0rc1", None]
+)
 def test_an_unsupported_transformers_is_refused_at_import_with_the_fix(installed):
     result = _run_python(_FAKE_VERSION.format(value=installed))
     assert result.returncode != 0
@@ -156,3 +158,16 @@ def test_an_error_inside_a_module_surfaces_unchanged():
     )
     assert result.returncode != 0
     assert "ModuleNotFoundError" in result.stderr and "hf_rgtg.generation" in result.stderr
+
+
+def test_import_registers_the_configuration_when_transformers_is_loaded(tmp_path):
+    model = tiny_prefix_rm("gpt2")
+    model.save_pretrained(tmp_path)
+    result = _run_python(
+        "import transformers\n"
+        "import hf_rgtg\n"
+        f"config = transformers.AutoConfig.from_pretrained({str(tmp_path)!r})\n"
+        "print(type(config).__name__)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "PrefixRewardConfig"
