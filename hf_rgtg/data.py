@@ -184,15 +184,18 @@ def _is_messages(value: Any) -> bool:
 def _render(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> tuple[str, str, str, bool] | str:
     """`(prompt, chosen, rejected, is_chat)` as text, or the reason the row is unusable."""
     for column in COLUMNS:
-        if column not in row or row[column] is None:
+        if column not in row:
             return f"missing column '{column}'"
+        if row[column] is None:
+            return f"empty field '{column}' (None)"
     values = [row[column] for column in COLUMNS]
     if all(isinstance(v, str) for v in values):
         if any(not v.strip() for v in values[1:]) or not values[0].strip():
             return "empty field"
         return values[0], values[1], values[2], False
-    if not all(isinstance(v, str) or _is_messages(v) for v in values):
-        return "non-string field"
+    for column, value in zip(COLUMNS, values, strict=True):
+        if not (isinstance(value, str) or _is_messages(value)):
+            return f"non-string field '{column}' ({type(value).__name__})"
     if getattr(tokenizer, "chat_template", None) is None:
         return "conversational row but the tokenizer has no chat template"
     prompt = values[0] if _is_messages(values[0]) else [{"role": "user", "content": values[0]}]
@@ -297,7 +300,9 @@ def load_preference_data(
     if data.skipped:
         logger.warning(f"Preference data: {data.report()}.")
     if not data.examples:
-        raise ValueError(f"No usable preference pair in the data ({data.report()}).")
+        where = f" {os.fsdecode(source)!r}" if isinstance(source, (str, bytes, os.PathLike)) else ""
+        what = "it holds no rows" if not data.skipped else data.report()
+        raise ValueError(f"No usable preference pair in the data{where} ({what}).")
     return data
 
 

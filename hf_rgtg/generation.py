@@ -3,6 +3,8 @@ explicit, reversible opt-in that adds `reward_model=`/`beta=` to `generate()`.""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 import os
 from collections.abc import Sequence
@@ -150,6 +152,11 @@ class RewardGuidance:
                 f"`tokenizer` has to be the language model's tokenizer (a PreTrainedTokenizerBase), got "
                 f"{type(tokenizer).__name__} ({tokenizer!r}). Give ids directly with `eos_token_id=`/`pad_token_id=`."
             )
+        names = [setting.name for setting in dataclasses.fields(RewardGuidanceConfig)]
+        for unknown in sorted(set(config_kwargs) - set(names)):
+            close = difflib.get_close_matches(unknown, names, n=1)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise TypeError(f"RewardGuidance has no setting `{unknown}`.{hint} The settings are {names}.")
         self.config = config if config is not None else RewardGuidanceConfig(**config_kwargs)
         self.reward_model = resolve_reward_model(reward_model)
         text_config = self.reward_model.config.text_config.get_text_config()
@@ -171,6 +178,15 @@ class RewardGuidance:
             )
         self.eos_token_id = checked_token_ids("eos_token_id", eos_token_id)
         self.pad_token_id = checked_token_id("pad_token_id", pad_token_id)
+        pad = [] if self.pad_token_id is None else [self.pad_token_id]
+        for name, ids in (("eos_token_id", self.eos_token_id or []), ("pad_token_id", pad)):
+            outside = [token for token in ids if token >= vocab_size]
+            if outside:
+                raise ValueError(
+                    f"`{name}` ({outside[0]}) lies outside the reward model's vocabulary ({vocab_size} tokens). Give "
+                    "the language model's ids, which the reward model shares, or resize both models' embeddings "
+                    "after adding a token."
+                )
         self.state = GuidanceState(
             self.reward_model, self.config, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id
         )

@@ -55,6 +55,23 @@ def test_guidance_arguments_are_refused_by_name(rm, kwargs, error, message):
         RewardGuidance(rm, tokenizer, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "ids", [{"eos_token_id": VOCAB_SIZE}, {"eos_token_id": [3, 10**9]}, {"pad_token_id": VOCAB_SIZE}]
+)
+def test_token_ids_outside_the_vocabulary_are_refused(rm, ids):
+    (name,) = ids
+    with pytest.raises(
+        ValueError,
+        match=rf"`{name}` \(\d+\) lies outside the reward model's vocabulary \({VOCAB_SIZE} tokens\)",
+    ):
+        RewardGuidance(rm, **ids)
+
+
+def test_a_misspelt_setting_is_named_with_the_closest_one(rm):
+    with pytest.raises(TypeError, match=r"RewardGuidance has no setting `betta`. Did you mean `beta`\?"):
+        RewardGuidance(rm, betta=1.0)
+
+
 def test_token_ids_of_numpy_and_tensor_types_are_accepted(rm):
     numpy = pytest.importorskip("numpy")
     guidance = RewardGuidance(rm, eos_token_id=numpy.int64(3), pad_token_id=torch.tensor(0))
@@ -146,6 +163,17 @@ def test_deeply_nested_json_is_named(tokenizer, tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match=r"deep.json.*nested too deeply"):
         load_preference_data(path, tokenizer)
+
+
+def test_a_none_field_and_an_empty_file_are_named(tokenizer, tmp_path):
+    data = load_preference_data([*ROWS, {"prompt": None, "chosen": "a", "rejected": "b"}], tokenizer)
+    assert dict(data.skipped) == {"empty field 'prompt' (None)": 1}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(
+        ValueError, match=r"No usable preference pair in the data '.*empty.jsonl' \(it holds no rows\)"
+    ):
+        load_preference_data(empty, tokenizer)
 
 
 def test_csv_rows_with_another_number_of_fields_are_skipped_and_counted(tokenizer, tmp_path):

@@ -312,7 +312,7 @@ def test_files_load_and_bad_rows_are_counted(suffix, tmp_path, caplog):
     assert len(data) == 2
     expected = {"empty field": 1, "prompt longer than max_length": 1}
     if suffix in (".jsonl", ".json"):
-        expected.update({"missing column 'rejected'": 1, "non-string field": 1})
+        expected.update({"missing column 'rejected'": 1, "non-string field 'chosen' (int)": 1})
     assert dict(data.skipped) == expected
     assert "2 pairs kept; skipped:" in caplog.text
     assert data[0]["prompt_ids"] == tokenizer("Tell me a story.")["input_ids"]
