@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import numbers
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
+
+from .validation import is_integer
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def load_preference_data(
             f"`tokenizer` has to be the reward model's tokenizer (a PreTrainedTokenizerBase), got "
             f"{type(tokenizer).__name__} ({tokenizer!r}): load it with `AutoTokenizer.from_pretrained(...)`."
         )
-    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 2:
+    if not is_integer(max_length) or max_length < 2:
         raise ValueError(
             f"`max_length` (={max_length!r}) has to be an integer of at least 2 (prompt plus response, in tokens), "
             "e.g. `max_length=512`."

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from transformers.utils import ModelOutput
 
 from .modeling import PrefixRewardModel
 from .scoring import CachedScorer, CandidateScorer, ReferenceScorer
+from .validation import is_integer, is_number, scalar
 
 logger = logging.getLogger(__name__)
 
@@ -27,30 +27,26 @@ REWARD_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _scalar(value: Any) -> Any:
-    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
-
-
 def _finite(name: str, value: Any, hint: str) -> float:
     """`value` as a float: any finite real number (Python, NumPy or a one-element tensor), never a bool."""
-    value = _scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    value = scalar(value)
+    if not is_number(value) or not math.isfinite(value):
         raise ValueError(f"`{name}` (={value!r}) has to be a finite number, {hint}.")
     return float(value)
 
 
 def _positive_int(name: str, value: Any, hint: str) -> int:
     """`value` as an int: any integer >= 1 (Python, NumPy or a one-element integer tensor), never a bool."""
-    value = _scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    value = scalar(value)
+    if not is_integer(value) or value < 1:
         raise ValueError(f"`{name}` (={value!r}) has to be a positive integer, {hint}.")
     return int(value)
 
 
 def checked_prompt_length(value: Any, width: int) -> int:
     """`value` as the prompts' length in sequences of `width` tokens: an integer from 1 to `width`."""
-    value = _scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= width:
+    value = scalar(value)
+    if not is_integer(value) or not 1 <= value <= width:
         raise ValueError(
             f"`prompt_length` (={value!r}) has to be the prompts' length in the sequences, an integer from 1 to "
             f"their length ({width}): `inputs['input_ids'].shape[1]`."
@@ -59,12 +55,12 @@ def checked_prompt_length(value: Any, width: int) -> int:
 
 
 def _is_token_id(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= 0
+    return is_integer(value) and value >= 0
 
 
 def checked_token_id(name: str, value: Any) -> int | None:
     """`value` as one token id: a non-negative integer (Python, NumPy or a one-element tensor), or `None`."""
-    value = _scalar(value)
+    value = scalar(value)
     if value is None:
         return None
     if not _is_token_id(value):
@@ -81,7 +77,7 @@ def checked_token_ids(name: str, value: Any) -> list[int] | None:
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
-        items = [_scalar(item) for item in value]
+        items = [scalar(item) for item in value]
     elif hasattr(value, "tolist"):  # a tensor, or a NumPy array or scalar
         items = value.tolist()
         items = items if isinstance(items, list) else [items]

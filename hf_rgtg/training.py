@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import os
 import random
 from dataclasses import dataclass, field, fields
@@ -16,6 +15,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .modeling import PrefixRewardModel
+from .validation import is_integer, is_number
 
 if TYPE_CHECKING:  # evaluation imports this module's collator
     from .evaluation import PrefixAccuracy
@@ -102,7 +102,7 @@ class PrefixRewardTrainingConfig(TrainingArguments):
         # Every numeric setting, transformers' own included: a NaN or infinite one would train a non-finite model.
         for setting in fields(self):
             value = getattr(self, setting.name)
-            if isinstance(setting.default, float) and not _is_number(value):
+            if isinstance(setting.default, float) and not is_number(value):
                 raise ValueError(
                     f"`{setting.name}` (={value!r}) has to be a number, e.g. `{setting.name}={setting.default}`."
                 )
@@ -122,16 +122,17 @@ class PrefixRewardTrainingConfig(TrainingArguments):
         """The settings of this class (not the Trainer's), each of its own type, named with an example."""
         defaults = {setting.name: setting.default for setting in fields(self)}
         for name in ("max_length", "num_random_prefixes", "min_prefix_length", "lora_r", "lora_alpha"):
-            if not _is_integer(getattr(self, name)):
+            if not is_integer(getattr(self, name)):
                 raise ValueError(
                     f"`{name}` (={getattr(self, name)!r}) has to be an integer, e.g. `{name}={defaults[name]}`."
                 )
-        for name in ("margin", "lora_dropout", "center_rewards_coefficient"):
-            value = getattr(self, name)
-            if not (_is_number(value) or (value is None and name == "center_rewards_coefficient")):
-                raise ValueError(
-                    f"`{name}` (={value!r}) has to be a number, e.g. `{name}={defaults[name] or 0.1}`."
-                )
+        # Settings with a float default (`margin`, `lora_dropout`, the Trainer's) are checked in `__post_init__`.
+        value = self.center_rewards_coefficient
+        if value is not None and not is_number(value):
+            raise ValueError(
+                f"`center_rewards_coefficient` (={value!r}) has to be a number or None, e.g. "
+                "`center_rewards_coefficient=0.01`."
+            )
         modules = self.lora_target_modules
         if modules is not None and not (
             isinstance(modules, (list, tuple)) and all(isinstance(module, str) for module in modules)
@@ -140,14 +141,6 @@ class PrefixRewardTrainingConfig(TrainingArguments):
                 f"`lora_target_modules` (={modules!r}) has to be a list of module names, e.g. `['q_proj', 'v_proj']`, "
                 "or None for peft's default for the architecture."
             )
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def prefix_lengths(
