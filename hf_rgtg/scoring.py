@@ -321,7 +321,7 @@ class CachedScorer(CandidateScorer):
         if layers:
             return (
                 f"CachedScorer supports full attention only; this reward model's cache has {sorted(layers)} layers "
-                f"(sliding-window, chunked, linear-attention, convolution or other non-attention layers)."
+                "(sliding-window, chunked, linear-attention, convolution or other non-attention layers)."
             )
         return None
 
