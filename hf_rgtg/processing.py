@@ -370,6 +370,7 @@ class GuidanceState:
         )
         self._prompt_width = self._longest_prompt = 0
         self._max_positions: int | None = None
+        self._positions_spent = False  # a step past the reward model's positions was asked for
 
     def prepare(self, attention_mask: torch.Tensor | None = None) -> None:
         """Forget everything and start a new `generate()` call; `attention_mask` is the expanded prompts' mask."""
@@ -530,7 +531,11 @@ class GuidanceState:
             rewards = self._last_rewards
         else:
             rewards = self._record_continuations(input_ids)
-        if self.budget_spent() or self._out_of_positions(input_ids.shape[1]):
+        if self.budget_spent() or self._positions_spent:
+            return torch.ones(num_rows, dtype=torch.bool)
+        if self.end_token_id is None and self._at_positions_limit(input_ids.shape[1]):
+            # Without a token to end the rows with, stop here, where it is not known whether more was asked for.
+            self._warn_out_of_positions(input_ids.shape[1])
             return torch.ones(num_rows, dtype=torch.bool)
         threshold = self.config.reward_threshold
         if threshold is None or rewards is None:
@@ -538,22 +543,49 @@ class GuidanceState:
         # NaN (a token that was not a candidate, or a finished row) never reaches the threshold.
         return torch.tensor([reward >= threshold for reward in rewards], dtype=torch.bool)
 
-    def _out_of_positions(self, length: int) -> bool:
-        """Whether the next step's candidates would lie past the reward model's last position. `generate()` then
-        stops with what it has, and a warning: the processor cannot see `max_new_tokens`, so unlike the
-        `reward_model=` entry points it cannot refuse the call up front."""
-        max_positions = self._max_positions
+    @property
+    def end_token_id(self) -> int | None:
+        """The token that ends the rows when `generate()` asks for a step past the reward model's positions: the
+        pad token, else the first EOS id."""
+        if self.pad_token_id is not None:
+            return self.pad_token_id
+        return min(self.eos_token_ids) if self.eos_token_ids else None
+
+    def _at_positions_limit(self, length: int) -> bool:
+        """Whether the candidates of a step on rows of `length` tokens would lie past the reward model's last
+        position."""
         new_tokens = length - self._prompt_width
-        if max_positions is None or self._longest_prompt + new_tokens < max_positions:
+        return self._max_positions is not None and self._longest_prompt + new_tokens >= self._max_positions
+
+    def out_of_positions(self, input_ids: torch.Tensor) -> bool:
+        """Called by the processor before a step: whether `generate()` asks for a token the reward model has no
+        position for. The processor cannot see `max_new_tokens`, so this is where it learns that tokens are lost
+        (a call that asked for exactly what fits stops before it): the step is committed, a warning says how many
+        tokens were kept, and the stopping criteria stop every row after this step, which the processor fills with
+        [`~GuidanceState.end_token_id`]."""
+        if self.end_token_id is None or not self._at_positions_limit(input_ids.shape[1]):
             return False
+        if not self.commit(input_ids):
+            return False
+        self._warn_out_of_positions(input_ids.shape[1])
+        self._positions_spent = True
+        self._candidates = self._candidate_rewards = None
+        return True
+
+    def _warn_out_of_positions(self, length: int) -> None:
+        new_tokens = length - self._prompt_width
+        ending = (
+            f" Each row ends with one token {self.end_token_id} (the pad token, else EOS) after them."
+            if self.end_token_id is not None
+            else ""
+        )
         warnings.warn(
             f"Reward-guided generation stopped after {new_tokens} new tokens: the longest prompt has "
-            f"{self._longest_prompt} tokens and the reward model has at most {max_positions} positions "
-            "(`max_position_embeddings`). Ask for at most that many new tokens (`max_new_tokens`), shorten the "
-            "prompt, or use a reward model with more positions.",
-            stacklevel=2,
+            f"{self._longest_prompt} tokens and the reward model has at most {self._max_positions} positions "
+            f"(`max_position_embeddings`).{ending} Ask for at most that many new tokens (`max_new_tokens`), shorten "
+            "the prompt, or use a reward model with more positions.",
+            stacklevel=3,
         )
-        return True
 
     def _record_continuations(self, input_ids: torch.Tensor) -> list[float] | None:
         """Trace and reward of each row of `input_ids` that extends a row of the last scoring step by one of its
@@ -623,6 +655,10 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         if scores.shape[-1] != self._checked_vocab_size:
             self._check_vocabulary(scores.shape[-1])
             self._checked_vocab_size = scores.shape[-1]
+        if self.state.out_of_positions(input_ids):
+            ended = torch.full_like(scores, float("-inf"))
+            ended[:, self.state.end_token_id] = 0.0
+            return ended
         self.state.begin_step(input_ids)
         base = scores.log_softmax(dim=-1) if config.score_with == "logprobs" else scores
         top_base, candidates = base.topk(config.top_k, dim=-1)

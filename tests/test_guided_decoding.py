@@ -842,24 +842,40 @@ def test_reward_model_argument_checks(tmp_path):
 
 
 def test_explicit_processors_stop_at_the_reward_model_positions_and_keep_the_output():
-    # The processor cannot see `max_new_tokens`: it stops where the reward model's positions end (the longest
-    # prompt has 6 tokens, the reward model 128 positions) and warns, instead of failing mid-way.
+    # The processor cannot see `max_new_tokens`. Asked for a token past the reward model's positions (the longest
+    # prompt has 6 tokens, the reward model 128 positions), it keeps the 122 guided tokens, ends every row with the
+    # pad token and warns, instead of failing mid-way.
     lm, rm = models("gpt2")
     ids, mask = left_padded()
     guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
-    with pytest.warns(
-        UserWarning, match="stopped after 122 new tokens.*at most 128 positions.*max_new_tokens"
-    ):
-        out = lm.generate(
+
+    def generate(guidance: RewardGuidance, new_tokens: int) -> torch.Tensor:
+        kwargs = guidance.generate_kwargs(attention_mask=mask)
+        return lm.generate(
             ids,
             attention_mask=mask,
-            max_new_tokens=125,
-            min_new_tokens=125,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
             pad_token_id=PAD,
-            **guidance.generate_kwargs(),
+            **kwargs,
         )
-    assert out.shape == (3, ids.shape[1] + 122)
+
+    warning = "stopped after 122 new tokens.*at most 128 positions.*ends with one token.*max_new_tokens"
+    with pytest.warns(UserWarning, match=warning):
+        out = generate(guidance, 125)
+    assert out.shape == (3, ids.shape[1] + 123)
+    assert (out[:, -1] == PAD).all()
     assert [len(steps) for steps in guidance.trace.rewards_of(out, ids.shape[1])] == [122] * 3
+    # Asking for exactly what fits loses nothing and warns nothing, and gives the same guided tokens.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact = generate(guidance, 122)
+    assert torch.equal(exact, out[:, :-1])
+    # Without a pad or EOS id to end the rows with, it stops where the positions end.
+    with pytest.warns(UserWarning, match="stopped after 122 new tokens") as caught:
+        kept = generate(RewardGuidance(rm, top_k=3, eos_token_id=[]), 125)
+    assert kept.shape == (3, ids.shape[1] + 122)
+    assert "ends with" not in str(caught[0].message)
     # A prompt that alone fills the reward model is refused before any token is generated.
     long_ids = torch.randint(1, VOCAB_SIZE - 1, (1, 128))
     with pytest.raises(ValueError, match="reaches position 129.*at most 128 positions"):
