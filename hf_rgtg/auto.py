@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .configuration import PrefixRewardConfig
@@ -219,4 +219,32 @@ class AutoModelForPrefixReward:
         return (model, info) if return_info else model
 
 
-__all__ = ["AutoModelForPrefixReward"]
+def resolve_reward_model(reward_model: Any) -> PrefixRewardModel:
+    """Accept a [`PrefixRewardModel`] or a name/path to load with [`AutoModelForPrefixReward`]."""
+    if isinstance(reward_model, (str, os.PathLike)):
+        name = os.fspath(reward_model)
+        local = isinstance(reward_model, os.PathLike) or looks_like_local_path(name)
+        if local and not os.path.isdir(os.path.expanduser(name)):
+            raise ValueError(
+                f"`reward_model` ({name!r}) is not a folder. Give the folder a reward model was saved to (with "
+                "`save_pretrained`), or a Hub id such as 'org/name'."
+            )
+        try:
+            return AutoModelForPrefixReward.from_pretrained(os.path.expanduser(name)).eval()
+        except OSError as error:
+            raise OSError(f"Could not load `reward_model` {name!r}: {error}") from error
+    if isinstance(reward_model, PrefixRewardModel):
+        return reward_model
+    if isinstance(reward_model, PreTrainedModel):
+        raise ValueError(
+            f"`reward_model` is a {type(reward_model).__name__}, not a PrefixRewardModel. Load it with "
+            "`AutoModelForPrefixReward.from_pretrained(<its name or folder>)`, which turns causal-LM and "
+            "sequence-classification checkpoints into prefix reward models."
+        )
+    raise ValueError(
+        f"`reward_model` has to be a PrefixRewardModel or the name/path of one, got {type(reward_model).__name__}. "
+        "Load one with `AutoModelForPrefixReward.from_pretrained(...)`."
+    )
+
+
+__all__ = ["AutoModelForPrefixReward", "looks_like_local_path", "resolve_reward_model"]

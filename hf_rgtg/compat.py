@@ -109,6 +109,21 @@ def cache_field(cls: _Output) -> _Output:
     return cls
 
 
+# transformers' private helpers
+
+
+def generation_special_tokens(generation_config: Any) -> tuple[Any, Any]:
+    """The EOS ids and the pad id that `generate()` settled on, as tensors (or `None`), read inside a
+    `custom_generate` callable.
+
+    `generate()` merges the model's generation config, the call's arguments and the model config's ids into the
+    private `_eos_token_tensor` and `_pad_token_tensor` of the `GenerationConfig` it hands to the decoding loop; the
+    public `eos_token_id`/`pad_token_id` fields may still be unset there. Both privates exist, with these names and
+    meanings, in every supported version (5.18 to 5.24, `generation/configuration_utils.py`).
+    """
+    return generation_config._eos_token_tensor, generation_config._pad_token_tensor
+
+
 __all__ = [
     "CACHE_NAME",
     "MAX_TRANSFORMERS_VERSION",
@@ -117,6 +132,7 @@ __all__ = [
     "TRANSFORMERS_VERSION",
     "cache_field",
     "cache_kwargs",
+    "generation_special_tokens",
     "installed_transformers_version",
     "output_cache",
 ]

@@ -1,8 +1,19 @@
-"""Configuration of prefix reward models."""
+"""Configurations: of prefix reward models (`PrefixRewardConfig`) and of reward-guided decoding
+(`RewardGuidanceConfig`)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 from transformers import AutoConfig, PreTrainedConfig
+
+from .validation import checked_finite, checked_positive_int
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PrefixRewardConfig(PreTrainedConfig):
@@ -94,4 +105,116 @@ class PrefixRewardConfig(PreTrainedConfig):
 # `trust_remote_code`. Every module that reads a prefix reward model's configuration imports this one.
 AutoConfig.register(PrefixRewardConfig.model_type, PrefixRewardConfig, exist_ok=True)
 
-__all__ = ["PrefixRewardConfig"]
+REWARD_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda r: r,
+    "clamp": lambda r: r.clamp(0.0, 1.0),  # RAD
+    "sigmoid": lambda r: r.sigmoid(),
+}
+
+#: The metadata key of a `RewardGuidanceConfig` field whose `generate()` keyword differs from the field's name.
+GENERATE_NAME = "generate_name"
+
+
+@dataclass
+class RewardGuidanceConfig:
+    """Settings of reward-guided decoding.
+
+    Every field is also a keyword of `generate()` in ways 2 and 3 (`custom_generate=reward_guided_generate`, or
+    `reward_model=` after [`enable_reward_guided_generate`]), under its own name except where
+    [`~RewardGuidanceConfig.generate_names`] says otherwise: `scorer` is `reward_scorer` there, and `max_time` is
+    `reward_max_time`, because `generate()` keeps `max_time` for its own time limit.
+
+    Attributes:
+        beta (`float`, defaults to 1.0): weight of the reward against the language model's log-probability. The
+            PARGS paper uses 1 for greedy decoding and 2 for sampling.
+        top_k (`int`, defaults to 10): how many of the language model's best tokens are scored at each step.
+        score_with (`str`, defaults to `"logprobs"`): `"logprobs"` combines the reward with
+            `log_softmax(scores)`; `"logits"` with the raw scores, as ARGS does.
+        reward_transform (`str` or callable, defaults to `"identity"`): applied to the rewards before use:
+            `"identity"`, `"clamp"` (to [0, 1], as RAD does), `"sigmoid"`, or a function of a tensor.
+        standardize_rewards (`bool`, defaults to `False`): standardise the rewards within each row's k candidates
+            (zero mean, unit variance) before weighting them.
+        reward_threshold (`float`, *optional*): stop a sequence once its prefix reward reaches this value.
+        max_reward_calls (`int`, *optional*): stop every sequence once the reward model has scored this many steps
+            (one call scores the k candidates of every row).
+        max_time (`float`, *optional*): stop every sequence once this many seconds have passed since the first
+            guided step.
+        record_candidates (`bool`, defaults to `False`): keep every step's k candidates and their rewards in the
+            trace.
+        scorer (`str`, defaults to `"auto"`): `"cached"` (KV-cached, decoder reward models), `"reference"`
+            (re-encode every prefix), another kind registered with [`~scoring.register_scorer`], or `"auto"`
+            (cached when the reward model allows it).
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg import RewardGuidanceConfig
+    >>> config = RewardGuidanceConfig(beta=2.0, top_k=10)
+    >>> config.generate_names()["scorer"], config.generate_names()["beta"]
+    ('reward_scorer', 'beta')
+    ```
+    """
+
+    beta: float = 1.0
+    top_k: int = 10
+    score_with: str = "logprobs"
+    reward_transform: str | Callable[[torch.Tensor], torch.Tensor] = "identity"
+    standardize_rewards: bool = False
+    reward_threshold: float | None = None
+    max_reward_calls: int | None = None
+    max_time: float | None = field(default=None, metadata={GENERATE_NAME: "reward_max_time"})
+    record_candidates: bool = False
+    scorer: str = field(default="auto", metadata={GENERATE_NAME: "reward_scorer"})
+
+    def __post_init__(self):
+        self.beta = checked_finite("beta", self.beta, "e.g. `beta=1.0`")
+        self.top_k = checked_positive_int("top_k", self.top_k, "e.g. `top_k=10`")
+        if self.score_with not in ("logprobs", "logits"):
+            raise ValueError(f"`score_with` (={self.score_with!r}) has to be 'logprobs' or 'logits'.")
+        if not callable(self.reward_transform) and (
+            not isinstance(self.reward_transform, str) or self.reward_transform not in REWARD_TRANSFORMS
+        ):
+            raise ValueError(
+                f"`reward_transform` (={self.reward_transform!r}) has to be one of {sorted(REWARD_TRANSFORMS)} or a "
+                "function of a tensor."
+            )
+        for name in ("standardize_rewards", "record_candidates"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` (={getattr(self, name)!r}) has to be True or False.")
+        if self.reward_threshold is not None:
+            self.reward_threshold = checked_finite(
+                "reward_threshold", self.reward_threshold, "e.g. `reward_threshold=2.0`, or None"
+            )
+        if self.max_reward_calls is not None:
+            self.max_reward_calls = checked_positive_int(
+                "max_reward_calls", self.max_reward_calls, "e.g. `max_reward_calls=64`, or None"
+            )
+        if self.max_time is not None:
+            self.max_time = checked_finite(
+                "max_time", self.max_time, "e.g. `max_time=30.0` (seconds), or None"
+            )
+            if self.max_time <= 0:
+                raise ValueError(
+                    f"`max_time` (={self.max_time}) has to be a positive number of seconds or None."
+                )
+        if not isinstance(self.scorer, str) or not self.scorer:
+            raise ValueError(
+                f"`scorer` (={self.scorer!r}) has to be the name of a scorer kind: 'auto', 'cached' or 'reference'."
+            )
+
+    @classmethod
+    def generate_names(cls) -> dict[str, str]:
+        """Each field's keyword in `generate()` (ways 2 and 3), by field name."""
+        return {item.name: item.metadata.get(GENERATE_NAME, item.name) for item in dataclasses.fields(cls)}
+
+    def transform(self, rewards: torch.Tensor) -> torch.Tensor:
+        """`rewards` through `reward_transform`."""
+        fn = (
+            self.reward_transform
+            if callable(self.reward_transform)
+            else REWARD_TRANSFORMS[self.reward_transform]
+        )
+        return fn(rewards)
+
+
+__all__ = ["GENERATE_NAME", "REWARD_TRANSFORMS", "PrefixRewardConfig", "RewardGuidanceConfig"]

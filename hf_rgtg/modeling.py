@@ -167,6 +167,16 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         """The backbone's maximum number of positions, if it declares one."""
         return getattr(self.config.text_config, "max_position_embeddings", None)
 
+    @property
+    def vocab_size(self) -> int:
+        """The size of the backbone's vocabulary: the token ids the reward model reads."""
+        return self.config.text_config.get_text_config().vocab_size
+
+    @property
+    def backbone_eos_token_id(self) -> int | list[int] | None:
+        """The end-of-sequence id(s) the backbone's configuration declares, if any."""
+        return getattr(self.config.text_config.get_text_config(), "eos_token_id", None)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) built from the configuration."""
         repo_id = kwargs.pop("repo_id", None)
@@ -337,10 +347,11 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                     )
             backbone_kwargs.update(cache_kwargs(cache), use_cache=use_cache)
         if position_ids is not None:
-            self._check_length(position_ids)
+            if position_ids.numel():
+                self.check_length(int(position_ids.max()) + 1)
             backbone_kwargs["position_ids"] = position_ids
-        elif self.max_positions is not None and seq_len > self.max_positions:
-            raise ValueError(self._too_long_message(seq_len))
+        else:
+            self.check_length(seq_len)
 
         rewards, outputs = self._rewards(
             input_ids=input_ids,
@@ -403,19 +414,15 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         )
         return rewards
 
-    def _check_length(self, position_ids: torch.Tensor) -> None:
-        if self.max_positions is None or position_ids.numel() == 0:
-            return
-        needed = int(position_ids.max()) + 1
-        if needed > self.max_positions:
-            raise ValueError(self._too_long_message(needed))
-
-    def _too_long_message(self, length: int) -> str:
-        return (
-            f"The input reaches position {length}, but the reward model's backbone "
-            f"({self.config.text_config.model_type}) has at most {self.max_positions} positions "
-            "(`max_position_embeddings`). Truncate the prompt or generate fewer tokens."
-        )
+    def check_length(self, length: int) -> None:
+        """Refuse an input that reaches position `length` (1-based) when the backbone has fewer positions: the one
+        check of the reward model's position limit, which the forward and every scorer call."""
+        if self.max_positions is not None and length > self.max_positions:
+            raise ValueError(
+                f"The input reaches position {length}, but the reward model's backbone "
+                f"({self.config.text_config.model_type}) has at most {self.max_positions} positions "
+                "(`max_position_embeddings`). Truncate the prompt or generate fewer tokens."
+            )
 
 
 __all__ = [

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
+
+from .validation import checked_token_id, checked_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -49,4 +52,46 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
-__all__ = ["ensure_pad_token"]
+def check_tokenizer(tokenizer: object) -> None:
+    """Refuse a `tokenizer` argument that is neither `None` nor a transformers tokenizer."""
+    if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(
+            f"`tokenizer` has to be the language model's tokenizer (a PreTrainedTokenizerBase), got "
+            f"{type(tokenizer).__name__} ({tokenizer!r}). Give ids directly with `eos_token_id=`/`pad_token_id=`."
+        )
+
+
+def special_token_ids(
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    default_eos_token_id: int | Sequence[int] | None = None,
+) -> tuple[list[int] | None, int | None]:
+    """The EOS ids and the pad id of reward-guided decoding, checked: the ones given, else the tokenizer's (its pad
+    token falling back to its EOS token), else `default_eos_token_id` for EOS (the reward model's backbone's).
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): the language model's tokenizer.
+        eos_token_id (`int` or list of `int`, *optional*): EOS ids given by the caller.
+        pad_token_id (`int`, *optional*): the pad id given by the caller.
+        default_eos_token_id (`int` or list of `int`, *optional*): the EOS ids to assume without either.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.tokenization import special_token_ids
+    >>> special_token_ids(eos_token_id=2, default_eos_token_id=0)
+    ([2], None)
+    ```
+    """
+    check_tokenizer(tokenizer)
+    if eos_token_id is None:
+        eos_token_id = tokenizer.eos_token_id if tokenizer is not None else default_eos_token_id
+    if pad_token_id is None and tokenizer is not None:
+        pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+    return checked_token_ids("eos_token_id", eos_token_id), checked_token_id("pad_token_id", pad_token_id)
+
+
+__all__ = ["check_tokenizer", "ensure_pad_token", "special_token_ids"]

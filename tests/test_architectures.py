@@ -23,8 +23,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from hf_rgtg.configuration import PrefixRewardConfig
 from hf_rgtg.modeling import PrefixRewardModel
-from hf_rgtg.processing import make_scorer
-from hf_rgtg.scoring import CACHE_EXACT_MODEL_TYPES, CachedScorer, ReferenceScorer
+from hf_rgtg.scoring import CACHE_EXACT_MODEL_TYPES, CachedScorer, ReferenceScorer, make_scorer
 
 #: What every configuration is given; a configuration ignores (or keeps as an attribute) what it does not use.
 TINY = {

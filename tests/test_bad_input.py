@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import VOCAB_SIZE, build_tokenizer, tiny_causal_lm, tiny_prefix_rm
 
+from hf_rgtg import RewardGuidance, reward_guided_generate
 from hf_rgtg.cli import main
 from hf_rgtg.data import load_preference_data
-from hf_rgtg.generation import RewardGuidance, reward_guided_generate
 from hf_rgtg.training import PrefixRewardTrainingConfig
 
 PAD = 0

@@ -9,6 +9,7 @@ import pytest
 MODULES = [
     "hf_rgtg.auto",
     "hf_rgtg.configuration",
+    "hf_rgtg.custom_generate",
     "hf_rgtg.data",
     "hf_rgtg.evaluation",
     "hf_rgtg.defaults",
@@ -17,7 +18,13 @@ MODULES = [
     "hf_rgtg.incremental",
     "hf_rgtg.modeling",
     "hf_rgtg.processing",
+    "hf_rgtg.scoring",
+    "hf_rgtg.scoring.base",
+    "hf_rgtg.scoring.reference",
+    "hf_rgtg.stopping",
     "hf_rgtg.tokenization",
+    "hf_rgtg.trace",
+    "hf_rgtg.tracking",
     "hf_rgtg.training",
 ]
 

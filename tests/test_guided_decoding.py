@@ -700,7 +700,7 @@ def test_encoder_reward_model_falls_back_to_the_reference_scorer():
     lm, _ = models("gpt2")
     rm = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert"))).eval()
     guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
-    assert isinstance(guidance.state.scorer, ReferenceScorer)
+    assert isinstance(guidance.scorer, ReferenceScorer)
     ids, mask = left_padded()
     out = lm.generate(
         ids, attention_mask=mask, max_new_tokens=3, pad_token_id=PAD, **guidance.generate_kwargs()
@@ -720,7 +720,7 @@ def test_sliding_window_reward_model_falls_back_to_the_reference_scorer(text_con
     torch.manual_seed(2)
     rm = PrefixRewardModel(PrefixRewardConfig(text_config=text_config())).eval()
     guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
-    assert isinstance(guidance.state.scorer, ReferenceScorer)
+    assert isinstance(guidance.scorer, ReferenceScorer)
     lm, _ = models("llama")
     ids, mask = left_padded()
     out = lm.generate(
@@ -737,7 +737,9 @@ def test_sliding_window_reward_model_falls_back_to_the_reference_scorer(text_con
 def test_processor_and_criteria_opt_out_of_continuous_batching():
     guidance = RewardGuidance(tiny_prefix_rm("gpt2"), top_k=2)
     assert guidance.logits_processor.supports_continuous_batching is False
-    assert guidance.stopping_criteria.supports_continuous_batching is False
+    assert guidance.stopping_criteria and all(
+        criterion.supports_continuous_batching is False for criterion in guidance.stopping_criteria
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def test_return_dict_false_gives_a_tuple_and_internal_callers_do_not_depend_on_i
 
     torch.testing.assert_close(score_sequences(model, ids, 2), out.reward)
     guidance = RewardGuidance(model, top_k=3, scorer="reference", pad_token_id=0)
-    assert guidance.state.scorer.reset(ids, torch.ones_like(ids), 3).shape == (2,)
+    assert guidance.scorer.reset(ids, torch.ones_like(ids), 3).shape == (2,)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

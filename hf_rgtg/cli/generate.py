@@ -11,10 +11,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from .. import defaults
 from ..auto import AutoModelForPrefixReward
-from ..configuration import PrefixRewardConfig
+from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
-from ..processing import RewardGuidanceConfig
 from ..tokenization import ensure_pad_token
 from .loading import check_local_path, checked_tokenizer, load_named
 

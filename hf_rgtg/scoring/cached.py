@@ -1,30 +1,17 @@
-"""Candidate scorers: "give me r(prefix + v) for k candidate tokens per row".
-
-The logits processor chooses candidates; a scorer gets their rewards. Every scorer follows the same small protocol:
-
-- `reset(input_ids, attention_mask, max_candidates)` at the start of a `generate()` call, with the (expanded)
-  prompts and, if known, the most candidates a step will score;
-- `score(candidates)` with `(rows, k)` token ids, returning `(rows, k)` rewards;
-- `advance(tokens, parents)` once `generate()` has appended one token per row, `parents[i]` being the row that row
-  `i` extends (beam search reorders rows).
-
-`ReferenceScorer` re-encodes every candidate prefix from scratch: slow and obviously correct, the ground truth of
-the tests and the fallback for reward models that cannot be cached. `CachedScorer` keeps the reward model's
-key/value cache of each row's prefix and scores all k candidates in one forward on top of it, as siblings under a
-4D attention mask, without copying the cache.
-"""
+"""The cached scorer: the reward model's key/value cache of each row's prefix, and all k candidates scored in one
+forward on top of it, as siblings under a 4D attention mask, without copying the cache. Taken only for the
+attention and position schemes it is proven exact on (`CACHE_EXACT_MODEL_TYPES`)."""
 
 from __future__ import annotations
-
-from abc import ABC, abstractmethod
 
 import torch
 from transformers import PreTrainedConfig
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, DynamicLayer, get_layer_types_and_kwargs
 
-from .compat import output_cache
-from .incremental import IncrementalDecoder, KVBuffer, grown_capacity
-from .modeling import PrefixRewardModel, last_token_index, position_ids_from_attention_mask
+from ..compat import output_cache
+from ..incremental import IncrementalDecoder, KVBuffer, grown_capacity
+from ..modeling import PrefixRewardModel, last_token_index, position_ids_from_attention_mask
+from .base import CandidateScorer
 
 #: Decoder families whose attention and position scheme the cached scorer is proven exact on: causal attention
 #: over every earlier position, with absolute (learned) or rotary positions. `tests/test_architectures.py` walks
@@ -122,134 +109,6 @@ def _dynamic_cache_layers(config: PreTrainedConfig) -> list[type]:
     return [DYNAMIC_LAYER_TYPE_MAPPING[layer_type] for layer_type in layer_types]
 
 
-class CandidateScorer(ABC):
-    """Tracks each row's token ids and attention mask, and scores candidate next tokens.
-
-    Args:
-        reward_model ([`PrefixRewardModel`]): the reward model, on any device and dtype.
-    """
-
-    #: Whether `input_ids` and `attention_mask` are kept up to date after `reset`. Scorers with their own record of
-    #: the prefixes (a cache) set it to `False`, and both are dropped once `_reset` has read them.
-    keeps_inputs: bool = True
-
-    def __init__(self, reward_model: PrefixRewardModel):
-        self.reward_model = reward_model
-        self.device = reward_model.device
-        self.input_ids: torch.Tensor | None = None
-        self.attention_mask: torch.Tensor | None = None
-        self.max_candidates: int | None = None
-
-    def reset(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_candidates: int | None = None
-    ) -> torch.Tensor:
-        """Start over with new prompts; returns the reward of each prompt, shape `(rows,)`.
-
-        `max_candidates`, the most candidates `score` will get per row if known, lets a scorer size its buffers
-        once; `score` accepts any number.
-        """
-        self.input_ids = input_ids.to(self.device)
-        self.attention_mask = attention_mask.to(self.device, torch.long)
-        self.max_candidates = max_candidates
-        rewards = self._reset()
-        if not self.keeps_inputs:
-            self.input_ids = self.attention_mask = None
-        return rewards
-
-    def advance(
-        self, tokens: torch.Tensor, parents: torch.Tensor | None = None, chosen: torch.Tensor | None = None
-    ) -> None:
-        """Append one token per row.
-
-        Args:
-            tokens (`torch.LongTensor` of shape `(rows,)`): the token appended to each row.
-            parents (`torch.LongTensor` of shape `(rows,)`, *optional*): the previous row each row extends;
-                `None` means row `i` extends row `i`.
-            chosen (`torch.LongTensor` of shape `(rows,)`, *optional*): the index of `tokens` among the row's last
-                candidates, or -1 where it was not a candidate. Scorers that keep state per candidate use it.
-        """
-        tokens = tokens.to(self.device)
-        if parents is not None:
-            parents = parents.to(self.device)
-        self._advance(tokens, parents, None if chosen is None else chosen.to(self.device))
-        if not self.keeps_inputs:
-            return
-        if parents is not None:
-            self.input_ids = self.input_ids.index_select(0, parents)
-            self.attention_mask = self.attention_mask.index_select(0, parents)
-        self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
-        self.attention_mask = torch.cat(
-            [self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1
-        )
-
-    @abstractmethod
-    def score(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Rewards `(rows, k)` of each row's prefix extended by each candidate token `(rows, k)`."""
-
-    @abstractmethod
-    def _reset(self) -> torch.Tensor: ...
-
-    def _advance(
-        self, tokens: torch.Tensor, parents: torch.Tensor | None, chosen: torch.Tensor | None
-    ) -> None:
-        """Hook for scorers with state of their own (called before `input_ids`/`attention_mask` are extended)."""
-
-
-class ReferenceScorer(CandidateScorer):
-    """Re-encodes every candidate prefix from scratch: `rows * k` sequences per step, no cache.
-
-    Slow (quadratic in the length) but obviously correct; it is what the cached scorer is tested against, and the
-    fallback for reward models that cannot be scored incrementally (encoder backbones).
-
-    Args:
-        reward_model ([`PrefixRewardModel`]): the reward model.
-        max_batch_size (`int`, *optional*, defaults to 64): how many sequences go through one forward.
-    """
-
-    def __init__(self, reward_model: PrefixRewardModel, max_batch_size: int = 64):
-        super().__init__(reward_model)
-        self.max_batch_size = max_batch_size
-
-    def _rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if not self.reward_model.supports_incremental_scoring:
-            input_ids, attention_mask = _left_to_right_padding(input_ids, attention_mask)
-        rewards = [
-            self.reward_model(
-                input_ids[i : i + self.max_batch_size],
-                attention_mask=attention_mask[i : i + self.max_batch_size],
-                return_dict=True,
-            ).reward
-            for i in range(0, len(input_ids), self.max_batch_size)
-        ]
-        return torch.cat(rewards)
-
-    @torch.no_grad()
-    def _reset(self) -> torch.Tensor:
-        return self._rewards(self.input_ids, self.attention_mask)
-
-    @torch.no_grad()
-    def score(self, candidates: torch.Tensor) -> torch.Tensor:
-        rows, k = candidates.shape
-        ids = torch.cat(
-            [self.input_ids.repeat_interleave(k, dim=0), candidates.to(self.device).reshape(-1, 1)], dim=1
-        )
-        mask = torch.cat(
-            [self.attention_mask.repeat_interleave(k, dim=0), self.attention_mask.new_ones(rows * k, 1)],
-            dim=1,
-        )
-        return self._rewards(ids, mask).view(rows, k)
-
-
-def _left_to_right_padding(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's left padding to its right end (encoders number positions from the first column)."""
-    width = input_ids.shape[1]
-    shift = width - attention_mask.sum(-1, keepdim=True)
-    index = (torch.arange(width, device=input_ids.device)[None, :] + shift) % width
-    return input_ids.gather(1, index), attention_mask.gather(1, index)
-
-
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The additive attention bias of a boolean mask: 0 where `allowed`, the dtype's minimum elsewhere."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
@@ -277,10 +136,11 @@ class CachedScorer(CandidateScorer):
             architecture allows it; `False` always uses the transformers forward.
     """
 
+    description = "cached scorer, which keeps each prefix's keys and values"
     keeps_inputs = False
 
-    @staticmethod
-    def unsupported_reason(reward_model: PrefixRewardModel) -> str | None:
+    @classmethod
+    def unsupported_reason(cls, reward_model: PrefixRewardModel) -> str | None:
         """Why `reward_model` cannot be scored on a cache (`None` when it can).
 
         The cached scorer is taken only where it is proven exact: a decoder of a family in
@@ -336,7 +196,6 @@ class CachedScorer(CandidateScorer):
         self.decoder = IncrementalDecoder.for_model(reward_model) if incremental else None
         self.cache = None  # the transformers cache, without a decoder
         self.buffer: KVBuffer | None = None  # the decoder's buffer
-        self.prefix_length = 0  # the committed positions of every row, padding included
         self._mask: torch.Tensor | None = None  # see `_sibling_mask`
         self._num_candidates = 0
 
@@ -356,12 +215,10 @@ class CachedScorer(CandidateScorer):
                         'layers (sliding-window or hybrid attention). Use `scorer="reference"`.'
                     )
             self.cache, rewards = cache, out.reward
-        self.prefix_length = self._prompt_width = self.attention_mask.shape[1]
         prompt_bias = _additive(self.attention_mask.bool(), self.reward_model.dtype)
-        self._mask = self._mask_buffer(prompt_bias[:, None, None, :], 1, self.prefix_length + 1)
+        self._mask = self._mask_buffer(prompt_bias[:, None, None, :], 1, self.length + 1)
         self._own_bias: dict[int, torch.Tensor] = {}
         self._positions = self.attention_mask.sum(-1, keepdim=True)  # the next token's position, per row
-        self._longest_prompt = int(self._positions.max())
         self._num_candidates = 0
         return rewards
 
@@ -374,7 +231,7 @@ class CachedScorer(CandidateScorer):
         ids, attention = self.input_ids, self.attention_mask
         rows, width = ids.shape
         positions = position_ids_from_attention_mask(attention, width)
-        self.reward_model._check_length(positions)
+        self.reward_model.check_length(self.longest_prompt)
         decoder = self.decoder
         like = torch.empty(0, dtype=self.reward_model.dtype, device=self.device)
         self.buffer = KVBuffer.empty(
@@ -395,12 +252,9 @@ class CachedScorer(CandidateScorer):
         """The most buffer positions decoding can use, when the reward model's maximum length and the number of
         candidates are known: the longest row may grow to the maximum length (`score` refuses to go further), the
         padding of the other rows stays, and the last candidates need room after the prefix."""
-        max_positions = self.reward_model.max_positions
-        if max_positions is None or self.max_candidates is None:
+        if self.max_positions is None or self.max_candidates is None:
             return None
-        width = self.attention_mask.shape[1]
-        longest = int(self.attention_mask.sum(-1).max())
-        return width - longest + max_positions - 1 + self.max_candidates
+        return self.prompt_width - self.longest_prompt + self.max_positions - 1 + self.max_candidates
 
     @staticmethod
     def _mask_buffer(prefix: torch.Tensor, k: int, needed: int) -> torch.Tensor:
@@ -415,17 +269,17 @@ class CachedScorer(CandidateScorer):
         """`self._mask`, rebuilt for `k` candidates and at least `needed` columns if it is not."""
         mask = self._mask
         if mask.shape[2] != k or mask.shape[3] < needed:
-            mask = self._mask = self._mask_buffer(mask[:, :, :1, : self.prefix_length], k, needed)
+            mask = self._mask = self._mask_buffer(mask[:, :, :1, : self.length], k, needed)
         return mask
 
     def _sibling_mask(self, k: int) -> torch.Tensor:
         """The 4D additive mask of k sibling candidates: each sees its row's unpadded prefix and itself.
 
-        A view of `self._mask`, which holds the prefix's bias in its first `prefix_length` columns (kept step by
+        A view of `self._mask`, which holds the prefix's bias in its first `length` columns (kept step by
         step) and, after them, the k candidates' block. Additive, as eager attention needs it and sdpa would
         otherwise convert a boolean mask in every layer.
         """
-        length = self.prefix_length
+        length = self.length
         mask = self._ensure_mask(k, length + k)
         own = self._own_bias.get(k)
         if own is None:
@@ -439,11 +293,9 @@ class CachedScorer(CandidateScorer):
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
         rows, k = candidates.shape
         self._drop_candidates()
-        # The longest row's length, known without reading the tensor: every step adds one real token to each row.
-        longest = self._longest_prompt + self.prefix_length - self._prompt_width + 1
-        max_positions = self.reward_model.max_positions
-        if max_positions is not None and longest > max_positions:
-            raise ValueError(self.reward_model._too_long_message(longest))
+        if not self.candidates_fit():
+            # The longest row's length, known without reading the tensor: every step adds one real token to each row.
+            self.reward_model.check_length(self.longest_prompt + self.length - self.prompt_width + 1)
         positions = self._positions.expand(rows, k)
         candidates = candidates.to(self.device)
         if self.decoder is not None:
@@ -460,8 +312,8 @@ class CachedScorer(CandidateScorer):
         # The decoder's buffer treats everything after the committed positions as scratch space.
         if self._num_candidates and self.cache is not None:
             for layer in self.cache.layers:
-                layer.keys = layer.keys[:, :, : self.prefix_length]
-                layer.values = layer.values[:, :, : self.prefix_length]
+                layer.keys = layer.keys[:, :, : self.length]
+                layer.values = layer.values[:, :, : self.length]
         self._num_candidates = 0
 
     def _advance(
@@ -476,13 +328,12 @@ class CachedScorer(CandidateScorer):
                 self.cache.reorder_cache(parents)
         positions = self._positions
         self._positions = positions + 1
-        length = self.prefix_length
+        length = self.length
         # The appended token joins the prefix: every later token attends to it.
         self._ensure_mask(self._mask.shape[2], length + 1)[..., length] = 0
         if chosen is not None and self._num_candidates and bool((chosen >= 0).all()):
             self._keep_candidate(chosen)
             self._num_candidates = 0
-            self.prefix_length += 1
             return
         # Some row appended a token that was not a candidate: encode the appended tokens explicitly.
         self._drop_candidates()
@@ -493,14 +344,13 @@ class CachedScorer(CandidateScorer):
         else:
             mask = (bias[:, 0, 0] == 0).long()
             self.reward_model(tokens[:, None], attention_mask=mask, cache=self.cache, use_cache=True)
-        self.prefix_length += 1
 
     def _keep_candidate(self, chosen: torch.Tensor) -> None:
         """Move each row's chosen candidate's keys and values to the end of its prefix; drop the other ones."""
         if self.buffer is not None:
             self.buffer.keep_one(chosen)
             return
-        length = self.prefix_length
+        length = self.length
         rows = torch.arange(len(chosen), device=self.device)
         source = length + chosen
         for layer in self.cache.layers:
@@ -510,10 +360,4 @@ class CachedScorer(CandidateScorer):
                 setattr(layer, name, tensor[:, :, : length + 1])
 
 
-__all__ = [
-    "CACHE_EXACT_MODEL_TYPES",
-    "STATIC_ROPE_TYPES",
-    "CachedScorer",
-    "CandidateScorer",
-    "ReferenceScorer",
-]
+__all__ = ["CACHE_EXACT_MODEL_TYPES", "STATIC_ROPE_TYPES", "CachedScorer"]

@@ -1,0 +1,252 @@
+"""`reward_guided_generate`: the decoding loop of reward-guided generation, for `generate(custom_generate=...)`.
+
+Its guidance options are the fields of [`RewardGuidanceConfig`], each under its `generate()` keyword
+([`RewardGuidanceConfig.generate_names`]): the callable's signature is built from the dataclass, so that a new
+setting is added in one place. transformers reads that signature to decide which of `generate()`'s keyword
+arguments reach the callable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import torch
+from transformers import LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers.generation.logits_process import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    LogitNormalization,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopHLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+from transformers.generation.utils import GENERATION_MODES_MAPPING
+
+from .compat import generation_special_tokens
+from .configuration import RewardGuidanceConfig
+from .generation import RewardGuidance
+from .modeling import PrefixRewardModel
+from .tracking import require_prompt_ids
+
+# Processors that `generate()` places after user-given ones; the guidance processor goes before them.
+AFTER_CUSTOM_PROCESSORS = (
+    TemperatureLogitsWarper,
+    TopHLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    MinPLogitsWarper,
+    TypicalLogitsWarper,
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    LogitNormalization,
+)
+
+
+def check_language_model(model: PreTrainedModel, guidance: RewardGuidance, input_ids: torch.Tensor) -> None:
+    """Refuse a language model that guidance cannot steer: an encoder-decoder, a prompt given only as embeddings,
+    or a vocabulary that is not the reward model's."""
+    if model.config.is_encoder_decoder:
+        raise ValueError(
+            f"Reward-guided generation steers decoder-only (causal) language models; {type(model).__name__} is an "
+            "encoder-decoder model, whose generated tokens the reward model would score without the prompt."
+        )
+    require_prompt_ids(input_ids)
+    output_embeddings = model.get_output_embeddings()
+    lm_vocab = getattr(output_embeddings, "out_features", None) or model.config.get_text_config().vocab_size
+    guidance.scorer.check_candidates(guidance.config.top_k, lm_vocab)
+
+
+def check_positions(
+    guidance: RewardGuidance,
+    input_ids: torch.Tensor,
+    generation_config: Any,
+    attention_mask: torch.Tensor | None,
+) -> None:
+    """Refuse a prompt plus `max_new_tokens` that the reward model's positions cannot hold, before generating."""
+    max_positions = guidance.scorer.max_positions
+    if max_positions is None or generation_config.max_length is None:
+        return
+    prompt_tokens = int(attention_mask.sum(-1).max()) if attention_mask is not None else input_ids.shape[1]
+    if prompt_tokens >= max_positions:
+        raise ValueError(
+            f"The prompt has {prompt_tokens} tokens, but the reward model has at most {max_positions} positions "
+            "(`max_position_embeddings`) and the first new token needs one more. Shorten the prompt."
+        )
+    new_tokens = generation_config.max_length - input_ids.shape[1]
+    if prompt_tokens + new_tokens > max_positions:
+        fits = max_positions - prompt_tokens
+        fix = (
+            f"set `max_new_tokens` to at most {fits}"
+            if generation_config.max_new_tokens is not None
+            else f"set `max_length` to at most {input_ids.shape[1] + fits}"
+        )
+        raise ValueError(
+            f"The prompt ({prompt_tokens} tokens) plus {new_tokens} new tokens needs {prompt_tokens + new_tokens} "
+            f"positions, but the reward model has at most {max_positions} (`max_position_embeddings`). Shorten the "
+            f"prompt or {fix}."
+        )
+
+
+def guidance_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the guidance options out of `kwargs` (by their `generate()` keywords); returns them by field name,
+    without those left at `None`."""
+    options = {}
+    for name, keyword in RewardGuidanceConfig.generate_names().items():
+        value = kwargs.pop(keyword, None)
+        if value is not None:
+            options[name] = value
+    return options
+
+
+def guidance_for_call(
+    reward_model: PrefixRewardModel | str | None,
+    reward_guidance: RewardGuidance | None,
+    options: dict[str, Any],
+    generation_config: Any,
+) -> RewardGuidance:
+    """The [`RewardGuidance`] of one call: the one given, or one built from `reward_model` and the options, with
+    the EOS and pad ids `generate()` settled on."""
+    if reward_guidance is None:
+        if reward_model is None:
+            raise ValueError(
+                "Reward-guided generation needs `reward_model=` (or a ready `reward_guidance=`)."
+            )
+        eos, pad = generation_special_tokens(generation_config)
+        return RewardGuidance(
+            reward_model, eos_token_id=eos, pad_token_id=None if pad is None else int(pad), **options
+        )
+    if not isinstance(reward_guidance, RewardGuidance):
+        raise TypeError(
+            f"`reward_guidance` has to be a RewardGuidance, got {type(reward_guidance).__name__}. Build one with "
+            "`RewardGuidance(reward_model, tokenizer, ...)`, or pass `reward_model=` instead."
+        )
+    if reward_model is not None or options:
+        names = RewardGuidanceConfig.generate_names()
+        given = ["reward_model"] * (reward_model is not None) + sorted(names[name] for name in options)
+        raise ValueError(
+            f"`reward_guidance` already holds the reward model and the settings; do not also pass {given}."
+        )
+    return reward_guidance
+
+
+def decoding_method(generation_config: Any, streamer: Any) -> str:
+    """The name of the `GenerationMixin` loop that runs this call: `_sample` (greedy or sampling) or
+    `_beam_search`; anything else is refused."""
+    method = GENERATION_MODES_MAPPING[generation_config.get_generation_mode()]
+    if method not in ("_sample", "_beam_search"):
+        raise ValueError(
+            f"Reward-guided generation supports greedy decoding, sampling and beam search, not {method.strip('_')}."
+        )
+    if streamer is not None and method != "_sample":
+        raise ValueError("`streamer` cannot be used with beam search (`num_beams` > 1), as in `generate()`.")
+    return method
+
+
+def reward_guided_generate(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config,
+    synced_gpus: bool = False,
+    streamer=None,
+    reward_model: PrefixRewardModel | str | None = None,
+    reward_guidance: RewardGuidance | None = None,
+    guided_streamer=None,
+    **kwargs,
+):
+    r"""
+    The decoding loop of reward-guided generation, for `generate(custom_generate=...)`.
+
+    transformers 5 accepts a callable as `custom_generate`; the parameters below that `generate()` does not know
+    are taken out of its keyword arguments and handed here. The callable builds the guidance, places its processor
+    where `generate()` places user processors (before the sampling warpers), and runs the standard
+    greedy/sampling or beam-search loop.
+
+    Args:
+        reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
+        reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
+        beta, top_k, ... (*optional*): every field of [`RewardGuidanceConfig`], under its `generate()` keyword:
+            its own name, except `reward_scorer` for `scorer` and `reward_max_time` for `max_time` (`max_time=`
+            stays transformers' own limit, counted from the start of `generate()`).
+        guided_streamer (`BaseStreamer`, *optional*): the streamer, given again. transformers 5 drops
+            `streamer`, `tokenizer` and `assistant_model` on the way to a callable `custom_generate` (it keeps only
+            the callable's own arguments), so a `streamer=` alone would receive the prompt and nothing else. Pass
+            `streamer=s, guided_streamer=s`, or use [`enable_reward_guided_generate`], whose `generate()` does this
+            (and handles `stop_strings`) for you.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from transformers import AutoModelForCausalLM, GPT2Config
+    >>> from hf_rgtg import AutoModelForPrefixReward, reward_guided_generate
+
+    >>> config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, eos_token_id=0, pad_token_id=0)
+    >>> _ = torch.manual_seed(0)
+    >>> lm = AutoModelForCausalLM.from_config(config).eval()
+    >>> rm = AutoModelForPrefixReward.from_config(config).eval()
+    >>> out = lm.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, custom_generate=reward_guided_generate,
+    ...                   reward_model=rm, beta=2.0, top_k=8)
+    >>> out.shape
+    torch.Size([1, 7])
+    ```
+    """
+    options = guidance_options(kwargs)
+    guidance = guidance_for_call(reward_model, reward_guidance, options, generation_config)
+    attention_mask = kwargs.get("attention_mask")
+    check_language_model(model, guidance, input_ids)
+    check_positions(guidance, input_ids, generation_config, attention_mask)
+    if attention_mask is None:  # `generate()` drops an all-ones mask; nothing is padding then
+        attention_mask = torch.ones_like(input_ids)
+    guidance.tracker.prepare(attention_mask)
+    processors = list(logits_processor)
+    position = next(
+        (i for i, p in enumerate(processors) if isinstance(p, AFTER_CUSTOM_PROCESSORS)), len(processors)
+    )
+    processors.insert(position, guidance.logits_processor)
+    criteria = StoppingCriteriaList([*stopping_criteria, *guidance.stopping_criteria])
+    streamer = streamer if streamer is not None else guided_streamer
+    method = decoding_method(generation_config, streamer)
+    extra = {"streamer": streamer} if method == "_sample" else {}
+    return getattr(type(model), method)(
+        model,
+        input_ids,
+        logits_processor=LogitsProcessorList(processors),
+        stopping_criteria=criteria,
+        generation_config=generation_config,
+        synced_gpus=synced_gpus,
+        **extra,
+        **kwargs,
+    )
+
+
+def _signature_with_options(function) -> inspect.Signature:
+    """`function`'s signature with one keyword-only parameter per guidance option before its `**kwargs`."""
+    parameters = list(inspect.signature(function).parameters.values())
+    defaults = {item.name: item for item in dataclasses.fields(RewardGuidanceConfig)}
+    options = [
+        inspect.Parameter(
+            keyword, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=f"{defaults[name].type} | None"
+        )
+        for name, keyword in RewardGuidanceConfig.generate_names().items()
+    ]
+    return inspect.Signature([*parameters[:-1], *options, parameters[-1]])
+
+
+reward_guided_generate.__signature__ = _signature_with_options(reward_guided_generate)
+
+__all__ = [
+    "AFTER_CUSTOM_PROCESSORS",
+    "check_language_model",
+    "check_positions",
+    "decoding_method",
+    "guidance_for_call",
+    "guidance_options",
+    "reward_guided_generate",
+]
