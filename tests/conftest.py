@@ -8,6 +8,7 @@ that `publish_to_hub_cache` fills, so tests exercise the real `from_pretrained("
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import importlib.util
 import logging
@@ -28,7 +29,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from huggingface_hub import constants as hub_constants  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import models as tokenizer_models  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -41,6 +43,7 @@ from transformers import (  # noqa: E402
     Qwen2Config,
     T5Config,
 )
+from transformers.generation import GenerationMixin  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()
@@ -94,7 +97,7 @@ _CORPUS = [
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on a few sentences: deterministic and instant, no download."""
-    tokenizer = Tokenizer(models.BPE())
+    tokenizer = Tokenizer(tokenizer_models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -164,6 +167,50 @@ def tiny_prefix_rm(arch: str, seed: int = 0, **head_kwargs):
 
     torch.manual_seed(seed)
     return PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config(arch), **head_kwargs)).eval()
+
+
+# Guided decoding: prompts, models and a way-1 helper shared by the decoding tests.
+PAD = 0
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+
+
+def left_padded(prompts=PROMPTS):
+    width = max(map(len, prompts))
+    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def models(arch, eos_token_id=None, **rm_kwargs):
+    eos = eos_token_id if eos_token_id is not None else VOCAB_SIZE - 1
+    lm = tiny_causal_lm(arch, seed=1, pad_token_id=PAD, eos_token_id=eos)
+    rm = tiny_prefix_rm(arch, seed=2, **rm_kwargs)
+    return lm, rm
+
+
+def guided(lm, rm, ids, mask, scorer="cached", seed=0, eos_token_id=None, **kwargs):
+    """Greedy or sampled `generate()` through `RewardGuidance` (way 1): keyword arguments that are guidance
+    settings go to it, the others to `generate()`. Returns the output and the guidance."""
+    from hf_rgtg import RewardGuidance, RewardGuidanceConfig
+
+    settings = {field.name for field in dataclasses.fields(RewardGuidanceConfig)}
+    gen = {k: kwargs.pop(k) for k in list(kwargs) if k not in settings}
+    eos = eos_token_id if eos_token_id is not None else lm.generation_config.eos_token_id
+    guidance = RewardGuidance(
+        rm, eos_token_id=eos, pad_token_id=PAD, scorer=scorer, record_candidates=True, **kwargs
+    )
+    torch.manual_seed(seed)
+    out = lm.generate(
+        ids, attention_mask=mask, pad_token_id=PAD, eos_token_id=eos, **gen, **guidance.generate_kwargs()
+    )
+    return out, guidance
+
+
+@pytest.fixture
+def restore_generate():
+    original = GenerationMixin.generate
+    yield
+    GenerationMixin.generate = original
 
 
 def publish_to_hub_cache(

@@ -6,7 +6,16 @@ from unittest.mock import patch
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, VOCAB_SIZE, tiny_causal_lm, tiny_config, tiny_prefix_rm
+from conftest import (
+    ARCHITECTURES,
+    PAD,
+    VOCAB_SIZE,
+    guided,
+    left_padded,
+    models,
+    tiny_config,
+    tiny_prefix_rm,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GenerationMixin, T5ForConditionalGeneration
@@ -28,48 +37,6 @@ from hf_rgtg import (
 )
 from hf_rgtg.incremental import IncrementalDecoder
 from hf_rgtg.scoring import CandidateScorer
-
-PAD = 0
-PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
-
-
-def left_padded(prompts=PROMPTS):
-    width = max(map(len, prompts))
-    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
-
-
-def models(arch, eos_token_id=None, **rm_kwargs):
-    eos = eos_token_id if eos_token_id is not None else VOCAB_SIZE - 1
-    lm = tiny_causal_lm(arch, seed=1, pad_token_id=PAD, eos_token_id=eos)
-    rm = tiny_prefix_rm(arch, seed=2, **rm_kwargs)
-    return lm, rm
-
-
-def guided(lm, rm, ids, mask, scorer="cached", seed=0, eos_token_id=None, **kwargs):
-    gen = {k: kwargs.pop(k) for k in list(kwargs) if k not in RewardGuidanceKeys}
-    eos = eos_token_id if eos_token_id is not None else lm.generation_config.eos_token_id
-    guidance = RewardGuidance(
-        rm, eos_token_id=eos, pad_token_id=PAD, scorer=scorer, record_candidates=True, **kwargs
-    )
-    torch.manual_seed(seed)
-    out = lm.generate(
-        ids, attention_mask=mask, pad_token_id=PAD, eos_token_id=eos, **gen, **guidance.generate_kwargs()
-    )
-    return out, guidance
-
-
-RewardGuidanceKeys = {
-    "beta",
-    "top_k",
-    "score_with",
-    "reward_transform",
-    "standardize_rewards",
-    "reward_threshold",
-    "max_reward_calls",
-    "max_time",
-}
 
 
 def assert_traces_agree(out, fast, reference, prompt_length, atol=1e-4):
@@ -256,13 +223,6 @@ def test_incremental_decoder_covers_the_test_architectures_and_not_encoders():
 
 # ---------------------------------------------------------------------------------------------------------------
 # The three ways in
-
-
-@pytest.fixture
-def restore_generate():
-    original = GenerationMixin.generate
-    yield
-    GenerationMixin.generate = original
 
 
 @pytest.mark.parametrize("do_sample", [False, True])
