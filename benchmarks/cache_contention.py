@@ -39,6 +39,7 @@ from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).parent))
 import decode_speed  # noqa: E402  (the benchmarks directory is not a package)
+from configs.gpt2_bpe import setup_a  # noqa: E402
 
 from hf_rgtg import CachedScorer  # noqa: E402
 from hf_rgtg.compat import cache_kwargs  # noqa: E402
@@ -51,7 +52,7 @@ class Loops:
     """The LM and RM steps of configuration (a), timed on their own, in turn, or with memory touched in between."""
 
     def __init__(self, batch: int, prompt_length: int, max_new_tokens: int, top_k: int, seed: int):
-        self.setup = decode_speed.setup_a(batch, prompt_length, max_new_tokens, seed)
+        self.setup = setup_a(batch, prompt_length, max_new_tokens, seed)
         self.ids = self.setup.prompts[:batch]
         self.top_k = top_k
         self.batch = batch

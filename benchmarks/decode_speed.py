@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import ctypes
 import datetime
 import gc
 import io
@@ -59,7 +58,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -72,378 +70,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import psutil
 import torch
 import transformers
+from configs import CONFIGS
+from harness.configuration import Setup
+from harness.measure import LoadMeter, PeakRss, StepClock
+from harness.paths import MIB, REPO, RESULTS_DIR, repo_relative
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteriaList
 
 import hf_rgtg
-from hf_rgtg import (
-    AutoModelForPrefixReward,
-    CachedScorer,
-    PrefixRewardConfig,
-    PrefixRewardModel,
-    RewardGuidance,
-    load_default_lm,
-)
-from hf_rgtg.defaults import default_lm_path
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-CACHE_DIR = HERE / ".cache"
-RESULTS_DIR = HERE / "results"
-EOS_TEXT = "<|endoftext|>"
-MIB = 1024 * 1024
+from hf_rgtg import CachedScorer, RewardGuidance
 
 METHODS = ("plain", "fast", "reference", "rm-loop")
-CONFIG_LABELS = {
-    "a": "(a) GPT-2 shaped LM + RM, 4 layers, hidden 256, BPE 8k, random weights",
-    "b": "(b) SmolLM2-135M-Instruct LM + same-size RM",
-}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Peak RSS
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _read_status_kib(key: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-class PeakRss:
-    """Peak resident set size of this process over a window, and the RSS at its start.
-
-    Uses the kernel's high-water mark, reset by writing 5 to /proc/self/clear_refs; falls back to a psutil thread
-    sampling every `interval` seconds where that file cannot be written.
-    """
-
-    def __init__(self, interval: float = 0.002):
-        self.process = psutil.Process()
-        self.interval = interval
-        self.baseline = 0
-        self._max = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.mode = (
-            "VmHWM (clear_refs)" if self._can_reset_hwm() else f"psutil sampling every {interval * 1e3:g} ms"
-        )
-
-    @staticmethod
-    def _can_reset_hwm() -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as refs:
-                refs.write("5")
-            _read_status_kib("VmHWM")
-            return True
-        except (OSError, KeyError):
-            return False
-
-    def rss(self) -> int:
-        return self.process.memory_info().rss
-
-    def start(self) -> None:
-        gc.collect()
-        _malloc_trim()
-        self.baseline = self.rss()
-        if self.mode.startswith("VmHWM"):
-            with open("/proc/self/clear_refs", "w") as refs:
-                refs.write("5")
-            return
-        self._max = self.baseline
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._max = max(self._max, self.rss())
-
-    def peak(self) -> int:
-        if self.mode.startswith("VmHWM"):
-            return _read_status_kib("VmHWM")
-        return max(self._max, self.rss())
-
-    def stop(self) -> int:
-        peak = self.peak()
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-        return peak
-
-
-class StepClock(StoppingCriteria):
-    """A stopping criterion that never stops: records the wall time and peak RSS when the n-th new token is in."""
-
-    def __init__(self, prompt_length: int, checkpoints: list[int], rss: PeakRss):
-        self.prompt_length = prompt_length
-        self.checkpoints = set(checkpoints)
-        self.rss = rss
-        self.times: dict[int, float] = {}
-        self.peaks: dict[int, int] = {}
-
-    def mark(self, new_tokens: int) -> None:
-        if new_tokens in self.checkpoints:
-            self.times[new_tokens] = time.perf_counter()
-            self.peaks[new_tokens] = self.rss.peak()
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        self.mark(input_ids.shape[1] - self.prompt_length)
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-
-class LoadMeter:
-    """How many cores other processes kept busy during a window: system-wide busy CPU time minus this process's
-    own, over the wall time. On a shared machine it tells which runs were disturbed."""
-
-    def __init__(self):
-        self.process = psutil.Process()
-        self._start = self._now()
-
-    def _now(self) -> tuple[float, float, float]:
-        system = psutil.cpu_times()
-        busy = sum(system) - system.idle - getattr(system, "iowait", 0.0)
-        own = self.process.cpu_times()
-        return time.perf_counter(), busy, own.user + own.system
-
-    def start(self) -> None:
-        self._start = self._now()
-
-    def stop(self) -> float:
-        wall, busy, own = self._now()
-        wall0, busy0, own0 = self._start
-        return max(0.0, ((busy - busy0) - (own - own0)) / max(wall - wall0, 1e-9))
-
-    def wait_quiet(self, limit: float, max_seconds: float) -> float:
-        """Sleep in one-second windows until other processes use at most `limit` cores (or time is up)."""
-        deadline = time.perf_counter() + max_seconds
-        load = float("inf")
-        while time.perf_counter() < deadline:
-            self.start()
-            time.sleep(1.0)
-            load = self.stop()
-            if load <= limit:
-                break
-        return load
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Configurations
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Setup:
-    key: str
-    lm: torch.nn.Module
-    rm: PrefixRewardModel
-    prompts: torch.Tensor  # (max batch, prompt length), every token real
-    eos_token_id: int
-    pad_token_id: int
-    description: list[str] = field(default_factory=list)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.rm.config.text_config.get_text_config().vocab_size
-
-    def prompt(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = self.prompts[:batch].clone()
-        return ids, torch.ones_like(ids)
-
-    def rm_cache_bytes(self, batch: int, length: int) -> int:
-        """Keys and values of the reward model for `batch` rows of `length` tokens."""
-        config = self.rm.config.text_config.get_text_config()
-        heads = config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        element = torch.finfo(self.rm.dtype).bits // 8
-        return 2 * config.num_hidden_layers * kv_heads * head_dim * length * batch * element
-
-    def rm_weight_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.rm.parameters())
-
-
-def _param_count(model: torch.nn.Module) -> str:
-    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
-
-
-def _corpus_files() -> list[Path]:
-    stdlib = Path(os.__file__).resolve().parent
-    return sorted(p for p in stdlib.glob("*.py") if p.is_file())
-
-
-def _prompt_text() -> str:
-    licenses = Path("/usr/share/common-licenses")
-    if licenses.is_dir():
-        texts = []
-        for path in sorted(licenses.iterdir()):
-            if path.is_file():
-                texts.append(path.read_text(errors="replace"))
-        if sum(len(t) for t in texts) > 50_000:
-            return "\n".join(texts)
-    # Held-out fallback: the standard library's package sources (the tokenizer trains on its top-level modules).
-    stdlib = Path(os.__file__).resolve().parent
-    return "\n".join(p.read_text(errors="replace") for p in sorted(stdlib.glob("json/*.py")))
-
-
-def trained_tokenizer(vocab_size: int, max_corpus_bytes: int = 16 * MIB):
-    """A byte-level BPE tokenizer of `vocab_size` tokens, trained once on local text and cached."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    path = CACHE_DIR / f"bpe-{vocab_size}.json"
-    if path.is_file():
-        return Tokenizer.from_file(str(path)), path
-
-    def texts():
-        total = 0
-        for file in _corpus_files():
-            text = file.read_text(errors="replace")
-            total += len(text)
-            yield text
-            if total >= max_corpus_bytes:
-                return
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS_TEXT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts(), trainer=trainer)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    tokenizer.save(str(staging))
-    os.replace(staging, path)
-    return tokenizer, path
-
-
-def setup_a(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) -> Setup:
-    vocab_size = 8192
-    tokenizer, path = trained_tokenizer(vocab_size)
-    if tokenizer.get_vocab_size() != vocab_size:
-        raise RuntimeError(
-            f"The trained tokenizer has {tokenizer.get_vocab_size()} tokens, not {vocab_size}: delete {path} "
-            "and give it more text."
-        )
-    eos = tokenizer.token_to_id(EOS_TEXT)
-    ids = tokenizer.encode(_prompt_text()).ids
-    stride = max(prompt_length, (len(ids) - prompt_length) // max(max_batch, 1))
-    rows = [ids[i * stride : i * stride + prompt_length] for i in range(max_batch)]
-    if any(len(row) != prompt_length or eos in row for row in rows):
-        raise RuntimeError("Not enough prompt text for the requested batch size and prompt length.")
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=max(640, prompt_length + max_new_tokens + 64),
-        n_embd=256,
-        n_layer=4,
-        n_head=4,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=eos,
-    )
-    torch.manual_seed(seed)
-    lm = GPT2LMHeadModel(config).eval()
-    torch.manual_seed(seed + 1)
-    rm = PrefixRewardModel(PrefixRewardConfig(text_config=config)).eval()
-    setup = Setup("a", lm, rm, torch.tensor(rows), eos, eos, [])
-    setup.description = [
-        f"LM: GPT2LMHeadModel, {_param_count(lm)}, n_positions {config.n_positions}, seed {seed}; "
-        f"RM: PrefixRewardModel(GPT-2 backbone), {_param_count(rm)}, seed {seed + 1}.",
-        f"Tokenizer: byte-level BPE, {vocab_size} tokens, trained on the top-level modules of the Python "
-        f"standard library (<= 16 MiB), cached at `{_rel(path)}`. Prompts: {prompt_length}-token slices of "
-        + (
-            "/usr/share/common-licenses." if Path("/usr/share/common-licenses").is_dir() else "held-out text."
-        ),
-        f"attn_implementation: LM {lm.config._attn_implementation}, RM {rm.config.text_config._attn_implementation}.",
-    ]
-    return setup
-
-
-PROMPT_QUESTIONS = [
-    "Explain in simple words why the sky looks blue during the day and red at sunset, with an example.",
-    "Write a short poem about a lighthouse keeper who waits every night for a ship that never arrives.",
-    "What are three practical ways to reduce the amount of food a family throws away every single week?",
-    "Summarize the main causes of the French Revolution for a student preparing for a history exam.",
-    "How do I make a simple tomato sauce for pasta at home with only a few fresh ingredients?",
-    "Give me advice on how to prepare for a job interview at a small software company next Monday.",
-    "Describe how a bicycle gear system works and why it makes climbing hills so much easier.",
-    "Why do cats like to sleep in cardboard boxes, and is it a good idea to let them do that?",
-]
-
-
-def _chat_prompt(tokenizer, question: str, length: int) -> list[int]:
-    """A chat-template prompt of exactly `length` real tokens, the user's question cut to fit."""
-    messages = [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": question},
-    ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    before, after = text.split(question)
-    head = tokenizer(before, add_special_tokens=False).input_ids
-    tail = tokenizer(after, add_special_tokens=False).input_ids
-    body = tokenizer(question, add_special_tokens=False).input_ids
-    room = length - len(head) - len(tail)
-    if room < 1:
-        raise RuntimeError(f"A chat prompt needs more than {length} tokens.")
-    while len(body) < room:
-        body = body + body
-    return head + body[:room] + tail
-
-
-def setup_b(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) -> Setup:
-    lm, tokenizer = load_default_lm()
-    torch.manual_seed(seed + 1)
-    path = default_lm_path()
-    rm = AutoModelForPrefixReward.from_pretrained(path).eval()
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    rows = [
-        _chat_prompt(tokenizer, PROMPT_QUESTIONS[i % len(PROMPT_QUESTIONS)], prompt_length)
-        for i in range(max_batch)
-    ]
-    # Both models map their weights from the safetensors file, and a page comes in when it is first read: the LM's
-    # tied embedding is read whole by its head at every step, the RM's only row by row, as new tokens appear. Read
-    # every weight once, so that the RSS of a run measures what decoding allocates, not weights paging in.
-    for model in (lm, rm):
-        with torch.no_grad():
-            for tensor in (*model.parameters(), *model.buffers()):
-                tensor.sum()
-    setup = Setup("b", lm, rm, torch.tensor(rows), eos, pad, [])
-    setup.description = [
-        f"LM: SmolLM2-135M-Instruct via `load_default_lm()` ({type(lm).__name__}, {_param_count(lm)}, "
-        f"{lm.config.num_hidden_layers} layers, hidden {lm.config.hidden_size}, "
-        f"{lm.config.num_key_value_heads} KV heads, vocab {lm.config.vocab_size}).",
-        f"RM: `AutoModelForPrefixReward.from_pretrained(default_lm_path())`: the same backbone and weights, a "
-        f"random linear head ({_param_count(rm)}).",
-        f"Prompts: chat template (short system message + a question cut to fit), exactly {prompt_length} real "
-        f"tokens per row, {len(PROMPT_QUESTIONS)} different questions.",
-        f"attn_implementation: LM {lm.config._attn_implementation}, RM {rm.config.text_config._attn_implementation}.",
-    ]
-    positions = rm.max_positions
-    if positions is not None and prompt_length + max_new_tokens > positions:
-        raise RuntimeError(f"(b) has {positions} positions, fewer than the prompt plus the new tokens.")
-    return setup
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
 
 # --------------------------------------------------------------------------------------------------------------
 # One measured run
@@ -629,8 +266,7 @@ def plan_jobs(config: str, args) -> list[Job]:
 
 def run_config(config: str, args, rss: PeakRss, bar: tqdm, all_results: list[RunResult], info: dict) -> None:
     bar.set_description(f"({config}) loading")
-    builder = setup_a if config == "a" else setup_b
-    setup = builder(max(args.batches), args.prompt_length, max(args.lengths), args.seed)
+    setup = CONFIGS[config].build(max(args.batches), args.prompt_length, max(args.lengths), args.seed)
     bench = Bench(setup, args.top_k, args.beta, rss)
     info["configs"][config] = {
         "description": setup.description,
@@ -891,7 +527,7 @@ def environment(args, rss: PeakRss) -> dict:
         commit = "unknown"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python " + shlex.join([_rel(Path(sys.argv[0]))] + sys.argv[1:]),
+        "command": "python " + shlex.join([repo_relative(Path(sys.argv[0]))] + sys.argv[1:]),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -961,7 +597,7 @@ def render(args, info: dict, cells: dict[tuple[str, int, int], Cell], elapsed: f
     )
     out.append("")
     for config, details in info["configs"].items():
-        out.append(f"- {CONFIG_LABELS[config]}")
+        out.append(f"- {CONFIGS[config].label}")
         for line in details["description"]:
             out.append(f"  - {line}")
         out.append(
@@ -1038,8 +674,7 @@ def _timed(store: dict[str, list[float]], name: str, fn: Callable) -> Callable:
 def profile(args) -> str:
     """Where the time of guided decoding goes: wrapped timers, cProfile and torch.profiler."""
     batch, n = args.profile_batch, args.profile_tokens
-    builder = setup_a if args.profile_config == "a" else setup_b
-    setup = builder(batch, args.prompt_length, n, args.seed)
+    setup = CONFIGS[args.profile_config].build(batch, args.prompt_length, n, args.seed)
     rss = PeakRss()
     bench = Bench(setup, args.top_k, args.beta, rss)
     guidance = bench.guidance["fast"]
@@ -1203,7 +838,7 @@ def parse_args(argv: list[str] | None = None):
 
     quick = args.quick
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = set(args.configs) - set(CONFIG_LABELS)
+    unknown = set(args.configs) - set(CONFIGS)
     if unknown:
         parser.error(f"unknown configs {sorted(unknown)}; choose from a, b")
     args.batches = parse_int_list(args.batches or ("1,2" if quick else "1,8"))
@@ -1230,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(text)
-        print(f"Wrote {_rel(path)}")
+        print(f"Wrote {repo_relative(path)}")
         return 0
 
     rss = PeakRss()
@@ -1254,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     print(text)
-    print(f"Wrote {_rel(args.output)} and {_rel(args.output.with_suffix('.json'))}")
+    print(f"Wrote {repo_relative(args.output)} and {repo_relative(args.output.with_suffix('.json'))}")
     return 0
 
 
