@@ -37,21 +37,23 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-sys.path.insert(0, str(Path(__file__).parent))
-import decode_speed  # noqa: E402  (the benchmarks directory is not a package)
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks directory is not a package
+from configs.gpt2_bpe import setup_a  # noqa: E402
+from harness.configuration import weight_bytes  # noqa: E402
+from harness.paths import MIB  # noqa: E402
+from harness.runner import parse_int_list  # noqa: E402
 
 from hf_rgtg import CachedScorer  # noqa: E402
 from hf_rgtg.compat import cache_kwargs  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cache_contention.md"
-MIB = 1 << 20
 
 
 class Loops:
     """The LM and RM steps of configuration (a), timed on their own, in turn, or with memory touched in between."""
 
     def __init__(self, batch: int, prompt_length: int, max_new_tokens: int, top_k: int, seed: int):
-        self.setup = decode_speed.setup_a(batch, prompt_length, max_new_tokens, seed)
+        self.setup = setup_a(batch, prompt_length, max_new_tokens, seed)
         self.ids = self.setup.prompts[:batch]
         self.top_k = top_k
         self.batch = batch
@@ -95,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batches", type=decode_speed.parse_int_list, default=[1, 8])
-    parser.add_argument("--lengths", type=decode_speed.parse_int_list, default=[64, 512])
-    parser.add_argument("--touch", type=decode_speed.parse_int_list, default=[0, 8, 16, 32, 64])
+    parser.add_argument("--batches", type=parse_int_list, default=[1, 8])
+    parser.add_argument("--lengths", type=parse_int_list, default=[64, 512])
+    parser.add_argument("--touch", type=parse_int_list, default=[0, 8, 16, 32, 64])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--prompt-length", type=int, default=32)
@@ -139,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
 
     setup = loops.setup
-    weights = {
-        name: sum(p.numel() * p.element_size() for p in model.parameters()) / MIB
-        for name, model in (("LM", setup.lm), ("RM", setup.rm))
-    }
+    weights = {name: weight_bytes(model) / MIB for name, model in (("LM", setup.lm), ("RM", setup.rm))}
     lines = [
         "# Cache contention: the LM and RM steps of configuration (a), alone and in turn",
         "",

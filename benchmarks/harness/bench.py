@@ -1,0 +1,169 @@
+"""One measured run: a method at a batch size, generating a number of tokens, timed at checkpoints."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, StoppingCriteriaList
+
+from harness.configuration import Setup
+from harness.measure import LoadMeter, PeakRss, StepClock
+from harness.paths import MIB
+from hf_rgtg import CachedScorer, RewardGuidance
+
+METHODS = ("plain", "fast", "reference", "rm-loop")
+
+
+@dataclass
+class Job:
+    """One method at one batch size, generating `new_tokens` tokens and reporting at `checkpoints`."""
+
+    method: str
+    batch: int
+    new_tokens: int
+    checkpoints: list[int]
+    runs: int
+
+
+@dataclass
+class RunResult:
+    config: str
+    method: str
+    batch: int
+    run: int
+    baseline_rss: int
+    foreign_load: float  # cores kept busy by other processes during the run
+    seconds: dict[int, float]
+    peak_rss: dict[int, int]
+
+
+class Bench:
+    """The models of one `Setup` and the guidance objects of the fast and reference paths, ready to run a `Job`."""
+
+    def __init__(self, setup: Setup, top_k: int, beta: float, rss: PeakRss):
+        self.setup = setup
+        self.load = LoadMeter()
+        self.top_k = top_k
+        self.rss = rss
+        self.guidance = {
+            name: RewardGuidance(
+                setup.rm,
+                beta=beta,
+                top_k=top_k,
+                eos_token_id=setup.eos_token_id,
+                pad_token_id=setup.pad_token_id,
+                scorer=scorer,
+            )
+            for name, scorer in (("fast", "cached"), ("reference", "reference"))
+        }
+        self.scorer_types = {name: type(g.state.scorer).__name__ for name, g in self.guidance.items()}
+        setup.lm.generation_config = GenerationConfig(
+            do_sample=False, eos_token_id=setup.eos_token_id, pad_token_id=setup.pad_token_id
+        )
+
+    def run(self, job: Job, run: int) -> RunResult:
+        clock = StepClock(self.setup.prompts.shape[1], job.checkpoints, self.rss)
+        self.load.start()
+        if job.method == "rm-loop":
+            seconds_end = self._rm_loop(job, clock)
+        else:
+            seconds_end = self._generate(job, clock)
+        final_peak = self.rss.stop()
+        foreign_load = self.load.stop()
+        start, end = seconds_end
+        clock.times[job.new_tokens] = end
+        clock.peaks[job.new_tokens] = final_peak
+        return RunResult(
+            config=self.setup.key,
+            method=job.method,
+            batch=job.batch,
+            run=run,
+            baseline_rss=self.rss.baseline,
+            foreign_load=foreign_load,
+            seconds={n: clock.times[n] - start for n in job.checkpoints},
+            peak_rss={n: clock.peaks[n] for n in job.checkpoints},
+        )
+
+    def _generate(self, job: Job, clock: StepClock) -> tuple[float, float]:
+        lm = self.setup.lm
+        ids, mask = self.setup.prompt(job.batch)
+        guidance = self.guidance.get(job.method)
+        if guidance is None:
+            kwargs = {"stopping_criteria": StoppingCriteriaList()}
+        else:
+            kwargs = guidance.generate_kwargs()
+        kwargs["stopping_criteria"].append(clock)
+        self.rss.start()
+        with torch.no_grad():
+            start = time.perf_counter()
+            out = lm.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=job.new_tokens,
+                min_new_tokens=job.new_tokens,
+                do_sample=False,
+                **kwargs,
+            )
+            end = time.perf_counter()
+        if out.shape != (job.batch, ids.shape[1] + job.new_tokens):
+            raise RuntimeError(
+                f"{job.method} generated shape {tuple(out.shape)}, expected {job.new_tokens} tokens."
+            )
+        if guidance is not None and guidance.state.reward_calls != job.new_tokens:
+            raise RuntimeError(
+                f"{job.method}: {guidance.state.reward_calls} reward calls for {job.new_tokens} tokens."
+            )
+        return start, end
+
+    def _rm_loop(self, job: Job, clock: StepClock) -> tuple[float, float]:
+        """One CachedScorer step per new token: score k candidates on the cache, keep one."""
+        ids, mask = self.setup.prompt(job.batch)
+        k = self.top_k
+        generator = torch.Generator().manual_seed(job.batch * 1000 + job.new_tokens)
+        candidates = (
+            torch.rand(job.new_tokens, job.batch, self.setup.vocab_size, generator=generator)
+            .argsort(-1)[..., :k]
+            .contiguous()
+            if self.setup.vocab_size * job.new_tokens * job.batch <= 64 * MIB
+            else torch.stack(
+                [
+                    torch.stack(
+                        [
+                            torch.randperm(self.setup.vocab_size, generator=generator)[:k]
+                            for _ in range(job.batch)
+                        ]
+                    )
+                    for _ in range(job.new_tokens)
+                ]
+            )
+        )
+        chosen = torch.randint(0, k, (job.new_tokens, job.batch), generator=generator)
+        tokens = candidates.gather(2, chosen[..., None])[..., 0]
+        scorer = CachedScorer(self.setup.rm)
+        self.rss.start()
+        with torch.no_grad():
+            start = time.perf_counter()
+            scorer.reset(ids, mask, k)
+            for step in range(job.new_tokens):
+                if step:
+                    scorer.advance(tokens[step - 1], None, chosen[step - 1])
+                scorer.score(candidates[step])
+                clock.mark(step + 1)
+            end = time.perf_counter()
+        return start, end
+
+
+def run_record(r: RunResult) -> dict:
+    """A run as it is written to the JSON file."""
+    return {
+        "config": r.config,
+        "method": r.method,
+        "batch": r.batch,
+        "run": r.run,
+        "baseline_rss": r.baseline_rss,
+        "foreign_load": round(r.foreign_load, 3),
+        "seconds": r.seconds,
+        "peak_rss": r.peak_rss,
+    }

@@ -1,0 +1,141 @@
+"""Which runs a configuration makes, and making them: warm-up, methods alternating, disturbed runs rerun."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Mapping
+
+from tqdm.auto import tqdm
+
+from harness.bench import METHODS, Bench, Job, RunResult, run_record
+from harness.configuration import Config
+from harness.environment import environment
+from harness.measure import PeakRss
+
+
+def parse_int_list(text: str) -> list[int]:
+    """`64,8,64` -> [8, 64]."""
+    return sorted({int(x) for x in text.split(",") if x.strip()})
+
+
+def parse_reference(text: str) -> dict[tuple[str, int], int]:
+    """`a:1:256,a:8:64` -> {("a", 1): 256, ("a", 8): 64}: the longest reference run per config and batch."""
+    plan: dict[tuple[str, int], int] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item or item == "none":
+            continue
+        config, batch, length = item.split(":")
+        plan[(config, int(batch))] = int(length)
+    return plan
+
+
+def plan_jobs(config: str, args) -> list[Job]:
+    """The measured jobs of `config`: per batch size, one per method (or per method and length with
+    `--separate-lengths`), the reference path only up to the length `--reference` allows there."""
+    jobs: list[Job] = []
+    for batch in args.batches:
+        per_method: dict[str, list[int]] = {m: list(args.lengths) for m in ("plain", "fast", "rm-loop")}
+        ref_max = args.reference.get((config, batch))
+        if ref_max is not None:
+            per_method["reference"] = [n for n in args.lengths if n <= ref_max]
+        for method in METHODS:
+            lengths = per_method.get(method)
+            if not lengths:
+                continue
+            runs = args.reference_runs if method == "reference" else args.runs
+            if args.separate_lengths:
+                jobs.extend(Job(method, batch, n, [n], runs) for n in lengths)
+            else:
+                jobs.append(Job(method, batch, max(lengths), lengths, runs))
+    return jobs
+
+
+def total_work(args) -> int:
+    """Tokens of all measured runs (rows × new tokens), the length of the progress bar."""
+    total = 0
+    for config in args.configs:
+        for job in plan_jobs(config, args):
+            total += job.new_tokens * job.batch * job.runs
+    return total
+
+
+def run_benchmark(args, configs: Mapping[str, Config]) -> tuple[dict, list[RunResult], float]:
+    """Every configuration of `args.configs` in turn, under one progress bar.
+
+    Returns the environment (filled in with what each configuration and every discarded run reported), the
+    recorded runs and the wall time in seconds.
+    """
+    rss = PeakRss()
+    info = environment(args, rss)
+    results: list[RunResult] = []
+    started = time.perf_counter()
+    with tqdm(
+        total=total_work(args), unit="tok", desc="decode_speed", smoothing=0, dynamic_ncols=True
+    ) as bar:
+        for key in args.configs:
+            run_config(key, configs[key], args, rss, bar, results, info)
+    return info, results, time.perf_counter() - started
+
+
+def run_config(
+    key: str, config: Config, args, rss: PeakRss, bar: tqdm, all_results: list[RunResult], info: dict
+) -> None:
+    """Build configuration `key`, then at each batch size warm every method up and make the repetitions."""
+    bar.set_description(f"({key}) loading")
+    setup = config.build(max(args.batches), args.prompt_length, max(args.lengths), args.seed)
+    bench = Bench(setup, args.top_k, args.beta, rss)
+    info["configs"][key] = {
+        "description": setup.description,
+        "scorers": bench.scorer_types,
+        "rm_weight_bytes": setup.rm_weight_bytes(),
+        "rm_cache_bytes_per_row_token": setup.rm_cache_bytes(1, 1),
+    }
+    jobs = plan_jobs(key, args)
+    for batch in args.batches:
+        batch_jobs = [job for job in jobs if job.batch == batch]
+        _warm_up(bench, batch_jobs, args, bar)
+        for run in range(max(job.runs for job in batch_jobs)):
+            # Alternate the methods within each repetition, rotating the order between repetitions.
+            shift = run % len(batch_jobs)
+            for job in batch_jobs[shift:] + batch_jobs[:shift]:
+                if run >= job.runs:
+                    continue
+                result = _measure(bench, job, run, args, bar, info)
+                all_results.append(result)
+                bar.update(job.new_tokens * job.batch)
+                done = " ".join(f"{n}:{result.seconds[n] / n * 1e3:.1f}" for n in job.checkpoints)
+                bar.write(
+                    f"  ({key}) b={batch} {job.method:9s} run {run + 1}: ms/token {done} "
+                    f"(other load {result.foreign_load:.2f} cores)"
+                )
+    del bench, setup
+    gc.collect()
+
+
+def _warm_up(bench: Bench, batch_jobs: list[Job], args, bar: tqdm) -> None:
+    """A short run of every method at this batch size, not recorded."""
+    key = bench.setup.key
+    for method in dict.fromkeys(job.method for job in batch_jobs):
+        bar.set_description(f"({key}) b={batch_jobs[0].batch} warm-up {method}")
+        bench.run(Job(method, batch_jobs[0].batch, args.warmup_tokens, [args.warmup_tokens], 1), -1)
+
+
+def _measure(bench: Bench, job: Job, run: int, args, bar: tqdm, info: dict) -> RunResult:
+    """Repetition `run` of `job`, made again (up to `args.retries` times) while other processes were busy."""
+    key, batch = bench.setup.key, job.batch
+    bar.set_description(f"({key}) b={batch} {job.method} N={job.new_tokens} run {run + 1}")
+    result = bench.run(job, run)
+    for _ in range(args.retries):
+        if result.foreign_load <= args.max_foreign_load:
+            break
+        # Another process was busy: wait for a quiet moment and measure this run again.
+        info["discarded"].append(run_record(result))
+        bar.write(
+            f"  ({key}) b={batch} {job.method} run {run + 1}: other processes used "
+            f"{result.foreign_load:.2f} cores; discarded, waiting for a quiet machine and running it again"
+        )
+        bench.load.wait_quiet(args.max_foreign_load / 2, args.quiet_wait)
+        result = bench.run(job, run)
+    return result
