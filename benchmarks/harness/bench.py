@@ -58,7 +58,7 @@ class Bench:
             )
             for name, scorer in (("fast", "cached"), ("reference", "reference"))
         }
-        self.scorer_types = {name: type(g.state.scorer).__name__ for name, g in self.guidance.items()}
+        self.scorer_types = {name: type(g.scorer).__name__ for name, g in self.guidance.items()}
         setup.lm.generation_config = GenerationConfig(
             do_sample=False, eos_token_id=setup.eos_token_id, pad_token_id=setup.pad_token_id
         )
@@ -111,9 +111,9 @@ class Bench:
             raise RuntimeError(
                 f"{job.method} generated shape {tuple(out.shape)}, expected {job.new_tokens} tokens."
             )
-        if guidance is not None and guidance.state.reward_calls != job.new_tokens:
+        if guidance is not None and guidance.tracker.reward_calls != job.new_tokens:
             raise RuntimeError(
-                f"{job.method}: {guidance.state.reward_calls} reward calls for {job.new_tokens} tokens."
+                f"{job.method}: {guidance.tracker.reward_calls} reward calls for {job.new_tokens} tokens."
             )
         return start, end
 

@@ -64,23 +64,21 @@ def _timed(store: Timings, name: str, fn: Callable) -> Callable:
 def _timers(bench: Bench, store: Timings) -> Iterator[None]:
     """Time every call of the pieces of a guided step into `store` while the block runs."""
     guidance = bench.guidance["fast"]
-    state, scorer = guidance.state, guidance.state.scorer
+    tracker, scorer = guidance.tracker, guidance.scorer
     on_instances = {
         "lm.forward": (bench.setup.lm, "forward"),
         "scorer.score (RM forward of k tokens)": (scorer, "score"),
         "scorer.advance (keep the chosen token)": (scorer, "advance"),
-        "state.commit (trace, parents)": (state, "commit"),
-        "state.begin_step": (state, "begin_step"),
+        "tracker.commit (trace, parents)": (tracker, "commit"),
+        "tracker.record (trace)": (tracker, "record"),
     }
     # generate() calls the processor and the criteria as objects, which looks __call__ up on their classes.
-    on_classes = {
-        "logits processor (total)": type(guidance.logits_processor),
-        "stopping criteria": type(guidance.stopping_criteria),
-    }
+    on_classes = [("logits processor (total)", type(guidance.logits_processor))]
+    on_classes += [("stopping criteria", type(criterion)) for criterion in guidance.stopping_criteria]
     for name, (obj, attr) in on_instances.items():
         setattr(obj, attr, _timed(store, name, getattr(obj, attr)))
-    calls = {cls: cls.__call__ for cls in on_classes.values()}
-    for name, cls in on_classes.items():
+    calls = {cls: cls.__call__ for _, cls in on_classes}
+    for name, cls in on_classes:
         cls.__call__ = _timed(store, name, calls[cls])
     try:
         yield
@@ -99,9 +97,17 @@ def _split_table(store: Timings, total: float, n: int) -> list[str]:
     for name, times in store.items():
         lines.append(f"| {name} | {len(times)} | {sum(times) / n * 1e3:.2f} | {sum(times) / total:.0%} |")
     processor_time = sum(store["logits processor (total)"])
-    inside = sum(store["scorer.score (RM forward of k tokens)"]) + sum(store["state.begin_step"])
+    inside = sum(
+        sum(store[name])
+        for name in (
+            "scorer.score (RM forward of k tokens)",
+            "scorer.advance (keep the chosen token)",
+            "tracker.commit (trace, parents)",
+            "tracker.record (trace)",
+        )
+    )
     lines.append(
-        f"| processor minus score and begin_step (log_softmax, topk, scatter, checks) | | "
+        f"| processor minus score, advance, commit and record (log_softmax, topk, scatter, checks) | | "
         f"{(processor_time - inside) / n * 1e3:.2f} | {(processor_time - inside) / total:.0%} |"
     )
     rest = total - processor_time - sum(store["lm.forward"]) - sum(store["stopping criteria"])
