@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from transformers import GenerationMixin, T5ForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 
-import hf_rgtg.incremental
+import hf_rgtg.incremental.buffer
 from hf_rgtg import (
     CachedScorer,
     PrefixRewardConfig,
@@ -212,9 +212,9 @@ def test_property_cached_scorer_matches_reference_under_any_padding_and_reorderi
     # `reserved` (the number of candidates known up front) reserves mapped buffers for the model's whole length;
     # `block` is how far past the written positions attention reads (masked out).
     with (
-        patch.object(hf_rgtg.incremental, "ATTEND_BLOCK", block),
-        patch.object(hf_rgtg.incremental, "GROWTH", growth),
-        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1 if mapped else 1 << 40),
+        patch.object(hf_rgtg.incremental.buffer, "ATTEND_BLOCK", block),
+        patch.object(hf_rgtg.incremental.buffer, "GROWTH", growth),
+        patch.object(hf_rgtg.incremental.buffer, "MMAP_MIN_BYTES", 1 if mapped else 1 << 40),
     ):
         rewards = cached.reset(ids, mask, k if reserved else None)
         torch.testing.assert_close(rewards, reference.reset(ids, mask), atol=1e-4, rtol=0)
@@ -996,7 +996,7 @@ def test_mapped_buffer_is_reserved_once_for_the_whole_length_when_k_is_known():
     rm = _shared_rm("gpt2")
     ids, mask = left_padded()
     width, longest = ids.shape[1], int(mask.sum(-1).max())
-    with patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1):
+    with patch.object(hf_rgtg.incremental.buffer, "MMAP_MIN_BYTES", 1):
         reserved, growing = CachedScorer(rm), CachedScorer(rm)
         reserved.reset(ids, mask, max_candidates=3)
         growing.reset(ids, mask)
@@ -1015,18 +1015,18 @@ def test_mapped_buffer_is_reserved_once_for_the_whole_length_when_k_is_known():
         assert all(a is b for a, b in zip(reserved.buffer.layers, first, strict=True))  # never reallocated
     # Past `RESERVE_MAX_BYTES` of address space, the buffer grows step by step instead.
     with (
-        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1),
-        patch.object(hf_rgtg.incremental, "RESERVE_MAX_BYTES", 1024),
+        patch.object(hf_rgtg.incremental.buffer, "MMAP_MIN_BYTES", 1),
+        patch.object(hf_rgtg.incremental.buffer, "RESERVE_MAX_BYTES", 1024),
     ):
         small = CachedScorer(rm)
         small.reset(ids, mask, max_candidates=3)
-        assert small.buffer.capacity == hf_rgtg.incremental.grown_capacity(width)
+        assert small.buffer.capacity == hf_rgtg.incremental.buffer.grown_capacity(width)
 
 
 def test_attention_reads_whole_blocks_of_zeros_past_the_written_positions():
     rm = _shared_rm("llama")
     ids, mask = left_padded()
-    with patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1):
+    with patch.object(hf_rgtg.incremental.buffer, "MMAP_MIN_BYTES", 1):
         cached = CachedScorer(rm)
         cached.reset(ids, mask, max_candidates=3)
         buffer = cached.buffer
@@ -1040,7 +1040,7 @@ def test_attention_reads_whole_blocks_of_zeros_past_the_written_positions():
 
         buffer.write = spy
         cached.score(torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]]))
-    block = hf_rgtg.incremental.ATTEND_BLOCK
+    block = hf_rgtg.incremental.buffer.ATTEND_BLOCK
     for end, (keys, values) in seen:
         assert keys.shape[2] == values.shape[2] == -(-end // block) * block
         # What lies past the new tokens was written as zeros, not left to whatever the memory held.
@@ -1050,12 +1050,12 @@ def test_attention_reads_whole_blocks_of_zeros_past_the_written_positions():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_buffer_memory_never_written_is_never_read(arch):
     """Fresh buffers full of NaN (as uninitialised memory may be): rewards still match the reference."""
-    original = hf_rgtg.incremental._empty
+    original = hf_rgtg.incremental.buffer._empty
 
     def poisoned(shape, like):
         return original(shape, like).fill_(math.nan)
 
-    with patch.object(hf_rgtg.incremental, "_empty", poisoned):
+    with patch.object(hf_rgtg.incremental.buffer, "_empty", poisoned):
         cached = CachedScorer(_shared_rm(arch))
         reference = ReferenceScorer(cached.reward_model)
         ids, mask = left_padded()
@@ -1075,7 +1075,7 @@ def test_buffer_memory_never_written_is_never_read(arch):
 def test_a_refused_reservation_falls_back_to_growing_the_buffer():
     rm = _shared_rm("gpt2")
     ids, mask = left_padded()
-    real_mmap = hf_rgtg.incremental.mmap.mmap
+    real_mmap = hf_rgtg.incremental.buffer.mmap.mmap
     heads, dim = IncrementalDecoder.for_model(rm).kv_shape
     width, longest = ids.shape[1], int(mask.sum(-1).max())
     reservation = 2 * len(ids) * heads * dim * 4 * (width - longest + rm.max_positions - 1 + 3)
@@ -1086,12 +1086,12 @@ def test_a_refused_reservation_falls_back_to_growing_the_buffer():
         return real_mmap(fileno, length, *args, **kwargs)
 
     with (
-        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1),
-        patch.object(hf_rgtg.incremental.mmap, "mmap", strict_overcommit),
+        patch.object(hf_rgtg.incremental.buffer, "MMAP_MIN_BYTES", 1),
+        patch.object(hf_rgtg.incremental.buffer.mmap, "mmap", strict_overcommit),
     ):
         cached = CachedScorer(rm)
         reference = ReferenceScorer(rm)
         torch.testing.assert_close(cached.reset(ids, mask, 3), reference.reset(ids, mask), atol=1e-4, rtol=0)
-        assert cached.buffer.capacity == hf_rgtg.incremental.grown_capacity(ids.shape[1])
+        assert cached.buffer.capacity == hf_rgtg.incremental.buffer.grown_capacity(ids.shape[1])
         candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
         torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
