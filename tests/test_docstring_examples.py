@@ -16,6 +16,8 @@ MODULES = [
     "hf_rgtg.hub",
     "hf_rgtg.incremental.buffer",
     "hf_rgtg.incremental.decoder",
+    "hf_rgtg.incremental.gpt2",
+    "hf_rgtg.incremental.llama",
     "hf_rgtg.modeling",
     "hf_rgtg.processing",
     "hf_rgtg.tokenization",

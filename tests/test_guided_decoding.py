@@ -249,9 +249,11 @@ def _shared_rm(arch="qwen2", head_layer=None):
 
 def test_incremental_decoder_covers_the_test_architectures_and_not_encoders():
     for arch in ARCHITECTURES:
-        assert IncrementalDecoder.for_model(tiny_prefix_rm(arch)) is not None
+        rm = tiny_prefix_rm(arch)
+        assert IncrementalDecoder.for_backbone(rm.backbone, rm.head_depth) is not None
     # A head on the embeddings has no layer to run.
-    assert IncrementalDecoder.for_model(tiny_prefix_rm("llama", head_layer=0)) is None
+    rm = tiny_prefix_rm("llama", head_layer=0)
+    assert IncrementalDecoder.for_backbone(rm.backbone, rm.head_depth) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1076,7 +1078,7 @@ def test_a_refused_reservation_falls_back_to_growing_the_buffer():
     rm = _shared_rm("gpt2")
     ids, mask = left_padded()
     real_mmap = hf_rgtg.incremental.buffer.mmap.mmap
-    heads, dim = IncrementalDecoder.for_model(rm).kv_shape
+    heads, dim = IncrementalDecoder.for_backbone(rm.backbone, rm.head_depth).kv_shape
     width, longest = ids.shape[1], int(mask.sum(-1).max())
     reservation = 2 * len(ids) * heads * dim * 4 * (width - longest + rm.max_positions - 1 + 3)
 

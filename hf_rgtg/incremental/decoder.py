@@ -1,12 +1,16 @@
-"""The base of the incremental decoders: a decoder backbone run on new tokens on top of a [`KVBuffer`].
+"""The base of the incremental decoders: a decoder backbone run on new tokens on top of a [`KVBuffer`], to a
+[`Depth`].
 
 Each family of backbones has a subclass in its own module ([`GPT2Decoder`] in `gpt2.py`, [`LlamaFamilyDecoder`] in
-`llama.py`); a subclass that names its `model_types` is one of the families [`IncrementalDecoder.for_model`] tries.
+`llama.py`); a subclass that names its `model_types` is one of the families [`IncrementalDecoder.for_backbone`]
+tries. The decoder knows nothing of reward models: it reads the backbone and the backbone's own configuration, and
+whoever builds it says how deep it runs ([`PrefixRewardModel.head_depth`] for a reward model's head).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -15,15 +19,48 @@ from torch import nn
 from .buffer import KVBuffer
 
 
-class IncrementalDecoder(ABC):
-    """The backbone of a prefix reward model, run on new tokens on top of a [`KVBuffer`], up to the hidden state
-    its head reads.
+@dataclass(frozen=True)
+class Depth:
+    """How deep into a backbone an [`IncrementalDecoder`] runs, that is which hidden state it returns.
 
-    Build one with [`IncrementalDecoder.for_model`]; call it with the new tokens, their exact positions and a
+    With `n` the backbone's number of layers, `Depth(i)` for `i < n` is transformers' `hidden_states[i]` (0 would
+    be the embeddings, which leave no layer to run); `Depth(n, final_norm=True)` is `last_hidden_state`, which is
+    also `hidden_states[n]` unless the backbone's configuration sets `tie_last_hidden_states=False`, and
+    `Depth(n)` is the last layer's output before the final norm.
+
+    Args:
+        layers (`int`): how many of the backbone's layers run, from the first.
+        final_norm (`bool`, *optional*, defaults to `False`): whether the backbone's final norm applies to the
+            last layer's output; only with every layer.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.incremental import Depth
+
+    >>> Depth(2, final_norm=True)  # a 2-layer backbone's `last_hidden_state`
+    Depth(layers=2, final_norm=True)
+    >>> Depth(1).final_norm  # `hidden_states[1]`
+    False
+    ```
+    """
+
+    layers: int
+    final_norm: bool = False
+
+
+class IncrementalDecoder(ABC):
+    """A decoder backbone run on new tokens on top of a [`KVBuffer`], to a [`Depth`]: up to the hidden state a
+    head reads.
+
+    Build one with [`IncrementalDecoder.for_backbone`]; call it with the new tokens, their exact positions and a
     boolean attention mask over the buffer's committed positions and the new tokens.
 
     Args:
-        reward_model ([`PrefixRewardModel`]): the reward model whose backbone runs.
+        backbone (`PreTrainedModel`): the transformers base model that runs (`GPT2Model`, `LlamaModel`, ...,
+            not the `*ForCausalLM` around it), for example a reward model's `backbone` or a language model's
+            `base_model`. Its weights are read, never copied.
+        depth ([`Depth`]): how many of its layers run and whether its final norm applies.
 
     Examples:
 
@@ -38,7 +75,7 @@ class IncrementalDecoder(ABC):
     >>> prompt = torch.tensor([[5, 6, 7]])
     >>> with torch.no_grad():
     ...     out = rm(prompt, use_cache=True)
-    >>> decoder = IncrementalDecoder.for_model(rm)
+    >>> decoder = IncrementalDecoder.for_backbone(rm.backbone, rm.head_depth)
     >>> buffer = KVBuffer.from_cache(out.cache, decoder.num_layers)
     >>> # Two candidates for the next token, as siblings: each sees the prompt and itself, both at position 3.
     >>> mask = torch.tensor([[[[True, True, True, True, False], [True, True, True, False, True]]]])
@@ -58,7 +95,7 @@ class IncrementalDecoder(ABC):
     model_types: tuple[str, ...] = ()
     #: `(kv_heads, head_dim)` of the keys and values each layer keeps.
     kv_shape: tuple[int, int]
-    #: The families [`IncrementalDecoder.for_model`] tries, in the order they were defined: every subclass that
+    #: The families [`IncrementalDecoder.for_backbone`] tries, in the order they were defined: every subclass that
     #: names its own `model_types`.
     families: ClassVar[list[type[IncrementalDecoder]]] = []
 
@@ -67,30 +104,28 @@ class IncrementalDecoder(ABC):
         if "model_types" in cls.__dict__:
             IncrementalDecoder.families.append(cls)
 
-    def __init__(self, reward_model: nn.Module):
-        backbone = reward_model.backbone
+    def __init__(self, backbone: nn.Module, depth: Depth):
         self.backbone = backbone
-        self.config = reward_model.config.text_config
+        self.config = backbone.config
         self.layers = self.layer_modules(backbone)
         total = len(self.layers)
-        head_layer = reward_model.config.head_layer
-        if head_layer is None:
-            self.num_layers, self.final_norm = total, True
-        else:
-            index = head_layer % (total + 1)
-            # `hidden_states[total]` is the final norm's output unless the config unties it.
-            self.num_layers = index
-            self.final_norm = index == total and getattr(self.config, "tie_last_hidden_states", True)
+        if not 0 <= depth.layers <= total or (depth.final_norm and depth.layers != total):
+            raise ValueError(
+                f"{depth} does not fit a backbone of {total} layers: run 0 to {total} of them, and apply the final "
+                "norm only after all of them."
+            )
+        self.depth = depth
+        self.num_layers, self.final_norm = depth.layers, depth.final_norm
 
     @classmethod
-    def for_model(cls, reward_model: nn.Module) -> IncrementalDecoder | None:
-        """The decoder for `reward_model`'s backbone, or `None` when its architecture is not covered."""
-        model_type = reward_model.config.text_config.model_type
-        for subclass in IncrementalDecoder.families:
-            if model_type in subclass.model_types and subclass.supports(reward_model.backbone):
-                decoder = subclass(reward_model)
-                # A head on the embeddings (`head_layer=0`) leaves no layer, and no cache, to run.
-                return decoder if decoder.num_layers else None
+    def for_backbone(cls, backbone: nn.Module, depth: Depth) -> IncrementalDecoder | None:
+        """The decoder that runs `backbone` to `depth`, or `None` when no family covers its architecture or
+        `depth` runs no layer."""
+        model_type = backbone.config.model_type
+        for family in IncrementalDecoder.families:
+            if model_type in family.model_types and family.supports(backbone):
+                # A head on the embeddings (`Depth(0)`) leaves no layer, and no cache, to run.
+                return family(backbone, depth) if depth.layers else None
         return None
 
     @classmethod
@@ -150,4 +185,4 @@ def _pad_mask(mask: torch.Tensor, span: int) -> torch.Tensor:
     return padded
 
 
-__all__ = ["IncrementalDecoder"]
+__all__ = ["Depth", "IncrementalDecoder"]

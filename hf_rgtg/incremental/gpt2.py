@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .decoder import IncrementalDecoder
+from .decoder import Depth, IncrementalDecoder
 
 
 class GPT2Decoder(IncrementalDecoder):
@@ -16,7 +16,29 @@ class GPT2Decoder(IncrementalDecoder):
     A GPT-2 step is a dozen small operations per layer, so on small models the cost of calling modules shows. This
     decoder reads the weights of the blocks' `Conv1D` and `LayerNorm` modules and calls the functional operations
     directly. Blocks whose modules were replaced (adapters, quantised layers) are not covered, and
-    [`IncrementalDecoder.for_model`] returns `None` for them.
+    [`IncrementalDecoder.for_backbone`] returns `None` for them.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from hf_rgtg.incremental import Depth, GPT2Decoder, IncrementalDecoder, KVBuffer
+
+    >>> config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    >>> backbone = GPT2Model(config).eval()
+    >>> decoder = IncrementalDecoder.for_backbone(backbone, Depth(1))  # the first block's output
+    >>> isinstance(decoder, GPT2Decoder)
+    True
+    >>> ids = torch.tensor([[5, 6, 7]])
+    >>> buffer = KVBuffer.empty(decoder.num_layers, 1, *decoder.kv_shape, 3, like=backbone.wte.weight)
+    >>> causal = torch.ones(3, 3, dtype=torch.bool).tril()[None, None]
+    >>> hidden = decoder(ids, torch.arange(3)[None], causal, buffer)
+    >>> with torch.no_grad():
+    ...     expected = backbone(ids, output_hidden_states=True).hidden_states[1]
+    >>> torch.allclose(hidden, expected, atol=1e-5)
+    True
+    ```
     """
 
     model_types = ("gpt2",)
@@ -36,8 +58,8 @@ class GPT2Decoder(IncrementalDecoder):
     # operations; one fused call is much cheaper on the small tensors of a decoding step.
     TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
-    def __init__(self, reward_model: nn.Module):
-        super().__init__(reward_model)
+    def __init__(self, backbone: nn.Module, depth: Depth):
+        super().__init__(backbone, depth)
         self.heads = self.config.num_attention_heads
         self.kv_shape = (self.heads, self.layers[0].attn.head_dim)
         self.tanh_gelu = self.config.activation_function in self.TANH_GELU

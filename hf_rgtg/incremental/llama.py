@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoder import IncrementalDecoder
+from .decoder import Depth, IncrementalDecoder
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -25,7 +25,35 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 class LlamaFamilyDecoder(IncrementalDecoder):
     """[`IncrementalDecoder`] for Llama-style backbones: RMS norms, rotary positions, grouped-query attention, a
-    gated MLP (Llama, Mistral and Qwen2 without a sliding window)."""
+    gated MLP (Llama, Mistral and Qwen2 without a sliding window).
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaModel
+    >>> from hf_rgtg.incremental import Depth, IncrementalDecoder, KVBuffer, LlamaFamilyDecoder
+
+    >>> config = LlamaConfig(
+    ...     vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...     num_attention_heads=4, num_key_value_heads=2,
+    ... )
+    >>> backbone = LlamaModel(config).eval()
+    >>> decoder = IncrementalDecoder.for_backbone(backbone, Depth(2, final_norm=True))  # `last_hidden_state`
+    >>> isinstance(decoder, LlamaFamilyDecoder)
+    True
+    >>> buffer = KVBuffer.empty(decoder.num_layers, 1, *decoder.kv_shape, 4, like=backbone.norm.weight)
+    >>> # The prompt under a causal mask, then the next token on top of it.
+    >>> causal = torch.ones(3, 3, dtype=torch.bool).tril()[None, None]
+    >>> _ = decoder(torch.tensor([[5, 6, 7]]), torch.arange(3)[None], causal, buffer)
+    >>> buffer.commit(3)
+    >>> step = decoder(torch.tensor([[8]]), torch.tensor([[3]]), torch.ones(1, 1, 1, 4, dtype=torch.bool), buffer)
+    >>> with torch.no_grad():
+    ...     expected = backbone(torch.tensor([[5, 6, 7, 8]])).last_hidden_state
+    >>> torch.allclose(step[0, -1], expected[0, -1], atol=1e-5)
+    True
+    ```
+    """
 
     model_types = ("llama", "mistral", "qwen2")
 
@@ -40,8 +68,8 @@ class LlamaFamilyDecoder(IncrementalDecoder):
         plain = all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
         return plain and not hasattr(attention, "q_norm") and hasattr(backbone, "rotary_emb")
 
-    def __init__(self, reward_model: nn.Module):
-        super().__init__(reward_model)
+    def __init__(self, backbone: nn.Module, depth: Depth):
+        super().__init__(backbone, depth)
         attention = self.layers[0].self_attn
         self.heads = self.config.num_attention_heads
         self.kv_heads = getattr(self.config, "num_key_value_heads", None) or self.heads
