@@ -23,6 +23,7 @@ from transformers.utils import hub as hub_utils
 from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache
 from .configuration import PrefixRewardConfig
 from .hub import TAGS, model_card
+from .incremental import Depth
 
 
 def is_incrementally_scorable(config: PreTrainedConfig) -> bool:
@@ -161,6 +162,40 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     def supports_incremental_scoring(self) -> bool:
         """Whether rewards can be computed token by token on top of a key/value cache (decoder backbones only)."""
         return is_incrementally_scorable(self.config.text_config)
+
+    @property
+    def head_depth(self) -> Depth:
+        """The hidden state the head reads, as a depth into the backbone: how many of its layers run and whether
+        its final norm applies (see `head_layer` in [`PrefixRewardConfig`]). The incremental decoder of guided
+        decoding runs the backbone to this depth.
+
+        Examples:
+
+        ```python
+        >>> from transformers import GPT2Config
+        >>> from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
+
+        >>> text_config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64)
+        >>> PrefixRewardModel(PrefixRewardConfig(text_config=text_config)).head_depth
+        Depth(layers=2, final_norm=True)
+        >>> PrefixRewardModel(PrefixRewardConfig(text_config=text_config, head_layer=-2)).head_depth
+        Depth(layers=1, final_norm=False)
+        ```
+        """
+        text_config = self.config.text_config
+        total = getattr(text_config, "num_hidden_layers", None)
+        if total is None:
+            raise ValueError(
+                f"The backbone's configuration ({text_config.model_type}) declares no `num_hidden_layers`, so the "
+                "depth the head reads cannot be told."
+            )
+        head_layer = self.config.head_layer
+        if head_layer is None:
+            return Depth(total, final_norm=True)
+        layers = head_layer % (total + 1)
+        # `hidden_states[total]` is the final norm's output unless the backbone's configuration unties it.
+        tied = getattr(text_config, "tie_last_hidden_states", True)
+        return Depth(layers, final_norm=layers == total and tied)
 
     @property
     def max_positions(self) -> int | None:

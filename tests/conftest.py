@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 _HF_HOME = tempfile.mkdtemp(prefix="hf_rgtg-tests-hf-home-")
 atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
@@ -45,6 +46,9 @@ from transformers import (  # noqa: E402
 )
 from transformers.generation import GenerationMixin  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
+
+if TYPE_CHECKING:
+    from hf_rgtg.scoring import CandidateScorer
 
 hf_logging.disable_progress_bar()
 
@@ -169,7 +173,8 @@ def tiny_prefix_rm(arch: str, seed: int = 0, **head_kwargs):
     return PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config(arch), **head_kwargs)).eval()
 
 
-# Guided decoding: prompts, models and a way-1 helper shared by the decoding tests.
+# Guided decoding: prompts, models, scorers and a way-1 helper shared by the tests of guided decoding and of the
+# incremental decoder.
 PAD = 0
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
 
@@ -211,6 +216,29 @@ def restore_generate():
     original = GenerationMixin.generate
     yield
     GenerationMixin.generate = original
+
+
+_SHARED_RMS: dict = {}
+
+
+def shared_prefix_rm(arch="qwen2", head_layer=None):
+    """One prefix reward model per architecture and head layer for the whole session (tests must not change it)."""
+    if (arch, head_layer) not in _SHARED_RMS:
+        _SHARED_RMS[arch, head_layer] = tiny_prefix_rm(arch, seed=5, head_layer=head_layer)
+    return _SHARED_RMS[arch, head_layer]
+
+
+def advance_all(
+    scorers: tuple[CandidateScorer, ...],
+    candidates: torch.Tensor,
+    chosen: torch.Tensor,
+    parents: torch.Tensor | None = None,
+) -> None:
+    """Append to every scorer's rows the candidate at `chosen`, each row extending row `parents[i]` if given."""
+    source = candidates if parents is None else candidates[parents]
+    tokens = source.gather(1, chosen[:, None])[:, 0]
+    for scorer in scorers:
+        scorer.advance(tokens, parents, chosen)
 
 
 def publish_to_hub_cache(

@@ -10,9 +10,11 @@ from conftest import (
     ARCHITECTURES,
     PAD,
     VOCAB_SIZE,
+    advance_all,
     guided,
     left_padded,
     models,
+    shared_prefix_rm,
     tiny_config,
     tiny_prefix_rm,
 )
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from transformers import GenerationMixin, T5ForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 
-import hf_rgtg.incremental
+import hf_rgtg.incremental.buffer
 from hf_rgtg import (
     CachedScorer,
     PrefixRewardConfig,
@@ -35,8 +37,6 @@ from hf_rgtg import (
     reward_guided_generate_enabled,
     score_sequences,
 )
-from hf_rgtg.incremental import IncrementalDecoder
-from hf_rgtg.scoring import CandidateScorer
 
 
 def assert_traces_agree(out, fast, reference, prompt_length, atol=1e-4):
@@ -168,7 +168,7 @@ def test_eager_attention_uses_an_additive_mask_and_matches_reference():
 def test_property_cached_scorer_matches_reference_under_any_padding_and_reordering(
     lengths, k, steps, seed, reorder, arch, head_layer, incremental, growth, mapped, reserved, block
 ):
-    rm = _shared_rm(arch, head_layer)
+    rm = shared_prefix_rm(arch, head_layer)
     generator = torch.Generator().manual_seed(seed)
     rows = [torch.randint(1, VOCAB_SIZE, (n,), generator=generator).tolist() for n in lengths]
     ids, mask = left_padded(rows)
@@ -179,9 +179,9 @@ def test_property_cached_scorer_matches_reference_under_any_padding_and_reorderi
     # `reserved` (the number of candidates known up front) reserves mapped buffers for the model's whole length;
     # `block` is how far past the written positions attention reads (masked out).
     with (
-        patch.object(hf_rgtg.incremental, "ATTEND_BLOCK", block),
-        patch.object(hf_rgtg.incremental, "GROWTH", growth),
-        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1 if mapped else 1 << 40),
+        patch.object(hf_rgtg.incremental.buffer, "ATTEND_BLOCK", block),
+        patch.object(hf_rgtg.incremental.buffer, "GROWTH", growth),
+        patch.object(hf_rgtg.incremental.buffer, "MMAP_MIN_BYTES", 1 if mapped else 1 << 40),
     ):
         rewards = cached.reset(ids, mask, k if reserved else None)
         torch.testing.assert_close(rewards, reference.reset(ids, mask), atol=1e-4, rtol=0)
@@ -203,22 +203,6 @@ def test_property_cached_scorer_matches_reference_under_any_padding_and_reorderi
             reference.advance(tokens, parents, chosen)
         final = torch.randint(1, VOCAB_SIZE, (len(rows), k), generator=generator)
         torch.testing.assert_close(cached.score(final), reference.score(final), atol=1e-4, rtol=0)
-
-
-_RMS: dict = {}
-
-
-def _shared_rm(arch="qwen2", head_layer=None):
-    if (arch, head_layer) not in _RMS:
-        _RMS[arch, head_layer] = tiny_prefix_rm(arch, seed=5, head_layer=head_layer)
-    return _RMS[arch, head_layer]
-
-
-def test_incremental_decoder_covers_the_test_architectures_and_not_encoders():
-    for arch in ARCHITECTURES:
-        assert IncrementalDecoder.for_model(tiny_prefix_rm(arch)) is not None
-    # A head on the embeddings has no layer to run.
-    assert IncrementalDecoder.for_model(tiny_prefix_rm("llama", head_layer=0)) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -886,50 +870,9 @@ def test_prompts_that_start_with_the_pad_token_keep_it_with_an_explicit_mask():
     torch.testing.assert_close(torch.tensor(custom.trace.rewards_of(again, 4)), direct, atol=1e-4, rtol=0)
 
 
-def test_incremental_decoder_follows_the_backbones_own_mlp_for_other_activations():
-    rm = tiny_prefix_rm("gpt2", seed=3)
-    rm.config.text_config.activation_function = "relu"
-    for block in rm.backbone.h:
-        block.mlp.act = torch.nn.ReLU()
-    cached = CachedScorer(rm)
-    assert cached.decoder is not None and not cached.decoder.tanh_gelu
-    assert_first_step_matches_reference(cached)
-
-
-def assert_first_step_matches_reference(cached: CachedScorer) -> None:
-    """The prompts' rewards and one step of candidates agree with a re-encoding of every prefix."""
-    reference = ReferenceScorer(cached.reward_model)
-    ids, mask = left_padded()
-    torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
-    candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
-    torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
-
-
-class _Adapter(torch.nn.Module):
-    """Stands in for an adapter wrapped around a projection: the base output plus a learned offset."""
-
-    def __init__(self, base: torch.nn.Module, width: int):
-        super().__init__()
-        self.base = base
-        self.offset = torch.nn.Parameter(torch.full((width,), 0.5))
-
-    def forward(self, x):
-        return self.base(x) + self.offset
-
-
-def test_gpt2_blocks_with_replaced_modules_take_the_transformers_forward():
-    rm = tiny_prefix_rm("gpt2", seed=4)
-    block = rm.backbone.h[1]
-    block.mlp.c_fc = _Adapter(block.mlp.c_fc, block.mlp.c_fc.nf)
-    cached = CachedScorer(rm)
-    # The decoder reads the Conv1D weights directly, so it would miss the adapter: it declines such a backbone.
-    assert cached.decoder is None
-    assert_first_step_matches_reference(cached)
-
-
 @pytest.mark.parametrize("incremental", [True, False])
 def test_cached_scorer_follows_a_change_of_k_between_steps(incremental):
-    rm = _shared_rm("llama")
+    rm = shared_prefix_rm("llama")
     ids, mask = left_padded()
     cached, reference = CachedScorer(rm, incremental=incremental), ReferenceScorer(rm)
     torch.testing.assert_close(cached.reset(ids, mask), reference.reset(ids, mask), atol=1e-4, rtol=0)
@@ -939,121 +882,3 @@ def test_cached_scorer_follows_a_change_of_k_between_steps(incremental):
         torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)
         chosen = torch.randint(0, k, (len(ids),), generator=generator)
         advance_all((cached, reference), candidates, chosen)
-
-
-def advance_all(
-    scorers: tuple[CandidateScorer, ...],
-    candidates: torch.Tensor,
-    chosen: torch.Tensor,
-    parents: torch.Tensor | None = None,
-) -> None:
-    """Append to every scorer's rows the candidate at `chosen`, each row extending row `parents[i]` if given."""
-    source = candidates if parents is None else candidates[parents]
-    tokens = source.gather(1, chosen[:, None])[:, 0]
-    for scorer in scorers:
-        scorer.advance(tokens, parents, chosen)
-
-
-def test_mapped_buffer_is_reserved_once_for_the_whole_length_when_k_is_known():
-    rm = _shared_rm("gpt2")
-    ids, mask = left_padded()
-    width, longest = ids.shape[1], int(mask.sum(-1).max())
-    with patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1):
-        reserved, growing = CachedScorer(rm), CachedScorer(rm)
-        reserved.reset(ids, mask, max_candidates=3)
-        growing.reset(ids, mask)
-        first = list(reserved.buffer.layers)
-        # The longest row can reach the model's last position, the candidates need room after it.
-        assert reserved.buffer.capacity == width - longest + rm.max_positions - 1 + 3
-        assert growing.buffer.capacity < reserved.buffer.capacity
-        generator = torch.Generator().manual_seed(1)
-        for _ in range(40):
-            candidates = torch.randint(1, VOCAB_SIZE, (len(ids), 3), generator=generator)
-            torch.testing.assert_close(
-                reserved.score(candidates), growing.score(candidates), atol=1e-5, rtol=0
-            )
-            chosen = torch.randint(0, 3, (len(ids),), generator=generator)
-            advance_all((reserved, growing), candidates, chosen)
-        assert all(a is b for a, b in zip(reserved.buffer.layers, first, strict=True))  # never reallocated
-    # Past `RESERVE_MAX_BYTES` of address space, the buffer grows step by step instead.
-    with (
-        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1),
-        patch.object(hf_rgtg.incremental, "RESERVE_MAX_BYTES", 1024),
-    ):
-        small = CachedScorer(rm)
-        small.reset(ids, mask, max_candidates=3)
-        assert small.buffer.capacity == hf_rgtg.incremental.grown_capacity(width)
-
-
-def test_attention_reads_whole_blocks_of_zeros_past_the_written_positions():
-    rm = _shared_rm("llama")
-    ids, mask = left_padded()
-    with patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1):
-        cached = CachedScorer(rm)
-        cached.reset(ids, mask, max_candidates=3)
-        buffer = cached.buffer
-        seen = []
-        original = buffer.write
-
-        def spy(layer, keys, values):
-            views = original(layer, keys, values)
-            seen.append((buffer.length + keys.shape[2], views))
-            return views
-
-        buffer.write = spy
-        cached.score(torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]]))
-    block = hf_rgtg.incremental.ATTEND_BLOCK
-    for end, (keys, values) in seen:
-        assert keys.shape[2] == values.shape[2] == -(-end // block) * block
-        # What lies past the new tokens was written as zeros, not left to whatever the memory held.
-        assert not keys[:, :, end:].any() and not values[:, :, end:].any()
-
-
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_buffer_memory_never_written_is_never_read(arch):
-    """Fresh buffers full of NaN (as uninitialised memory may be): rewards still match the reference."""
-    original = hf_rgtg.incremental._empty
-
-    def poisoned(shape, like):
-        return original(shape, like).fill_(math.nan)
-
-    with patch.object(hf_rgtg.incremental, "_empty", poisoned):
-        cached = CachedScorer(_shared_rm(arch))
-        reference = ReferenceScorer(cached.reward_model)
-        ids, mask = left_padded()
-        torch.testing.assert_close(cached.reset(ids, mask, 3), reference.reset(ids, mask), atol=1e-4, rtol=0)
-        generator = torch.Generator().manual_seed(2)
-        for step in range(70):  # past a growth step and a new attention block
-            candidates = torch.randint(1, VOCAB_SIZE, (len(ids), 3), generator=generator)
-            rewards = cached.score(candidates)
-            if step % 10 == 0:
-                torch.testing.assert_close(rewards, reference.score(candidates), atol=1e-4, rtol=0)
-            assert torch.isfinite(rewards).all()
-            chosen = torch.randint(0, 3, (len(ids),), generator=generator)
-            parents = torch.tensor([1, 0, 2]) if step % 7 == 3 else None  # beam-style reorders too
-            advance_all((cached, reference), candidates, chosen, parents)
-
-
-def test_a_refused_reservation_falls_back_to_growing_the_buffer():
-    rm = _shared_rm("gpt2")
-    ids, mask = left_padded()
-    real_mmap = hf_rgtg.incremental.mmap.mmap
-    heads, dim = IncrementalDecoder.for_model(rm).kv_shape
-    width, longest = ids.shape[1], int(mask.sum(-1).max())
-    reservation = 2 * len(ids) * heads * dim * 4 * (width - longest + rm.max_positions - 1 + 3)
-
-    def strict_overcommit(fileno, length, *args, **kwargs):
-        if length >= reservation:  # the system refuses the whole-length reservation, not a growth step
-            raise OSError(12, "Cannot allocate memory")
-        return real_mmap(fileno, length, *args, **kwargs)
-
-    with (
-        patch.object(hf_rgtg.incremental, "MMAP_MIN_BYTES", 1),
-        patch.object(hf_rgtg.incremental.mmap, "mmap", strict_overcommit),
-    ):
-        cached = CachedScorer(rm)
-        reference = ReferenceScorer(rm)
-        torch.testing.assert_close(cached.reset(ids, mask, 3), reference.reset(ids, mask), atol=1e-4, rtol=0)
-        assert cached.buffer.capacity == hf_rgtg.incremental.grown_capacity(ids.shape[1])
-        candidates = torch.tensor([[3, 4, 5], [6, 7, 8], [9, 10, 11]])
-        torch.testing.assert_close(cached.score(candidates), reference.score(candidates), atol=1e-4, rtol=0)

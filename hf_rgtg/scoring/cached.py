@@ -193,7 +193,11 @@ class CachedScorer(CandidateScorer):
                 f'{reason} Use `scorer="reference"` (the `ReferenceScorer`), which re-encodes every prefix and is '
                 "always exact."
             )
-        self.decoder = IncrementalDecoder.for_model(reward_model) if incremental else None
+        self.decoder = (
+            IncrementalDecoder.for_backbone(reward_model.backbone, reward_model.head_depth)
+            if incremental
+            else None
+        )
         self.cache = None  # the transformers cache, without a decoder
         self.buffer: KVBuffer | None = None  # the decoder's buffer
         self._mask: torch.Tensor | None = None  # see `_sibling_mask`
