@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .data import PrefixRewardCollator
 from .modeling import PrefixRewardModel
-from .training import PrefixRewardCollator
 
 BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
 
