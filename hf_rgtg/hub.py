@@ -1,7 +1,9 @@
-"""Model cards of prefix reward models, written by `save_pretrained` and pushed by `push_to_hub`."""
+"""Model cards of prefix reward models, written by `save_pretrained` and pushed by `push_to_hub`, and the
+prefix-accuracy table they show (which `hf-rgtg eval-rm` and `hf-rgtg train` print too)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -10,6 +12,7 @@ from .configuration import PrefixRewardConfig
 
 LIBRARY_NAME = "hf_rgtg"
 TAGS = ["reward-model", "prefix-reward-model", "hf_rgtg"]
+#: The rows of the prefix-accuracy table: the quarters of the response by relative position, then the whole response.
 BUCKET_ORDER = ("0-25%", "25-50%", "50-75%", "75-100%", "full")
 
 _USAGE = """```python
@@ -32,7 +35,28 @@ out = lm.generate(**inputs, reward_model=rm, beta=2.0, top_k=10, do_sample=True,
 ```"""
 
 
-def _accuracy_table(accuracy: dict[str, float], counts: dict[str, int] | None = None) -> str:
+def accuracy_table(accuracy: Mapping[str, float], counts: Mapping[str, int] | None = None) -> str:
+    """The prefix-accuracy table in Markdown, as model cards and [`PrefixAccuracy.to_markdown`] show it.
+
+    One row per bucket of `BUCKET_ORDER` (the quarters of the response by relative position, then the whole
+    response) that `accuracy` has, in that order; other keys are left out.
+
+    Args:
+        accuracy (`Mapping[str, float]`): the accuracy of each bucket, e.g. [`PrefixAccuracy.accuracy`].
+        counts (`Mapping[str, int]`, *optional*): how many prefix pairs each figure rests on; a bucket without a
+            count gets an empty cell.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.hub import accuracy_table
+    >>> print(accuracy_table({"0-25%": 0.61, "full": 0.9}, {"0-25%": 120, "full": 30}))
+    | prefix of the response | accuracy | pairs |
+    | --- | --- | --- |
+    | 0-25% | 0.610 | 120 |
+    | full | 0.900 | 30 |
+    ```
+    """
     rows = ["| prefix of the response | accuracy | pairs |", "| --- | --- | --- |"]
     for bucket in BUCKET_ORDER:
         if bucket in accuracy:
@@ -125,7 +149,7 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
         sections += [
             "## Prefix accuracy",
             "Held-out accuracy of `r(chosen[:t]) > r(rejected[:t])` by relative position `t / L` in the response:",
-            _accuracy_table(evaluation, summary.get("prefix_counts")),
+            accuracy_table(evaluation, summary.get("prefix_counts")),
         ]
         if "mean_margin" in summary:
             sections.append(f"Mean reward margin over all prefixes: {summary['mean_margin']:.4f}.")
@@ -133,4 +157,4 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
     return ModelCard(content)
 
 
-__all__ = ["LIBRARY_NAME", "TAGS", "model_card"]
+__all__ = ["BUCKET_ORDER", "LIBRARY_NAME", "TAGS", "accuracy_table", "model_card"]
