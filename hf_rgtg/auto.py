@@ -10,6 +10,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from .compat import keep_own_weight_names
 from .configuration import PrefixRewardConfig
 from .modeling import PrefixRewardModel, is_incrementally_scorable
 
@@ -202,7 +203,7 @@ class AutoModelForPrefixReward:
             **kwargs,
         )
         # The renaming is a loading detail: saving writes the prefix reward model's own key names, not the source's.
-        model._weight_conversions = []
+        keep_own_weight_names(model)
         head_missing = any(key.startswith("score.") for key in info["missing_keys"])
         if is_classifier:
             if head_missing or any(key.startswith("score.") for key in info["unexpected_keys"]):

@@ -20,7 +20,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.utils import ModelOutput
 from transformers.utils import hub as hub_utils
 
-from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache
+from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, upload_saved_model
 from .configuration import PrefixRewardConfig
 from .hub import TAGS, model_card
 
@@ -202,10 +202,10 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             card = ModelCard.load(Path(folder) / "README.md")
             card.data.tags = list(dict.fromkeys([*(card.data.tags or TAGS), *(tags or [])]))
             card.save(Path(folder) / "README.md")
-            return self._upload_modified_files(
+            return upload_saved_model(
+                self,
                 folder,
                 repo_id,
-                files_timestamps={},
                 commit_message=commit_message or "Upload prefix reward model",
                 token=token,
                 create_pr=create_pr,

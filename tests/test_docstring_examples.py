@@ -8,6 +8,7 @@ import pytest
 
 MODULES = [
     "hf_rgtg.auto",
+    "hf_rgtg.compat",
     "hf_rgtg.configuration",
     "hf_rgtg.data",
     "hf_rgtg.evaluation",
