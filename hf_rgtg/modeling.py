@@ -134,6 +134,8 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     >>> out = model(input_ids)
     >>> out.rewards.shape, out.reward.shape
     (torch.Size([1, 4]), torch.Size([1]))
+    >>> model.vocab_size, model.max_positions
+    (128, 2048)
 
     >>> # Feeding the last token on top of a cache gives the same reward as the full forward.
     >>> first = model(input_ids[:, :3], use_cache=True)
@@ -166,6 +168,16 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     def max_positions(self) -> int | None:
         """The backbone's maximum number of positions, if it declares one."""
         return getattr(self.config.text_config, "max_position_embeddings", None)
+
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids the backbone reads (its configuration's `vocab_size`)."""
+        return self.config.text_config.get_text_config().vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        # `resize_token_embeddings` sets `model.vocab_size` after it has set the configuration's.
+        self.config.text_config.get_text_config().vocab_size = value
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) built from the configuration."""

@@ -262,7 +262,7 @@ def _reward_model_loader(name: str | None) -> Callable[[], PrefixRewardModel]:
 
 def _check_default_rm_fits(reward_model: PrefixRewardModel, lm: PreTrainedModel, lm_name: str) -> None:
     """The default reward model reads SmolLM2's vocabulary; say so when `--lm` names a model with another one."""
-    rm_vocab = reward_model.config.text_config.vocab_size
+    rm_vocab = reward_model.vocab_size
     lm_vocab = lm.config.get_text_config().vocab_size
     if rm_vocab != lm_vocab:
         raise ValueError(
