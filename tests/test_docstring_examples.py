@@ -20,6 +20,7 @@ MODULES = [
     "hf_rgtg.processing",
     "hf_rgtg.tokenization",
     "hf_rgtg.training",
+    "hf_rgtg.validation",
 ]
 
 

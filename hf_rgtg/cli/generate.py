@@ -16,6 +16,7 @@ from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
 from ..processing import RewardGuidanceConfig
 from ..tokenization import ensure_pad_token
+from ..validation import positions_problem
 from .loading import check_local_path, checked_tokenizer, load_named
 
 # The PARGS paper's weights of the reward: 1 for greedy decoding, 2 for sampling.
@@ -158,8 +159,11 @@ def run(args: argparse.Namespace) -> int:
     inputs = _encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     prompt_length = inputs["input_ids"].shape[1]
     # Both runs (--compare) must fit both models: checked before generating anything.
-    for model, what in ((lm, "the language model"), (reward_model, "the reward model")):
-        _check_positions(prompt_length, args.max_new_tokens, _max_positions(model), what)
+    for max_positions, what in (
+        (_lm_max_positions(lm), "the language model"),
+        (reward_model.max_positions, "the reward model"),
+    ):
+        _check_positions(prompt_length, args.max_new_tokens, max_positions, what)
 
     eos_token_id = lm.generation_config.eos_token_id
     if eos_token_id is None:
@@ -218,22 +222,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _max_positions(model: PreTrainedModel) -> int | None:
-    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+def _lm_max_positions(lm: PreTrainedModel) -> int | None:
+    return getattr(lm.config.get_text_config(), "max_position_embeddings", None)
 
 
 def _check_positions(prompt_length: int, max_new_tokens: int, max_positions: int | None, what: str) -> None:
-    """Refuse a prompt plus `--max-new-tokens` that `what` (a model with `max_positions`) cannot hold."""
-    if max_positions is None or prompt_length + max_new_tokens <= max_positions:
+    """Refuse a prompt plus `--max-new-tokens` that `what` (a model with `max_positions`) cannot hold; the flag is
+    named when some new tokens would fit."""
+    problem = positions_problem(prompt_length, max_new_tokens, max_positions, what)
+    if problem is None:
         return
     if prompt_length >= max_positions:
-        raise ValueError(
-            f"the prompt has {prompt_length} tokens, but {what} has at most {max_positions} positions: shorten it"
-        )
-    raise ValueError(
-        f"argument --max-new-tokens: the prompt has {prompt_length} tokens and {what} at most {max_positions} "
-        f"positions, so at most {max_positions - prompt_length} new tokens fit (got {max_new_tokens})"
-    )
+        raise ValueError(f"{problem}: shorten it")
+    raise ValueError(f"argument --max-new-tokens: {problem}")
 
 
 def _guidance_config(beta: float, top_k: int) -> RewardGuidanceConfig:
