@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "CachedScorer": "scoring",
     "CandidateScorer": "scoring",
     "ReferenceScorer": "scoring",
+    "encode_prompt": "tokenization",
     "ensure_pad_token": "tokenization",
     "PrefixRewardTrainer": "training",
     "PrefixRewardTrainingConfig": "training",

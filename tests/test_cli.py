@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import build_tokenizer, tiny_causal_lm, tiny_config, tiny_prefix_rm
+from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm, tiny_config, tiny_prefix_rm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
 
 import hf_rgtg.defaults
@@ -21,10 +21,6 @@ from hf_rgtg import (
 from hf_rgtg.cli import main
 
 PROMPT = "hello there"
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|endoftext|>{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -215,12 +211,6 @@ def test_chat_template_is_applied_unless_disabled(folders, capsys, generate_inpu
     assert len(generate_inputs) == 2
     assert torch.equal(generate_inputs[0], templated)
     assert torch.equal(generate_inputs[1], plain)
-
-
-def test_tokenizer_without_chat_template_gets_the_plain_prompt(folders, capsys, generate_inputs):
-    assert run(capsys, PROMPT, *models(folders), "--max-new-tokens", "2")[0] == 0
-    plain = AutoTokenizer.from_pretrained(folders["lm"])(PROMPT, return_tensors="pt")["input_ids"]
-    assert torch.equal(generate_inputs[0], plain)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from ..configuration import PrefixRewardConfig
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
 from ..processing import RewardGuidanceConfig
-from ..tokenization import ensure_pad_token
+from ..tokenization import encode_prompt, ensure_pad_token
 from ..validation import positions_problem
 from .loading import check_local_path, checked_tokenizer, load_named
 
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rm is None and args.lm is not None:
         _check_default_rm_fits(reward_model, lm, args.lm)
     ensure_pad_token(tokenizer)
-    inputs = _encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
+    inputs = encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     prompt_length = inputs["input_ids"].shape[1]
     # Both runs (--compare) must fit both models: checked before generating anything.
     for max_positions, what in (
@@ -286,21 +286,6 @@ def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedT
         return model.eval(), tokenizer
 
     return load_named("--lm", name, load)
-
-
-def _encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool) -> dict:
-    """Tokenize `prompt`, as a user message of the chat template when there is one and `use_chat_template`."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}]
-        encoding = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    else:
-        encoding = tokenizer(prompt, return_tensors="pt")
-    inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
-    if inputs["input_ids"].shape[1] == 0:
-        raise ValueError("the prompt is empty after tokenization; give some text to continue")
-    return inputs
 
 
 def _sequence_reward(guidance: RewardGuidance, sequences: torch.Tensor, inputs: dict) -> float:
