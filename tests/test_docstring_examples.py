@@ -18,6 +18,7 @@ MODULES = [
     "hf_rgtg.incremental",
     "hf_rgtg.modeling",
     "hf_rgtg.processing",
+    "hf_rgtg.redistribution",
     "hf_rgtg.tokenization",
     "hf_rgtg.training",
     "hf_rgtg.validation",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -15,6 +14,7 @@ from ..configuration import PrefixRewardConfig
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
 from ..processing import RewardGuidanceConfig
+from ..redistribution import GenerationResult, prefix_rewards, sequence_reward
 from ..tokenization import encode_prompt, ensure_pad_token
 from ..validation import positions_problem
 from .loading import check_local_path, checked_tokenizer, load_named
@@ -105,23 +105,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
     return parser
 
 
-@dataclass
-class GenerationResult:
-    """One generated continuation, ready to print.
-
-    Args:
-        label (`str`): how the continuation was produced ("guided (beta=1.0, top-k=10)", "unguided").
-        text (`str`): the decoded continuation, without special tokens.
-        steps (`list[tuple[int, float]]`, *optional*): each generated token with the reward of the prefix it ends.
-        reward (`float`): the reward model's score of the whole sequence.
-    """
-
-    label: str
-    text: str
-    steps: list[tuple[int, float]] | None
-    reward: float
-
-
 def run(args: argparse.Namespace) -> int:
     """Carry out `hf-rgtg generate`: load the models, generate with guidance (and without, for `--compare`) and
     print the continuations.
@@ -198,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             label=f"guided (beta={config.beta}, top-k={config.top_k})",
             text=tokenizer.decode(guided[0, prompt_length:], skip_special_tokens=True),
             steps=steps,
-            reward=_sequence_reward(guidance, guided, inputs),
+            reward=sequence_reward(guidance, guided, inputs),
         )
     ]
     if args.compare:
@@ -210,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
             GenerationResult(
                 label="unguided",
                 text=tokenizer.decode(unguided[0, prompt_length:], skip_special_tokens=True),
-                steps=_prefix_rewards(guidance, unguided[0], prompt_length),
-                reward=_sequence_reward(guidance, unguided, inputs),
+                steps=prefix_rewards(guidance, unguided[0], prompt_length),
+                reward=sequence_reward(guidance, unguided, inputs),
             ),
         )
 
@@ -288,38 +271,6 @@ def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedT
     return load_named("--lm", name, load)
 
 
-def _sequence_reward(guidance: RewardGuidance, sequences: torch.Tensor, inputs: dict) -> float:
-    """The reward model's score of the first returned sequence, read at its last real token."""
-    rewards = guidance.sequence_rewards(
-        sequences, prompt_length=inputs["input_ids"].shape[1], prompt_attention_mask=inputs["attention_mask"]
-    )
-    return float(rewards[0])
-
-
-@torch.no_grad()
-def _prefix_rewards(
-    guidance: RewardGuidance, sequence: torch.Tensor, prompt_length: int
-) -> list[tuple[int, float]] | None:
-    """Each generated token of an unguided `sequence` with the reward of the prefix it ends, up to the first EOS.
-
-
-    One forward pass of the reward model gives every prefix's reward, which only causal backbones compute
-    (elsewhere every position sees the whole input); for the others this returns `None`.
-    """
-    reward_model = guidance.reward_model
-    if not reward_model.supports_incremental_scoring:
-        return None
-    tokens = sequence[prompt_length:].tolist()
-    eos = set(guidance.eos_token_id or ())
-    end = next((i + 1 for i, token in enumerate(tokens) if token in eos), len(tokens))
-    tokens = tokens[:end]
-    if not tokens:
-        return []
-    ids = sequence[: prompt_length + end].unsqueeze(0).to(reward_model.device)
-    rewards = reward_model(ids, return_dict=True).rewards[0, prompt_length:].float().cpu().tolist()
-    return list(zip(tokens, rewards, strict=True))
-
-
 def _print_result(
     result: GenerationResult, tokenizer: PreTrainedTokenizerBase, show_rewards: bool, with_header: bool
 ) -> None:
@@ -347,4 +298,4 @@ def _print_steps(steps: list[tuple[int, float]], tokenizer: PreTrainedTokenizerB
         print(f"{number:>5}  {piece:<{width}}  {reward:>+8.4f}")
 
 
-__all__ = ["GREEDY_BETA", "SAMPLING_BETA", "GenerationResult", "add_parser", "run"]
+__all__ = ["GREEDY_BETA", "SAMPLING_BETA", "add_parser", "run"]
