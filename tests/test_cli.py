@@ -276,6 +276,24 @@ def test_reward_model_with_another_vocabulary_is_an_error(folders, capsys, tmp_p
     assert "vocabulary" in err and err.count("\n") == 1
 
 
+def test_only_the_top_k_check_of_the_guidance_names_the_flag(folders, capsys, tmp_path):
+    other = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("llama", vocab_size=200)))
+    other.save_pretrained(tmp_path / "other-rm")
+    lm = AutoModelForCausalLM.from_pretrained(folders["lm"])
+    lm.generation_config.eos_token_id = 250
+    lm.save_pretrained(tmp_path / "lm")
+    AutoTokenizer.from_pretrained(folders["lm"]).save_pretrained(tmp_path / "lm")
+    args = (PROMPT, "--lm", str(tmp_path / "lm"), "--rm", str(tmp_path / "other-rm"))
+    code, _, err = run(capsys, *args, "--top-k", "300")
+    assert code == 2
+    assert err.startswith(
+        "hf-rgtg: error: argument --top-k: `top_k` (=300) is larger than the reward model's "
+    )
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert err.startswith("hf-rgtg: error: `eos_token_id` (250) lies outside the reward model's vocabulary")
+
+
 def test_missing_default_reward_model_asks_for_rm_before_loading_anything(
     folders, capsys, monkeypatch, tmp_path
 ):

@@ -159,9 +159,10 @@ def run(args: argparse.Namespace) -> int:
             reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
         )
     except ValueError as error:
-        raise ValueError(
-            f"argument --top-k: {error}" if str(error).startswith("`top_k`") else str(error)
-        ) from None
+        # Of RewardGuidance's checks, only the one of top_k against the vocabulary is about a flag.
+        if config.top_k > reward_model.vocab_size:
+            raise ValueError(f"argument --top-k: {error}") from None
+        raise
     generation_kwargs = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.sample,
