@@ -273,30 +273,10 @@ def load_preference_data(
     "1 pairs kept; skipped: 1 missing column 'rejected'"
     ```
     """
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        raise TypeError(
-            f"`tokenizer` has to be the reward model's tokenizer (a PreTrainedTokenizerBase), got "
-            f"{type(tokenizer).__name__} ({tokenizer!r}): load it with `AutoTokenizer.from_pretrained(...)`."
-        )
-    if not is_integer(max_length) or max_length < 2:
-        raise ValueError(
-            f"`max_length` (={max_length!r}) has to be an integer of at least 2 (prompt plus response, in tokens), "
-            "e.g. `max_length=512`."
-        )
-    max_length = int(max_length)
+    max_length = _checked_max_length(tokenizer, max_length)
     data = PreferenceData()
     for row in read_rows(source):
-        if isinstance(row, UnusableRow):
-            rendered = row.reason
-        elif isinstance(row, Mapping):
-            rendered = _render(row, tokenizer)
-        else:
-            rendered = "row is not a mapping"
-        example = (
-            rendered
-            if isinstance(rendered, str)
-            else tokenize_pair(*rendered[:3], tokenizer, max_length, rendered[3])
-        )
+        example = _example(row, tokenizer, max_length)
         if isinstance(example, str):
             data.skipped[example] += 1
         else:
@@ -308,6 +288,35 @@ def load_preference_data(
         what = "it holds no rows" if not data.skipped else data.report()
         raise ValueError(f"No usable preference pair in the data{where} ({what}).")
     return data
+
+
+def _checked_max_length(tokenizer: Any, max_length: Any) -> int:
+    """`max_length` as an `int`, once it and `tokenizer` are known to be of use to [`load_preference_data`]."""
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(
+            f"`tokenizer` has to be the reward model's tokenizer (a PreTrainedTokenizerBase), got "
+            f"{type(tokenizer).__name__} ({tokenizer!r}): load it with `AutoTokenizer.from_pretrained(...)`."
+        )
+    if not is_integer(max_length) or max_length < 2:
+        raise ValueError(
+            f"`max_length` (={max_length!r}) has to be an integer of at least 2 (prompt plus response, in tokens), "
+            "e.g. `max_length=512`."
+        )
+    return int(max_length)
+
+
+def _example(
+    row: Mapping[str, Any] | UnusableRow | Any, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, list[int]] | str:
+    """The tokenized pair of one row that [`read_rows`] gave, or the reason it is skipped."""
+    if isinstance(row, UnusableRow):
+        return row.reason
+    if not isinstance(row, Mapping):
+        return "row is not a mapping"
+    rendered = _render(row, tokenizer)
+    if isinstance(rendered, str):
+        return rendered
+    return tokenize_pair(*rendered[:3], tokenizer, max_length, rendered[3])
 
 
 def prefix_lengths(

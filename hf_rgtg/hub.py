@@ -102,49 +102,15 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
         metrics=["accuracy"] if evaluation else None,
         model_name=repo_id.split("/")[-1] if repo_id else None,
     )
-    name = repo_id or "this prefix reward model"
-    head = (
-        "a linear head"
-        if config.head_hidden_size is None
-        else f"an MLP head (hidden size {config.head_hidden_size})"
-    )
-    layer = (
-        "the backbone's final output" if config.head_layer is None else f"hidden layer {config.head_layer}"
-    )
     sections = [
-        f"# {name}",
-        (
-            f"A **prefix reward model** for reward-guided decoding with [hf_rgtg](https://pypi.org/project/hf-rgtg/): "
-            f"a {config.text_config.model_type} backbone"
-            + (f" (`{base_model}`)" if base_model else "")
-            + f" with {head} on {layer}, applied at every position, so one forward pass scores every prefix of a "
-            "response. "
-            + (
-                "It was trained as a Bradley-Terry model on partial sequences (PARGS), to score partial answers as "
-                "well as whole ones."
-                if summary
-                else "hf_rgtg has no record of its training: if it was built from a causal-LM checkpoint, its head is "
-                "untrained."
-            )
-        ),
+        f"# {repo_id or 'this prefix reward model'}",
+        _description(config, trained=bool(summary)),
         "## Usage",
         _USAGE.format(repo_id=repo_id or "<this repo>", base_model=base_model or "<the language model>"),
     ]
     if summary.get("description"):
         sections += ["## What it prefers", str(summary["description"])]
-    if datasets or summary.get("settings"):
-        sections.append("## Training")
-        if datasets:
-            sections.append("Data: " + ", ".join(f"`{d}`" for d in datasets) + ".")
-        if summary.get("num_pairs"):
-            sections.append(f"Preference pairs: {summary['num_pairs']}.")
-        settings = summary.get("settings") or {}
-        if settings:
-            sections.append(
-                "\n".join(
-                    ["| setting | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in settings.items()]
-                )
-            )
+    sections += _training_sections(summary)
     if evaluation:
         sections += [
             "## Prefix accuracy",
@@ -155,6 +121,54 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
             sections.append(f"Mean reward margin over all prefixes: {summary['mean_margin']:.4f}.")
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
     return ModelCard(content)
+
+
+def _description(config: PrefixRewardConfig, trained: bool) -> str:
+    """The card's opening paragraph: what the model is, and whether hf_rgtg knows how it was trained."""
+    base_model = config.base_model_name_or_path
+    head = (
+        "a linear head"
+        if config.head_hidden_size is None
+        else f"an MLP head (hidden size {config.head_hidden_size})"
+    )
+    layer = (
+        "the backbone's final output" if config.head_layer is None else f"hidden layer {config.head_layer}"
+    )
+    return (
+        f"A **prefix reward model** for reward-guided decoding with [hf_rgtg](https://pypi.org/project/hf-rgtg/): "
+        f"a {config.text_config.model_type} backbone"
+        + (f" (`{base_model}`)" if base_model else "")
+        + f" with {head} on {layer}, applied at every position, so one forward pass scores every prefix of a "
+        "response. "
+        + (
+            "It was trained as a Bradley-Terry model on partial sequences (PARGS), to score partial answers as "
+            "well as whole ones."
+            if trained
+            else "hf_rgtg has no record of its training: if it was built from a causal-LM checkpoint, its head is "
+            "untrained."
+        )
+    )
+
+
+def _training_sections(summary: Mapping[str, Any]) -> list[str]:
+    """The "Training" section of the card (data, pairs, settings), or nothing when the summary has no data sets
+    and no settings."""
+    datasets = summary.get("datasets") or None
+    settings = summary.get("settings") or {}
+    if not (datasets or settings):
+        return []
+    sections = ["## Training"]
+    if datasets:
+        sections.append("Data: " + ", ".join(f"`{d}`" for d in datasets) + ".")
+    if summary.get("num_pairs"):
+        sections.append(f"Preference pairs: {summary['num_pairs']}.")
+    if settings:
+        sections.append(
+            "\n".join(
+                ["| setting | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in settings.items()]
+            )
+        )
+    return sections
 
 
 __all__ = ["BUCKET_ORDER", "LIBRARY_NAME", "TAGS", "accuracy_table", "model_card"]

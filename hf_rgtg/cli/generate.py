@@ -32,7 +32,7 @@ MISSING_REWARD_MODEL_MESSAGE = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
-    """Declare the `generate` command.
+    """Declare the `generate` command: its length is one `add_argument` call per flag, in `--help`'s order.
 
     Args:
         subparsers (`argparse._SubParsersAction`): the subparsers of the top-level parser.
@@ -122,14 +122,7 @@ def run(args: argparse.Namespace) -> int:
         `OSError`: when a model or tokenizer cannot be found.
     """
     # Everything that can be checked without the models is checked first, so mistakes fail fast.
-    beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
-    config = _guidance_config(beta=beta, top_k=args.top_k)
-    if not 0 <= args.seed < 2**63:
-        raise ValueError(f"argument --seed: has to be an integer from 0 to 2**63 - 1, got {args.seed}")
-    if args.max_new_tokens < 1:
-        raise ValueError(
-            f"argument --max-new-tokens: has to be a positive integer, got {args.max_new_tokens}"
-        )
+    config = _checked_settings(args)
     load_reward_model = _reward_model_loader(args.rm)
 
     # Seeded before loading too: a reward model built from a causal-LM checkpoint gets a randomly initialised head.
@@ -154,8 +147,49 @@ def run(args: argparse.Namespace) -> int:
     pad_token_id = lm.generation_config.pad_token_id
     if pad_token_id is None:
         pad_token_id = tokenizer.pad_token_id
+    guidance = _guidance(
+        reward_model, tokenizer, config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+    )
+    generation_kwargs = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.sample,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+    }
+    results = _generate(
+        lm, tokenizer, inputs, guidance, generation_kwargs, seed=args.seed, compare=args.compare
+    )
+    for index, result in enumerate(results):
+        if index:
+            print()
+        _print_result(result, tokenizer, show_rewards=args.show_rewards, with_header=args.compare)
+    return 0
+
+
+def _checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
+    """The guidance settings of `args` (`--beta` defaulting by `--sample`), with `--seed` and `--max-new-tokens`
+    checked too: what can be refused before any model is loaded."""
+    beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
+    config = _guidance_config(beta=beta, top_k=args.top_k)
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"argument --seed: has to be an integer from 0 to 2**63 - 1, got {args.seed}")
+    if args.max_new_tokens < 1:
+        raise ValueError(
+            f"argument --max-new-tokens: has to be a positive integer, got {args.max_new_tokens}"
+        )
+    return config
+
+
+def _guidance(
+    reward_model: PrefixRewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: RewardGuidanceConfig,
+    eos_token_id: int | list[int] | None,
+    pad_token_id: int | None,
+) -> RewardGuidance:
+    """The `RewardGuidance` of the guided run; its refusal of `top_k` names the flag."""
     try:
-        guidance = RewardGuidance(
+        return RewardGuidance(
             reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
         )
     except ValueError as error:
@@ -163,15 +197,22 @@ def run(args: argparse.Namespace) -> int:
         if config.top_k > reward_model.vocab_size:
             raise ValueError(f"argument --top-k: {error}") from None
         raise
-    generation_kwargs = {
-        "max_new_tokens": args.max_new_tokens,
-        "do_sample": args.sample,
-        "eos_token_id": eos_token_id,
-        "pad_token_id": pad_token_id,
-    }
 
+
+def _generate(
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: dict[str, torch.Tensor],
+    guidance: RewardGuidance,
+    generation_kwargs: dict,
+    seed: int,
+    compare: bool,
+) -> list[GenerationResult]:
+    """The guided continuation, preceded by the unguided one (same settings and seed) when `compare`."""
+    prompt_length = inputs["input_ids"].shape[1]
+    config = guidance.config
     # The guided run goes first: it checks that the reward model fits the language model (vocabulary, positions).
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     with torch.no_grad():
         guided = lm.generate(**inputs, **generation_kwargs, **guidance.generate_kwargs())
     steps = [
@@ -185,8 +226,8 @@ def run(args: argparse.Namespace) -> int:
             reward=sequence_reward(guidance, guided, inputs),
         )
     ]
-    if args.compare:
-        torch.manual_seed(args.seed)
+    if compare:
+        torch.manual_seed(seed)
         with torch.no_grad():
             unguided = lm.generate(**inputs, **generation_kwargs)
         results.insert(
@@ -198,12 +239,7 @@ def run(args: argparse.Namespace) -> int:
                 reward=sequence_reward(guidance, unguided, inputs),
             ),
         )
-
-    for index, result in enumerate(results):
-        if index:
-            print()
-        _print_result(result, tokenizer, show_rewards=args.show_rewards, with_header=args.compare)
-    return 0
+    return results
 
 
 def _lm_max_positions(lm: PreTrainedModel) -> int | None:
