@@ -10,6 +10,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from .compat import keep_own_weight_names
 from .configuration import PrefixRewardConfig
 from .modeling import PrefixRewardModel, is_incrementally_scorable
 
@@ -174,21 +175,7 @@ class AutoModelForPrefixReward:
             return PrefixRewardModel.from_pretrained(
                 pretrained_model_name_or_path, *model_args, config=given or source, **kwargs
             )
-        if isinstance(given, PrefixRewardConfig):  # a prefix reward model's settings for a foreign checkpoint
-            if head:
-                raise ValueError(
-                    f"Set {sorted(head)} on the `config` you pass, not as keyword arguments as well."
-                )
-            config, prefix_config = given.text_config, given
-            if type(config) is not type(source):
-                raise ValueError(
-                    f"`config.text_config` is a {type(config).__name__}, but {name!r} holds a "
-                    f"{type(source).__name__} checkpoint."
-                )
-        else:
-            config = source
-            prefix_config = PrefixRewardConfig(text_config=config, base_model_name_or_path=name, **head)
-
+        config, prefix_config = _wrapping_configs(given, source, name, head)
         _check_backbone_config(source, name)
         is_classifier = _is_sequence_classifier(source)
         return_info = kwargs.pop("output_loading_info", False)
@@ -202,21 +189,44 @@ class AutoModelForPrefixReward:
             **kwargs,
         )
         # The renaming is a loading detail: saving writes the prefix reward model's own key names, not the source's.
-        model._weight_conversions = []
-        head_missing = any(key.startswith("score.") for key in info["missing_keys"])
-        if is_classifier:
-            if head_missing or any(key.startswith("score.") for key in info["unexpected_keys"]):
-                raise ValueError(
-                    f"{name!r} is a sequence-classification model, but its head could not be used as the reward "
-                    f"head (missing: {sorted(info['missing_keys'])}, unexpected: {sorted(info['unexpected_keys'])}). "
-                    "Only heads stored as `score.weight` (and `score.bias` with `head_bias=True`) are supported."
-                )
-        elif head_missing:
-            logger.warning(
-                f"The reward head of the prefix reward model built from {name!r} is newly initialised and untrained: "
-                "its rewards are meaningless until it is trained (see `PrefixRewardTrainer` / `hf-rgtg train`)."
-            )
+        keep_own_weight_names(model)
+        _check_loaded_head(info, name, is_classifier)
         return (model, info) if return_info else model
+
+
+def _wrapping_configs(
+    given: PreTrainedConfig | None, source: PreTrainedConfig, name: str, head: dict[str, Any]
+) -> tuple[PreTrainedConfig, PrefixRewardConfig]:
+    """The backbone's configuration and the prefix reward model's for wrapping the foreign checkpoint `name`
+    (whose configuration is `source`, or the backbone configuration given): those of the `given` prefix reward
+    configuration, or `source` and a new prefix reward configuration with the `head` settings."""
+    if not isinstance(given, PrefixRewardConfig):
+        return source, PrefixRewardConfig(text_config=source, base_model_name_or_path=name, **head)
+    if head:
+        raise ValueError(f"Set {sorted(head)} on the `config` you pass, not as keyword arguments as well.")
+    if type(given.text_config) is not type(source):
+        raise ValueError(
+            f"`config.text_config` is a {type(given.text_config).__name__}, but {name!r} holds a "
+            f"{type(source).__name__} checkpoint."
+        )
+    return given.text_config, given
+
+
+def _check_loaded_head(info: dict[str, list[str]], name: str, is_classifier: bool) -> None:
+    """Refuse a sequence classifier whose head did not become the reward head; warn of a new, untrained head."""
+    head_missing = any(key.startswith("score.") for key in info["missing_keys"])
+    if is_classifier:
+        if head_missing or any(key.startswith("score.") for key in info["unexpected_keys"]):
+            raise ValueError(
+                f"{name!r} is a sequence-classification model, but its head could not be used as the reward "
+                f"head (missing: {sorted(info['missing_keys'])}, unexpected: {sorted(info['unexpected_keys'])}). "
+                "Only heads stored as `score.weight` (and `score.bias` with `head_bias=True`) are supported."
+            )
+    elif head_missing:
+        logger.warning(
+            f"The reward head of the prefix reward model built from {name!r} is newly initialised and untrained: "
+            "its rewards are meaningless until it is trained (see `PrefixRewardTrainer` / `hf-rgtg train`)."
+        )
 
 
 def resolve_reward_model(reward_model: Any) -> PrefixRewardModel:

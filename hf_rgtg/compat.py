@@ -10,6 +10,9 @@ What differs across the supported range, and since when:
   a `cache` field, and `generate()` reads `outputs["cache"]`. The old spelling still works on 5.24 but warns on
   every call, so the package uses [`CACHE_NAME`] through [`cache_kwargs`], [`output_cache`] and [`cache_field`].
 
+The private names of transformers that the package needs are read here too, each behind one function that says
+why and in which versions it was checked: [`upload_saved_model`] and [`keep_own_weight_names`].
+
 The oldest supported version is 5.18, the first that honours a configuration's `tie_last_hidden_states`: reward
 heads over a truncated backbone (the packaged default reward model among them) read the raw hidden state of
 their last kept layer, and 5.16/5.17 silently hand back the final-normalised one instead. See
@@ -18,6 +21,7 @@ their last kept layer, and 5.16/5.17 silently hand back the final-normalised one
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, TypeVar
@@ -109,7 +113,112 @@ def cache_field(cls: _Output) -> _Output:
     return cls
 
 
+__all__ = [
+    "CACHE_NAME",
+    "MAX_TRANSFORMERS_VERSION",
+    "MIN_TRANSFORMERS_VERSION",
+    "TRANSFORMERS_REQUIREMENT",
+    "TRANSFORMERS_VERSION",
+    "cache_field",
+    "cache_kwargs",
+    "installed_transformers_version",
+    "output_cache",
+]
+
+
 # transformers' private helpers
+#
+# Each wraps one private name of transformers that the package cannot do without, says why, and in which versions
+# it was read. The callers never touch the private name themselves.
+
+
+def upload_saved_model(
+    model: Any,
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str,
+    token: bool | str | None = None,
+    create_pr: bool = False,
+    revision: str | None = None,
+    commit_description: str | None = None,
+) -> Any:
+    """Upload every file of `folder` (a saved model with its card, and its tokenizer) to the Hub repository
+    `repo_id` in one commit, as `PreTrainedModel.push_to_hub` uploads after saving.
+
+    Private because: `push_to_hub` saves the model itself and writes a generic model card over the package's;
+    its upload step, `PushToHubMixin._upload_modified_files` (`transformers/utils/hub.py`), is public nowhere. It
+    creates the `revision` branch when needed and makes one commit of the folder's files. Read in transformers
+    5.18 and 5.24, the ends of the supported range: the same signature and behaviour in both.
+
+    Args:
+        model (`PreTrainedModel`): the model that was saved to `folder` (any `PushToHubMixin`).
+        folder (`str` or `os.PathLike`): the saved folder; every file in it is uploaded.
+        repo_id (`str`): the Hub repository, which has to exist already.
+        commit_message (`str`): the commit's message.
+        token (`bool` or `str`, *optional*), create_pr (`bool`, *optional*), revision (`str`, *optional*),
+            commit_description (`str`, *optional*): as for `push_to_hub`.
+
+    Returns:
+        `huggingface_hub.CommitInfo`: what the Hub answered to the commit.
+
+    Examples:
+
+    ```python
+    >>> import tempfile
+    >>> from unittest import mock
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from hf_rgtg.compat import upload_saved_model
+
+    >>> model = GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16))
+    >>> folder = tempfile.mkdtemp()
+    >>> model.save_pretrained(folder)
+    >>> class Hub:  # stands in for the Hub: it answers with the files of the commit
+    ...     def create_commit(self, repo_id, operations, **kwargs):
+    ...         return sorted(operation.path_in_repo for operation in operations)
+    >>> with mock.patch("transformers.utils.hub.hf_api", Hub):
+    ...     upload_saved_model(model, folder, "org/tiny", commit_message="Upload")
+    ['config.json', 'model.safetensors']
+    ```
+    """
+    return model._upload_modified_files(
+        folder,
+        repo_id,
+        files_timestamps={},  # no file counts as uploaded already
+        commit_message=commit_message,
+        token=token,
+        create_pr=create_pr,
+        revision=revision,
+        commit_description=commit_description,
+    )
+
+
+def keep_own_weight_names(model: Any) -> None:
+    """Make `model.save_pretrained` write the model's own weight names, not those of the checkpoint it was loaded
+    from with a `key_mapping`.
+
+    Private because: `from_pretrained` records the renamings it applied in `model._weight_conversions`, and
+    `save_pretrained` reverts them (`revert_weight_conversion`, `transformers/core_model_loading.py`); no public
+    setting turns that off. An empty list means that there is nothing to revert (`None` would not: it makes
+    transformers fall back to its built-in mappings for the model). Read in transformers 5.18 and 5.24, the ends of
+    the supported range: set and read the same way in both.
+
+    Args:
+        model (`PreTrainedModel`): a model returned by `from_pretrained`.
+
+    Examples:
+
+    ```python
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from hf_rgtg.compat import keep_own_weight_names
+
+    >>> model = GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16))
+    >>> keep_own_weight_names(model)
+    >>> model._weight_conversions
+    []
+    ```
+    """
+    model._weight_conversions = []
 
 
 def generation_special_tokens(generation_config: Any) -> tuple[Any, Any]:
@@ -124,15 +233,4 @@ def generation_special_tokens(generation_config: Any) -> tuple[Any, Any]:
     return generation_config._eos_token_tensor, generation_config._pad_token_tensor
 
 
-__all__ = [
-    "CACHE_NAME",
-    "MAX_TRANSFORMERS_VERSION",
-    "MIN_TRANSFORMERS_VERSION",
-    "TRANSFORMERS_REQUIREMENT",
-    "TRANSFORMERS_VERSION",
-    "cache_field",
-    "cache_kwargs",
-    "generation_special_tokens",
-    "installed_transformers_version",
-    "output_cache",
-]
+__all__ += ["generation_special_tokens", "keep_own_weight_names", "upload_saved_model"]

@@ -1,4 +1,5 @@
-"""Preference data for prefix reward models: loading, validation and tokenization."""
+"""Preference data for prefix reward models: loading, validation, tokenization, and batching for the all-prefix
+loss ([`PrefixRewardCollator`], which training and evaluation share)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import csv
 import json
 import logging
 import os
+import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from .validation import is_integer
@@ -270,30 +273,10 @@ def load_preference_data(
     "1 pairs kept; skipped: 1 missing column 'rejected'"
     ```
     """
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        raise TypeError(
-            f"`tokenizer` has to be the reward model's tokenizer (a PreTrainedTokenizerBase), got "
-            f"{type(tokenizer).__name__} ({tokenizer!r}): load it with `AutoTokenizer.from_pretrained(...)`."
-        )
-    if not is_integer(max_length) or max_length < 2:
-        raise ValueError(
-            f"`max_length` (={max_length!r}) has to be an integer of at least 2 (prompt plus response, in tokens), "
-            "e.g. `max_length=512`."
-        )
-    max_length = int(max_length)
+    max_length = _checked_max_length(tokenizer, max_length)
     data = PreferenceData()
     for row in read_rows(source):
-        if isinstance(row, UnusableRow):
-            rendered = row.reason
-        elif isinstance(row, Mapping):
-            rendered = _render(row, tokenizer)
-        else:
-            rendered = "row is not a mapping"
-        example = (
-            rendered
-            if isinstance(rendered, str)
-            else tokenize_pair(*rendered[:3], tokenizer, max_length, rendered[3])
-        )
+        example = _example(row, tokenizer, max_length)
         if isinstance(example, str):
             data.skipped[example] += 1
         else:
@@ -307,4 +290,162 @@ def load_preference_data(
     return data
 
 
-__all__ = ["PreferenceData", "UnusableRow", "load_preference_data", "read_rows", "tokenize_pair"]
+def _checked_max_length(tokenizer: Any, max_length: Any) -> int:
+    """`max_length` as an `int`, once it and `tokenizer` are known to be of use to [`load_preference_data`]."""
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(
+            f"`tokenizer` has to be the reward model's tokenizer (a PreTrainedTokenizerBase), got "
+            f"{type(tokenizer).__name__} ({tokenizer!r}): load it with `AutoTokenizer.from_pretrained(...)`."
+        )
+    if not is_integer(max_length) or max_length < 2:
+        raise ValueError(
+            f"`max_length` (={max_length!r}) has to be an integer of at least 2 (prompt plus response, in tokens), "
+            "e.g. `max_length=512`."
+        )
+    return int(max_length)
+
+
+def _example(
+    row: Mapping[str, Any] | UnusableRow | Any, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, list[int]] | str:
+    """The tokenized pair of one row that [`read_rows`] gave, or the reason it is skipped."""
+    if isinstance(row, UnusableRow):
+        return row.reason
+    if not isinstance(row, Mapping):
+        return "row is not a mapping"
+    rendered = _render(row, tokenizer)
+    if isinstance(rendered, str):
+        return rendered
+    return tokenize_pair(*rendered[:3], tokenizer, max_length, rendered[3])
+
+
+def prefix_lengths(
+    length: int, sampling: str, min_prefix_length: int = 1, num_random: int = 4, rng=random
+) -> list[int]:
+    """The response prefix lengths `t` (1-based) of a pair whose responses have `length` tokens."""
+    if sampling == "full":
+        return [length]
+    lengths = list(range(min(min_prefix_length, length), length + 1))
+    if sampling == "random":
+        return sorted(rng.sample(lengths, min(num_random, len(lengths))))
+    return lengths
+
+
+class _PrefixSettings(Protocol):
+    """What [`PrefixRewardCollator.from_config`] reads of a [`PrefixRewardTrainingConfig`] (which imports this
+    module, so it is not imported here)."""
+
+    prefix_sampling: str
+    min_prefix_length: int
+    num_random_prefixes: int
+    position_weighting: str
+    seed: int
+
+
+@dataclass
+class PrefixRewardCollator:
+    """Batches tokenized pairs for the one-forward all-prefix loss.
+
+    For each pair the shorter response is padded with EOS to the longer one's length `L` (as PARGS does), so
+    `chosen[:t]` and `rejected[:t]` exist for every `t ≤ L`. Sequences are `prompt + response`, right-padded with
+    the pad id. `loss_weights` is non-zero exactly at the positions whose prefix reward enters the loss: position
+    `len(prompt) + t - 1` for every selected `t`.
+
+    Args:
+        pad_token_id (`int`): padding id.
+        eos_token_id (`int`): the id that pads the shorter response.
+        prefix_sampling (`str`, *optional*, defaults to `"all"`): see [`PrefixRewardTrainingConfig`], as for
+            `min_prefix_length`, `num_random_prefixes` and `position_weighting`.
+        seed (`int`, *optional*, defaults to 0): seeds the random prefix choice.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.data import PrefixRewardCollator
+    >>> collate = PrefixRewardCollator(pad_token_id=0, eos_token_id=9)
+    >>> batch = collate([{"prompt_ids": [5, 6], "chosen_ids": [7, 8, 7], "rejected_ids": [3]}])
+    >>> batch["chosen_input_ids"].tolist(), batch["rejected_input_ids"].tolist()
+    ([[5, 6, 7, 8, 7]], [[5, 6, 3, 9, 9]])
+    >>> batch["loss_weights"].tolist()
+    [[0.0, 0.0, 1.0, 1.0, 1.0]]
+    ```
+    """
+
+    pad_token_id: int
+    eos_token_id: int
+    prefix_sampling: str = "all"
+    min_prefix_length: int = 1
+    num_random_prefixes: int = 4
+    position_weighting: str = "uniform"
+    seed: int = 0
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+
+    @classmethod
+    def from_config(cls, config: _PrefixSettings, tokenizer: PreTrainedTokenizerBase) -> PrefixRewardCollator:
+        """The collator of a training run: its prefix settings and seed, the tokenizer's EOS and pad ids.
+
+        Args:
+            config ([`PrefixRewardTrainingConfig`]): the training settings (any object with their
+                `prefix_sampling`, `min_prefix_length`, `num_random_prefixes`, `position_weighting` and `seed`).
+            tokenizer (`PreTrainedTokenizerBase`): the tokenizer; a missing pad token falls back to EOS.
+
+        Raises:
+            `ValueError`: if the tokenizer has no EOS token.
+        """
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        if eos is None:
+            raise ValueError(
+                "The tokenizer has no EOS token, which pads the shorter response of each pair; set one."
+            )
+        return cls(
+            pad_token_id=pad,
+            eos_token_id=eos,
+            prefix_sampling=config.prefix_sampling,
+            min_prefix_length=config.min_prefix_length,
+            num_random_prefixes=config.num_random_prefixes,
+            position_weighting=config.position_weighting,
+            seed=config.seed,
+        )
+
+    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        sequences: dict[str, list[list[int]]] = {"chosen": [], "rejected": []}
+        weights: list[dict[int, float]] = []
+        for example in examples:
+            prompt, chosen, rejected = example["prompt_ids"], example["chosen_ids"], example["rejected_ids"]
+            length = max(len(chosen), len(rejected))
+            sequences["chosen"].append(prompt + chosen + [self.eos_token_id] * (length - len(chosen)))
+            sequences["rejected"].append(prompt + rejected + [self.eos_token_id] * (length - len(rejected)))
+            ts = prefix_lengths(
+                length, self.prefix_sampling, self.min_prefix_length, self.num_random_prefixes, self._rng
+            )
+            linear = self.position_weighting == "linear"
+            weights.append({len(prompt) + t - 1: t / length if linear else 1.0 for t in ts})
+        width = max(len(s) for s in sequences["chosen"])
+        batch: dict[str, torch.Tensor] = {}
+        for name, rows in sequences.items():
+            batch[f"{name}_input_ids"] = torch.tensor(
+                [r + [self.pad_token_id] * (width - len(r)) for r in rows]
+            )
+            batch[f"{name}_attention_mask"] = torch.tensor(
+                [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+            )
+        loss_weights = torch.zeros(len(examples), width)
+        for row, positions in enumerate(weights):
+            for position, weight in positions.items():
+                loss_weights[row, position] = weight
+        batch["loss_weights"] = loss_weights
+        return batch
+
+
+__all__ = [
+    "PreferenceData",
+    "PrefixRewardCollator",
+    "UnusableRow",
+    "load_preference_data",
+    "prefix_lengths",
+    "read_rows",
+    "tokenize_pair",
+]

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .data import PrefixRewardCollator
+from .hub import BUCKET_ORDER, accuracy_table
 from .modeling import PrefixRewardModel
-from .training import PrefixRewardCollator
 
-BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
+#: The quarters of the response that prefix accuracy is reported by (`BUCKET_ORDER` adds `"full"`).
+BUCKETS = BUCKET_ORDER[:-1]
 
 
 @dataclass
@@ -33,16 +35,16 @@ class PrefixAccuracy:
     mean_full_margin: float = 0.0
 
     def to_markdown(self) -> str:
-        """The table as Markdown (used in model cards and by `hf-rgtg eval-rm`)."""
-        lines = ["| prefix of the response | accuracy | pairs |", "| --- | --- | --- |"]
-        for name in (*BUCKETS, "full"):
-            lines.append(
-                f"| {name} | {self.accuracy.get(name, float('nan')):.3f} | {self.counts.get(name, 0)} |"
-            )
-        lines.append(
-            f"\nMean reward margin: {self.mean_margin:.4f} over all prefixes, {self.mean_full_margin:.4f} on full responses."
+        """The table as Markdown (used in model cards and by `hf-rgtg eval-rm`), every bucket shown (`nan` where
+        there is no figure), then the mean margins."""
+        table = accuracy_table(
+            {name: self.accuracy.get(name, float("nan")) for name in BUCKET_ORDER},
+            {name: self.counts.get(name, 0) for name in BUCKET_ORDER},
         )
-        return "\n".join(lines)
+        return (
+            f"{table}\n\nMean reward margin: {self.mean_margin:.4f} over all prefixes, {self.mean_full_margin:.4f} on "
+            "full responses."
+        )
 
 
 def _bucket(t: int, length: int) -> str:
@@ -106,8 +108,8 @@ def _prefix_accuracy(
 ) -> PrefixAccuracy:
     collate = PrefixRewardCollator(pad_token_id=pad_token_id, eos_token_id=eos_token_id)
     device = model.device
-    wins = dict.fromkeys((*BUCKETS, "full"), 0)
-    counts = dict.fromkeys((*BUCKETS, "full"), 0)
+    wins = dict.fromkeys(BUCKET_ORDER, 0)
+    counts = dict.fromkeys(BUCKET_ORDER, 0)
     margins: list[float] = []
     full_margins: list[float] = []
     starts = range(0, len(examples), batch_size)

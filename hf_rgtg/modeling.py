@@ -20,7 +20,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.utils import ModelOutput
 from transformers.utils import hub as hub_utils
 
-from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache
+from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, upload_saved_model
 from .configuration import PrefixRewardConfig
 from .hub import TAGS, model_card
 from .incremental import Depth
@@ -135,6 +135,8 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     >>> out = model(input_ids)
     >>> out.rewards.shape, out.reward.shape
     (torch.Size([1, 4]), torch.Size([1]))
+    >>> model.vocab_size, model.max_positions
+    (128, 2048)
 
     >>> # Feeding the last token on top of a cache gives the same reward as the full forward.
     >>> first = model(input_ids[:, :3], use_cache=True)
@@ -204,8 +206,13 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
 
     @property
     def vocab_size(self) -> int:
-        """The size of the backbone's vocabulary: the token ids the reward model reads."""
+        """How many token ids the backbone reads (its configuration's `vocab_size`)."""
         return self.config.text_config.get_text_config().vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        # `resize_token_embeddings` sets `model.vocab_size` after it has set the configuration's.
+        self.config.text_config.get_text_config().vocab_size = value
 
     @property
     def backbone_eos_token_id(self) -> int | list[int] | None:
@@ -247,10 +254,10 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             card = ModelCard.load(Path(folder) / "README.md")
             card.data.tags = list(dict.fromkeys([*(card.data.tags or TAGS), *(tags or [])]))
             card.save(Path(folder) / "README.md")
-            return self._upload_modified_files(
+            return upload_saved_model(
+                self,
                 folder,
                 repo_id,
-                files_timestamps={},
                 commit_message=commit_message or "Upload prefix reward model",
                 token=token,
                 create_pr=create_pr,
@@ -325,6 +332,9 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         r"""
         Score every prefix of the input.
 
+        The arguments are those of a transformers model's forward (hence the length of this method), so that
+        `generate()`, the `Trainer` and PEFT call it as they call any model.
+
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
                 Token ids. Only the new tokens when `cache` is given.
@@ -355,8 +365,60 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 "with `PrefixRewardTrainer` (or `prefix_bradley_terry_loss`)."
             )
         self._check_shape(input_ids, inputs_embeds)
-        batch_size, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        batch_size, seq_len = tokens.shape[:2]
         incremental = self.supports_incremental_scoring
+        cache = self._resolved_cache(cache, past_key_values, incremental)
+        past_len = cache.get_seq_length() if cache is not None else 0
+        self._check_inputs(batch_size, seq_len, past_len, attention_mask, position_ids)
+        backbone_kwargs = dict(kwargs)
+        if incremental:
+            backbone_kwargs.update(cache_kwargs(cache), use_cache=use_cache)
+        position_ids = self._checked_position_ids(position_ids, attention_mask, tokens, past_len, incremental)
+        if position_ids is not None:
+            backbone_kwargs["position_ids"] = position_ids
+
+        rewards, outputs = self._rewards(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **backbone_kwargs,
+        )
+        output = self._output(rewards, outputs, attention_mask, output_hidden_states)
+        return (
+            output
+            if (return_dict if return_dict is not None else self.config.return_dict)
+            else output.to_tuple()
+        )
+
+    @staticmethod
+    def _output(
+        rewards: torch.Tensor,
+        outputs: ModelOutput,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool | None,
+    ) -> PrefixRewardOutput:
+        """The output of [`forward`]: every position's reward, each row's reward at its last real token, and what
+        the backbone returned besides."""
+        batch_size, seq_len = rewards.shape
+        mask_2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        index = last_token_index(mask_2d, batch_size, seq_len).to(rewards.device)
+        reward = rewards[torch.arange(batch_size, device=rewards.device), index]
+        return PrefixRewardOutput(
+            rewards=rewards,
+            reward=reward,
+            **cache_kwargs(output_cache(outputs)),
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    def _resolved_cache(
+        self, cache: Cache | None, past_key_values: Cache | None, incremental: bool
+    ) -> Cache | None:
+        """The cache given as `cache` or by its old name `past_key_values` (not both); refused on a backbone that is
+        not `incremental`."""
         if past_key_values is not None:
             if cache is not None:
                 raise ValueError("Pass the cache once: `cache` and `past_key_values` are the same argument.")
@@ -367,50 +429,33 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 f"({self.config.text_config.model_type}) is not a causal decoder and cannot be scored "
                 "incrementally. Re-encode the whole sequence instead."
             )
-        past_len = cache.get_seq_length() if cache is not None else 0
-        self._check_inputs(batch_size, seq_len, past_len, attention_mask, position_ids)
+        return cache
 
-        backbone_kwargs = dict(kwargs)
-        if incremental:
-            if position_ids is None:
-                if attention_mask is not None:
-                    position_ids = position_ids_from_attention_mask(attention_mask, seq_len)
-                else:
-                    device = (input_ids if input_ids is not None else inputs_embeds).device
-                    position_ids = torch.arange(past_len, past_len + seq_len, device=device).expand(
-                        batch_size, -1
-                    )
-            backbone_kwargs.update(cache_kwargs(cache), use_cache=use_cache)
+    def _checked_position_ids(
+        self,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        tokens: torch.Tensor,
+        past_len: int,
+        incremental: bool,
+    ) -> torch.Tensor | None:
+        """The position ids for the backbone, once they are known to fit in its positions. An `incremental`
+        backbone gets them counted over the attention mask's real tokens (or from the cache's length) when they are
+        not given; other backbones number the positions themselves, and only the input's length is checked."""
+        batch_size, seq_len = tokens.shape[:2]
+        if incremental and position_ids is None:
+            if attention_mask is not None:
+                position_ids = position_ids_from_attention_mask(attention_mask, seq_len)
+            else:
+                position_ids = torch.arange(past_len, past_len + seq_len, device=tokens.device).expand(
+                    batch_size, -1
+                )
         if position_ids is not None:
             if position_ids.numel():
                 self.check_length(int(position_ids.max()) + 1)
-            backbone_kwargs["position_ids"] = position_ids
         else:
             self.check_length(seq_len)
-
-        rewards, outputs = self._rewards(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            **backbone_kwargs,
-        )
-        mask_2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-        index = last_token_index(mask_2d, batch_size, seq_len).to(rewards.device)
-        reward = rewards[torch.arange(batch_size, device=rewards.device), index]
-        output = PrefixRewardOutput(
-            rewards=rewards,
-            reward=reward,
-            **cache_kwargs(output_cache(outputs)),
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=getattr(outputs, "attentions", None),
-        )
-        return (
-            output
-            if (return_dict if return_dict is not None else self.config.return_dict)
-            else output.to_tuple()
-        )
+        return position_ids
 
     def _rewards(
         self, output_hidden_states: bool | None = None, **backbone_kwargs

@@ -1,10 +1,13 @@
-"""Tokenizer helpers shared by scoring, training and the command line."""
+"""Tokenizer helpers shared by scoring, training and the command line: a pad token for batches, a prompt
+encoded for `generate()` (as a chat-template user message when the tokenizer has a template), and the EOS and pad
+ids of guided decoding."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from .validation import checked_token_id, checked_token_ids
@@ -52,6 +55,59 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, *, use_chat_template: bool = True
+) -> dict[str, torch.Tensor]:
+    """Tokenize one prompt for `generate()`: as the user message of the tokenizer's chat template, followed by the
+    template's generation prompt, when it has a template and `use_chat_template`; as plain text otherwise.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): the language model's tokenizer.
+        prompt (`str`): the prompt, or the user's message.
+        use_chat_template (`bool`, *optional*, defaults to `True`): `False` tokenizes the prompt as plain text even
+            when the tokenizer has a chat template.
+
+    Returns:
+        `dict[str, torch.Tensor]`: `input_ids` and `attention_mask`, each of shape `(1, prompt_length)`, to pass to
+        `model.generate(**inputs)`.
+
+    Raises:
+        `ValueError`: if the prompt is empty after tokenization.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from hf_rgtg import encode_prompt
+
+    >>> vocab = {word: i for i, word in enumerate(["[UNK]", "user:", "assistant:", "hello", "there"])}
+    >>> backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    >>> backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    >>> tokenizer.chat_template = (
+    ...     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+    ...     "{% if add_generation_prompt %}assistant:{% endif %}"
+    ... )
+    >>> encode_prompt(tokenizer, "hello there")["input_ids"].tolist()
+    [[1, 3, 4, 2]]
+    >>> encode_prompt(tokenizer, "hello there", use_chat_template=False)["input_ids"].tolist()
+    [[3, 4]]
+    ```
+    """
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        encoding = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    else:
+        encoding = tokenizer(prompt, return_tensors="pt")
+    inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+    if inputs["input_ids"].shape[1] == 0:
+        raise ValueError("the prompt is empty after tokenization; give some text to continue")
+    return inputs
+
+
 def check_tokenizer(tokenizer: object) -> None:
     """Refuse a `tokenizer` argument that is neither `None` nor a transformers tokenizer."""
     if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizerBase):
@@ -94,4 +150,4 @@ def special_token_ids(
     return checked_token_ids("eos_token_id", eos_token_id), checked_token_id("pad_token_id", pad_token_id)
 
 
-__all__ = ["check_tokenizer", "ensure_pad_token", "special_token_ids"]
+__all__ = ["check_tokenizer", "encode_prompt", "ensure_pad_token", "special_token_ids"]

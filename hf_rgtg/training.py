@@ -1,24 +1,26 @@
-"""Training prefix reward models (PARGS): the all-prefix Bradley-Terry loss, its collator and trainer."""
+"""Training prefix reward models (PARGS): the all-prefix Bradley-Terry loss and its trainer.
+
+The collator that lays pairs out for the loss lives in `data` (evaluation uses it too); it is importable from here
+as well.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 import os
-import random
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from .data import PrefixRewardCollator, prefix_lengths  # prefix_lengths: re-exported, as it lived here
+from .evaluation import PrefixAccuracy, evaluate_prefix_accuracy
 from .modeling import PrefixRewardModel
 from .validation import is_integer, is_number
-
-if TYPE_CHECKING:  # evaluation imports this module's collator
-    from .evaluation import PrefixAccuracy
 
 PREFIX_SAMPLING = ("all", "random", "full")
 POSITION_WEIGHTING = ("uniform", "linear")
@@ -143,108 +145,6 @@ class PrefixRewardTrainingConfig(TrainingArguments):
             )
 
 
-def prefix_lengths(
-    length: int, sampling: str, min_prefix_length: int = 1, num_random: int = 4, rng=random
-) -> list[int]:
-    """The response prefix lengths `t` (1-based) of a pair whose responses have `length` tokens."""
-    if sampling == "full":
-        return [length]
-    lengths = list(range(min(min_prefix_length, length), length + 1))
-    if sampling == "random":
-        return sorted(rng.sample(lengths, min(num_random, len(lengths))))
-    return lengths
-
-
-@dataclass
-class PrefixRewardCollator:
-    """Batches tokenized pairs for the one-forward all-prefix loss.
-
-    For each pair the shorter response is padded with EOS to the longer one's length `L` (as PARGS does), so
-    `chosen[:t]` and `rejected[:t]` exist for every `t ≤ L`. Sequences are `prompt + response`, right-padded with
-    the pad id. `loss_weights` is non-zero exactly at the positions whose prefix reward enters the loss: position
-    `len(prompt) + t - 1` for every selected `t`.
-
-    Args:
-        pad_token_id (`int`): padding id.
-        eos_token_id (`int`): the id that pads the shorter response.
-        prefix_sampling (`str`, *optional*, defaults to `"all"`): see [`PrefixRewardTrainingConfig`], as for
-            `min_prefix_length`, `num_random_prefixes` and `position_weighting`.
-        seed (`int`, *optional*, defaults to 0): seeds the random prefix choice.
-
-    Examples:
-
-    ```python
-    >>> from hf_rgtg.training import PrefixRewardCollator
-    >>> collate = PrefixRewardCollator(pad_token_id=0, eos_token_id=9)
-    >>> batch = collate([{"prompt_ids": [5, 6], "chosen_ids": [7, 8, 7], "rejected_ids": [3]}])
-    >>> batch["chosen_input_ids"].tolist(), batch["rejected_input_ids"].tolist()
-    ([[5, 6, 7, 8, 7]], [[5, 6, 3, 9, 9]])
-    >>> batch["loss_weights"].tolist()
-    [[0.0, 0.0, 1.0, 1.0, 1.0]]
-    ```
-    """
-
-    pad_token_id: int
-    eos_token_id: int
-    prefix_sampling: str = "all"
-    min_prefix_length: int = 1
-    num_random_prefixes: int = 4
-    position_weighting: str = "uniform"
-    seed: int = 0
-
-    def __post_init__(self):
-        self._rng = random.Random(self.seed)
-
-    @classmethod
-    def from_config(
-        cls, config: PrefixRewardTrainingConfig, tokenizer: PreTrainedTokenizerBase
-    ) -> PrefixRewardCollator:
-        eos = tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        if eos is None:
-            raise ValueError(
-                "The tokenizer has no EOS token, which pads the shorter response of each pair; set one."
-            )
-        return cls(
-            pad_token_id=pad,
-            eos_token_id=eos,
-            prefix_sampling=config.prefix_sampling,
-            min_prefix_length=config.min_prefix_length,
-            num_random_prefixes=config.num_random_prefixes,
-            position_weighting=config.position_weighting,
-            seed=config.seed,
-        )
-
-    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        sequences: dict[str, list[list[int]]] = {"chosen": [], "rejected": []}
-        weights: list[dict[int, float]] = []
-        for example in examples:
-            prompt, chosen, rejected = example["prompt_ids"], example["chosen_ids"], example["rejected_ids"]
-            length = max(len(chosen), len(rejected))
-            sequences["chosen"].append(prompt + chosen + [self.eos_token_id] * (length - len(chosen)))
-            sequences["rejected"].append(prompt + rejected + [self.eos_token_id] * (length - len(rejected)))
-            ts = prefix_lengths(
-                length, self.prefix_sampling, self.min_prefix_length, self.num_random_prefixes, self._rng
-            )
-            linear = self.position_weighting == "linear"
-            weights.append({len(prompt) + t - 1: t / length if linear else 1.0 for t in ts})
-        width = max(len(s) for s in sequences["chosen"])
-        batch: dict[str, torch.Tensor] = {}
-        for name, rows in sequences.items():
-            batch[f"{name}_input_ids"] = torch.tensor(
-                [r + [self.pad_token_id] * (width - len(r)) for r in rows]
-            )
-            batch[f"{name}_attention_mask"] = torch.tensor(
-                [[1] * len(r) + [0] * (width - len(r)) for r in rows]
-            )
-        loss_weights = torch.zeros(len(examples), width)
-        for row, positions in enumerate(weights):
-            for position, weight in positions.items():
-                loss_weights[row, position] = weight
-        batch["loss_weights"] = loss_weights
-        return batch
-
-
 def prefix_bradley_terry_loss(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
@@ -322,7 +222,8 @@ class PrefixRewardTrainer(Trainer):
     >>> import tempfile
     >>> from transformers import GPT2Config
     >>> from hf_rgtg import AutoModelForPrefixReward
-    >>> from hf_rgtg.training import PrefixRewardCollator, PrefixRewardTrainer, PrefixRewardTrainingConfig
+    >>> from hf_rgtg.data import PrefixRewardCollator
+    >>> from hf_rgtg.training import PrefixRewardTrainer, PrefixRewardTrainingConfig
 
     >>> config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=16, bos_token_id=15, eos_token_id=15)
     >>> model = AutoModelForPrefixReward.from_config(config)
@@ -374,8 +275,6 @@ class PrefixRewardTrainer(Trainer):
         Returns:
             `PrefixAccuracy`: the accuracy table.
         """
-        from .evaluation import evaluate_prefix_accuracy
-
         examples = examples if examples is not None else self.eval_dataset
         if examples is None:
             raise ValueError(

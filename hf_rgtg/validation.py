@@ -1,5 +1,6 @@
 """The argument checks every module shares, each written once: which values count as integers and numbers,
-and the checked forms of numbers, token ids and prompt lengths.
+the checked forms of numbers, token ids and prompt lengths, and whether a prompt and the tokens to generate fit in
+a model's positions.
 
 A bool is neither an integer nor a number (it is an `int` to Python, but `top_k=True` is a mistake), and NumPy
 scalars and one-element tensors count as what they hold. Each `checked_*` function returns the value in its plain
@@ -96,6 +97,48 @@ def checked_token_ids(name: str, value: Any) -> list[int] | None:
     return [int(item) for item in items]
 
 
+def positions_problem(
+    prompt_tokens: int, new_tokens: int, max_positions: int | None, what: str
+) -> str | None:
+    """Why a prompt and the tokens to generate after it do not fit in a model's positions, as a sentence that the
+    caller completes with its own fix; `None` when they fit.
+
+    When the prompt alone fills the positions, no number of new tokens fits and only a shorter prompt helps.
+    Otherwise the sentence says how many new tokens fit, and the caller says how to ask for fewer in its own
+    terms: a command-line flag (`--max-new-tokens`), an argument (`max_new_tokens`, `max_length`).
+
+    Args:
+        prompt_tokens (`int`): the prompt's length in tokens (of its longest row, padding not counted).
+        new_tokens (`int`): how many tokens are to be generated after it.
+        max_positions (`int`, *optional*): how many positions the model has; `None` when it declares no limit.
+        what (`str`): the model, as the sentence names it: `"the reward model"`.
+
+    Returns:
+        `str` or `None`: the sentence (lower-case, without a final full stop), or `None` when
+        `prompt_tokens + new_tokens` positions fit.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.validation import positions_problem
+    >>> positions_problem(100, 28, 128, "the reward model") is None
+    True
+    >>> positions_problem(100, 64, 128, "the reward model")
+    'the prompt has 100 tokens and the reward model at most 128 positions, so at most 28 new tokens fit (got 64)'
+    >>> positions_problem(128, 1, 128, "the reward model")
+    'the prompt has 128 tokens, but the reward model has at most 128 positions'
+    ```
+    """
+    if max_positions is None or prompt_tokens + new_tokens <= max_positions:
+        return None
+    if prompt_tokens >= max_positions:
+        return f"the prompt has {prompt_tokens} tokens, but {what} has at most {max_positions} positions"
+    return (
+        f"the prompt has {prompt_tokens} tokens and {what} at most {max_positions} positions, so at most "
+        f"{max_positions - prompt_tokens} new tokens fit (got {new_tokens})"
+    )
+
+
 __all__ = [
     "checked_finite",
     "checked_positive_int",
@@ -105,5 +148,6 @@ __all__ = [
     "is_integer",
     "is_number",
     "is_token_id",
+    "positions_problem",
     "scalar",
 ]

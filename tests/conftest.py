@@ -99,6 +99,13 @@ _CORPUS = [
 ]
 
 
+#: A chat template for `build_tokenizer()`'s tokenizer: each message on its own line after `<|endoftext|>`.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|endoftext|>{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on a few sentences: deterministic and instant, no download."""
     tokenizer = Tokenizer(tokenizer_models.BPE())

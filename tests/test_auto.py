@@ -190,6 +190,18 @@ def test_an_explicit_prefix_reward_config_wraps_a_causal_lm_checkpoint(tmp_path)
         )
 
 
+def test_a_backbone_config_given_with_head_settings_wraps_a_causal_lm_checkpoint(tmp_path):
+    lm = tiny_causal_lm("llama", seed=1)
+    lm.save_pretrained(tmp_path)
+    rm = AutoModelForPrefixReward.from_pretrained(tmp_path, config=lm.config, head_layer=1)
+    assert rm.config.head_layer == 1 and rm.config.base_model_name_or_path == str(tmp_path)
+    assert type(rm.config.text_config) is type(lm.config)
+    with pytest.raises(ValueError, match=r"Set \['head_layer'\] on the `config` you pass"):
+        AutoModelForPrefixReward.from_pretrained(
+            tmp_path, config=PrefixRewardConfig(text_config=lm.config), head_layer=1
+        )
+
+
 def test_custom_code_backbones_are_refused_by_name():
     from transformers import PreTrainedConfig
 

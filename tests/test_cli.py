@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import build_tokenizer, tiny_causal_lm, tiny_config, tiny_prefix_rm
+from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm, tiny_config, tiny_prefix_rm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
 
 import hf_rgtg.defaults
@@ -21,10 +21,6 @@ from hf_rgtg import (
 from hf_rgtg.cli import main
 
 PROMPT = "hello there"
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|endoftext|>{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -217,12 +213,6 @@ def test_chat_template_is_applied_unless_disabled(folders, capsys, generate_inpu
     assert torch.equal(generate_inputs[1], plain)
 
 
-def test_tokenizer_without_chat_template_gets_the_plain_prompt(folders, capsys, generate_inputs):
-    assert run(capsys, PROMPT, *models(folders), "--max-new-tokens", "2")[0] == 0
-    plain = AutoTokenizer.from_pretrained(folders["lm"])(PROMPT, return_tensors="pt")["input_ids"]
-    assert torch.equal(generate_inputs[0], plain)
-
-
 @pytest.mark.parametrize(
     "flag, value, mentions",
     [
@@ -284,6 +274,24 @@ def test_reward_model_with_another_vocabulary_is_an_error(folders, capsys, tmp_p
     code, out, err = run(capsys, PROMPT, "--lm", folders["lm"], "--rm", str(tmp_path / "other-rm"))
     assert code == 2 and out == ""
     assert "vocabulary" in err and err.count("\n") == 1
+
+
+def test_only_the_top_k_check_of_the_guidance_names_the_flag(folders, capsys, tmp_path):
+    other = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("llama", vocab_size=200)))
+    other.save_pretrained(tmp_path / "other-rm")
+    lm = AutoModelForCausalLM.from_pretrained(folders["lm"])
+    lm.generation_config.eos_token_id = 250
+    lm.save_pretrained(tmp_path / "lm")
+    AutoTokenizer.from_pretrained(folders["lm"]).save_pretrained(tmp_path / "lm")
+    args = (PROMPT, "--lm", str(tmp_path / "lm"), "--rm", str(tmp_path / "other-rm"))
+    code, _, err = run(capsys, *args, "--top-k", "300")
+    assert code == 2
+    assert err.startswith(
+        "hf-rgtg: error: argument --top-k: `top_k` (=300) is larger than the reward model's "
+    )
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert err.startswith("hf-rgtg: error: `eos_token_id` (250) lies outside the reward model's vocabulary")
 
 
 def test_missing_default_reward_model_asks_for_rm_before_loading_anything(

@@ -8,6 +8,7 @@ import pytest
 
 MODULES = [
     "hf_rgtg.auto",
+    "hf_rgtg.compat",
     "hf_rgtg.configuration",
     "hf_rgtg.custom_generate",
     "hf_rgtg.data",
@@ -21,6 +22,7 @@ MODULES = [
     "hf_rgtg.incremental.llama",
     "hf_rgtg.modeling",
     "hf_rgtg.processing",
+    "hf_rgtg.redistribution",
     "hf_rgtg.scoring",
     "hf_rgtg.scoring.base",
     "hf_rgtg.scoring.reference",
@@ -29,6 +31,7 @@ MODULES = [
     "hf_rgtg.trace",
     "hf_rgtg.tracking",
     "hf_rgtg.training",
+    "hf_rgtg.validation",
 ]
 
 

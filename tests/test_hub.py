@@ -6,6 +6,8 @@ from huggingface_hub import ModelCard
 from test_training import separable_pairs
 
 from hf_rgtg import AutoModelForPrefixReward
+from hf_rgtg.evaluation import PrefixAccuracy
+from hf_rgtg.hub import accuracy_table
 from hf_rgtg.training import PrefixRewardTrainer, PrefixRewardTrainingConfig
 
 
@@ -100,3 +102,25 @@ def test_untrained_model_card_says_so(tmp_path):
     tiny_prefix_rm("gpt2").save_pretrained(tmp_path)
     card = ModelCard.load(tmp_path / "README.md")
     assert "no record of its training" in card.text and card.data.library_name == "hf_rgtg"
+
+
+def test_the_card_and_prefix_accuracy_print_the_same_table(tmp_path):
+    accuracy = PrefixAccuracy(
+        accuracy={"0-25%": 0.5, "50-75%": 0.75, "full": 1.0},
+        counts={"0-25%": 4, "50-75%": 2, "full": 1},
+        mean_margin=0.125,
+        mean_full_margin=-1.0,
+    )
+    header = "| prefix of the response | accuracy | pairs |\n| --- | --- | --- |\n"
+    assert accuracy.to_markdown() == (
+        header
+        + "| 0-25% | 0.500 | 4 |\n| 25-50% | nan | 0 |\n| 50-75% | 0.750 | 2 |\n| 75-100% | nan | 0 |\n"
+        "| full | 1.000 | 1 |\n\nMean reward margin: 0.1250 over all prefixes, -1.0000 on full responses."
+    )
+    # The card shows only the buckets it has figures for, and an empty cell for a missing count.
+    model = tiny_prefix_rm("gpt2")
+    model.config.training_summary = {"prefix_accuracy": accuracy.accuracy, "prefix_counts": {"full": 1}}
+    model.save_pretrained(tmp_path)
+    table = header + "| 0-25% | 0.500 |  |\n| 50-75% | 0.750 |  |\n| full | 1.000 | 1 |"
+    assert accuracy_table(accuracy.accuracy, {"full": 1}) == table
+    assert table in ModelCard.load(tmp_path / "README.md").text

@@ -184,6 +184,14 @@ def test_return_dict_false_gives_a_tuple_and_internal_callers_do_not_depend_on_i
     assert guidance.scorer.reset(ids, torch.ones_like(ids), 3).shape == (2,)
 
 
+def test_vocab_size_is_the_backbone_s_and_follows_resize_token_embeddings():
+    model = tiny_prefix_rm("llama")
+    assert model.vocab_size == VOCAB_SIZE == model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(VOCAB_SIZE + 8, mean_resizing=False)
+    assert model.vocab_size == model.config.text_config.vocab_size == VOCAB_SIZE + 8
+    assert model.get_input_embeddings().num_embeddings == VOCAB_SIZE + 8
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_sequence_longer_than_max_positions_is_rejected(arch):
     model = tiny_prefix_rm(arch)

@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from conftest import VOCAB_SIZE, build_tokenizer, tiny_prefix_rm, tiny_sequence_classifier
 
 from hf_rgtg import AutoModelForPrefixReward
-from hf_rgtg.data import load_preference_data
+from hf_rgtg.data import PrefixRewardCollator, load_preference_data
 from hf_rgtg.evaluation import evaluate_prefix_accuracy
 from hf_rgtg.training import (
-    PrefixRewardCollator,
     PrefixRewardTrainer,
     PrefixRewardTrainingConfig,
     prefix_bradley_terry_loss,
@@ -63,28 +62,6 @@ def test_one_forward_loss_equals_the_enumerated_recipe(arch, margin, min_prefix_
     expected = enumerated_loss(model, pairs, margin=margin, min_prefix_length=min_prefix_length)
     actual = one_forward_loss(model, pairs, margin=margin, min_prefix_length=min_prefix_length)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
-
-
-def test_collator_pads_with_eos_and_selects_prefixes():
-    pairs = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, 12, 13]}]
-    batch = PrefixRewardCollator(pad_token_id=99, eos_token_id=EOS)(
-        pairs + [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}]
-    )
-    assert batch["chosen_input_ids"][0].tolist() == [5, 6, 7, 8, 9, EOS, EOS]
-    assert batch["rejected_input_ids"][1].tolist() == [1, 3, 99, 99, 99, 99, 99]
-    assert batch["chosen_attention_mask"][1].tolist() == [1, 1, 0, 0, 0, 0, 0]
-    assert batch["loss_weights"][0].nonzero().flatten().tolist() == [3 - 1 + t for t in range(1, 5)]
-    assert batch["loss_weights"][1].nonzero().flatten().tolist() == [1]
-
-    full = PrefixRewardCollator(pad_token_id=99, eos_token_id=EOS, prefix_sampling="full")(pairs)
-    assert full["loss_weights"][0].nonzero().flatten().tolist() == [6]
-    random_two = PrefixRewardCollator(
-        pad_token_id=99, eos_token_id=EOS, prefix_sampling="random", num_random_prefixes=2
-    )(pairs)
-    assert random_two["loss_weights"][0].count_nonzero() == 2
-    assert set(random_two["loss_weights"][0].nonzero().flatten().tolist()) <= {3, 4, 5, 6}
-    linear = PrefixRewardCollator(pad_token_id=99, eos_token_id=EOS, position_weighting="linear")(pairs)
-    assert linear["loss_weights"][0, 3:7].tolist() == [0.25, 0.5, 0.75, 1.0]
 
 
 def test_full_prefix_sampling_is_an_ordinary_reward_model_loss():

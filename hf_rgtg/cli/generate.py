@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -14,7 +13,9 @@ from ..auto import AutoModelForPrefixReward
 from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
-from ..tokenization import ensure_pad_token
+from ..redistribution import GenerationResult, prefix_rewards, sequence_reward
+from ..tokenization import encode_prompt, ensure_pad_token
+from ..validation import positions_problem
 from .loading import check_local_path, checked_tokenizer, load_named
 
 # The PARGS paper's weights of the reward: 1 for greedy decoding, 2 for sampling.
@@ -30,7 +31,7 @@ MISSING_REWARD_MODEL_MESSAGE = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
-    """Declare the `generate` command.
+    """Declare the `generate` command: its length is one `add_argument` call per flag, in `--help`'s order.
 
     Args:
         subparsers (`argparse._SubParsersAction`): the subparsers of the top-level parser.
@@ -103,23 +104,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
     return parser
 
 
-@dataclass
-class GenerationResult:
-    """One generated continuation, ready to print.
-
-    Args:
-        label (`str`): how the continuation was produced ("guided (beta=1.0, top-k=10)", "unguided").
-        text (`str`): the decoded continuation, without special tokens.
-        steps (`list[tuple[int, float]]`, *optional*): each generated token with the reward of the prefix it ends.
-        reward (`float`): the reward model's score of the whole sequence.
-    """
-
-    label: str
-    text: str
-    steps: list[tuple[int, float]] | None
-    reward: float
-
-
 def run(args: argparse.Namespace) -> int:
     """Carry out `hf-rgtg generate`: load the models, generate with guidance (and without, for `--compare`) and
     print the continuations.
@@ -137,14 +121,7 @@ def run(args: argparse.Namespace) -> int:
         `OSError`: when a model or tokenizer cannot be found.
     """
     # Everything that can be checked without the models is checked first, so mistakes fail fast.
-    beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
-    config = _guidance_config(beta=beta, top_k=args.top_k)
-    if not 0 <= args.seed < 2**63:
-        raise ValueError(f"argument --seed: has to be an integer from 0 to 2**63 - 1, got {args.seed}")
-    if args.max_new_tokens < 1:
-        raise ValueError(
-            f"argument --max-new-tokens: has to be a positive integer, got {args.max_new_tokens}"
-        )
+    config = _checked_settings(args)
     load_reward_model = _reward_model_loader(args.rm)
 
     # Seeded before loading too: a reward model built from a causal-LM checkpoint gets a randomly initialised head.
@@ -154,11 +131,14 @@ def run(args: argparse.Namespace) -> int:
     if args.rm is None and args.lm is not None:
         _check_default_rm_fits(reward_model, lm, args.lm)
     ensure_pad_token(tokenizer)
-    inputs = _encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
+    inputs = encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     prompt_length = inputs["input_ids"].shape[1]
     # Both runs (--compare) must fit both models: checked before generating anything.
-    for model, what in ((lm, "the language model"), (reward_model, "the reward model")):
-        _check_positions(prompt_length, args.max_new_tokens, _max_positions(model), what)
+    for max_positions, what in (
+        (_lm_max_positions(lm), "the language model"),
+        (reward_model.max_positions, "the reward model"),
+    ):
+        _check_positions(prompt_length, args.max_new_tokens, max_positions, what)
 
     eos_token_id = lm.generation_config.eos_token_id
     if eos_token_id is None:
@@ -166,23 +146,72 @@ def run(args: argparse.Namespace) -> int:
     pad_token_id = lm.generation_config.pad_token_id
     if pad_token_id is None:
         pad_token_id = tokenizer.pad_token_id
-    try:
-        guidance = RewardGuidance(
-            reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
-        )
-    except ValueError as error:
-        raise ValueError(
-            f"argument --top-k: {error}" if str(error).startswith("`top_k`") else str(error)
-        ) from None
+    guidance = _guidance(
+        reward_model, tokenizer, config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+    )
     generation_kwargs = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.sample,
         "eos_token_id": eos_token_id,
         "pad_token_id": pad_token_id,
     }
+    results = _generate(
+        lm, tokenizer, inputs, guidance, generation_kwargs, seed=args.seed, compare=args.compare
+    )
+    for index, result in enumerate(results):
+        if index:
+            print()
+        _print_result(result, tokenizer, show_rewards=args.show_rewards, with_header=args.compare)
+    return 0
 
+
+def _checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
+    """The guidance settings of `args` (`--beta` defaulting by `--sample`), with `--seed` and `--max-new-tokens`
+    checked too: what can be refused before any model is loaded."""
+    beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
+    config = _guidance_config(beta=beta, top_k=args.top_k)
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"argument --seed: has to be an integer from 0 to 2**63 - 1, got {args.seed}")
+    if args.max_new_tokens < 1:
+        raise ValueError(
+            f"argument --max-new-tokens: has to be a positive integer, got {args.max_new_tokens}"
+        )
+    return config
+
+
+def _guidance(
+    reward_model: PrefixRewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: RewardGuidanceConfig,
+    eos_token_id: int | list[int] | None,
+    pad_token_id: int | None,
+) -> RewardGuidance:
+    """The `RewardGuidance` of the guided run; its refusal of `top_k` names the flag."""
+    try:
+        return RewardGuidance(
+            reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+        )
+    except ValueError as error:
+        # Of RewardGuidance's checks, only the one of top_k against the vocabulary is about a flag.
+        if config.top_k > reward_model.vocab_size:
+            raise ValueError(f"argument --top-k: {error}") from None
+        raise
+
+
+def _generate(
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: dict[str, torch.Tensor],
+    guidance: RewardGuidance,
+    generation_kwargs: dict,
+    seed: int,
+    compare: bool,
+) -> list[GenerationResult]:
+    """The guided continuation, preceded by the unguided one (same settings and seed) when `compare`."""
+    prompt_length = inputs["input_ids"].shape[1]
+    config = guidance.config
     # The guided run goes first: it checks that the reward model fits the language model (vocabulary, positions).
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     with torch.no_grad():
         guided = lm.generate(**inputs, **generation_kwargs, **guidance.generate_kwargs())
     steps = [
@@ -193,11 +222,11 @@ def run(args: argparse.Namespace) -> int:
             label=f"guided (beta={config.beta}, top-k={config.top_k})",
             text=tokenizer.decode(guided[0, prompt_length:], skip_special_tokens=True),
             steps=steps,
-            reward=_sequence_reward(guidance, guided, inputs),
+            reward=sequence_reward(guidance, guided, inputs),
         )
     ]
-    if args.compare:
-        torch.manual_seed(args.seed)
+    if compare:
+        torch.manual_seed(seed)
         with torch.no_grad():
             unguided = lm.generate(**inputs, **generation_kwargs)
         results.insert(
@@ -205,34 +234,26 @@ def run(args: argparse.Namespace) -> int:
             GenerationResult(
                 label="unguided",
                 text=tokenizer.decode(unguided[0, prompt_length:], skip_special_tokens=True),
-                steps=_prefix_rewards(guidance, unguided[0], prompt_length),
-                reward=_sequence_reward(guidance, unguided, inputs),
+                steps=prefix_rewards(guidance, unguided[0], prompt_length),
+                reward=sequence_reward(guidance, unguided, inputs),
             ),
         )
-
-    for index, result in enumerate(results):
-        if index:
-            print()
-        _print_result(result, tokenizer, show_rewards=args.show_rewards, with_header=args.compare)
-    return 0
+    return results
 
 
-def _max_positions(model: PreTrainedModel) -> int | None:
-    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+def _lm_max_positions(lm: PreTrainedModel) -> int | None:
+    return getattr(lm.config.get_text_config(), "max_position_embeddings", None)
 
 
 def _check_positions(prompt_length: int, max_new_tokens: int, max_positions: int | None, what: str) -> None:
-    """Refuse a prompt plus `--max-new-tokens` that `what` (a model with `max_positions`) cannot hold."""
-    if max_positions is None or prompt_length + max_new_tokens <= max_positions:
+    """Refuse a prompt plus `--max-new-tokens` that `what` (a model with `max_positions`) cannot hold; the flag is
+    named when some new tokens would fit."""
+    problem = positions_problem(prompt_length, max_new_tokens, max_positions, what)
+    if problem is None:
         return
     if prompt_length >= max_positions:
-        raise ValueError(
-            f"the prompt has {prompt_length} tokens, but {what} has at most {max_positions} positions: shorten it"
-        )
-    raise ValueError(
-        f"argument --max-new-tokens: the prompt has {prompt_length} tokens and {what} at most {max_positions} "
-        f"positions, so at most {max_positions - prompt_length} new tokens fit (got {max_new_tokens})"
-    )
+        raise ValueError(f"{problem}: shorten it")
+    raise ValueError(f"argument --max-new-tokens: {problem}")
 
 
 def _guidance_config(beta: float, top_k: int) -> RewardGuidanceConfig:
@@ -261,7 +282,7 @@ def _reward_model_loader(name: str | None) -> Callable[[], PrefixRewardModel]:
 
 def _check_default_rm_fits(reward_model: PrefixRewardModel, lm: PreTrainedModel, lm_name: str) -> None:
     """The default reward model reads SmolLM2's vocabulary; say so when `--lm` names a model with another one."""
-    rm_vocab = reward_model.config.text_config.vocab_size
+    rm_vocab = reward_model.vocab_size
     lm_vocab = lm.config.get_text_config().vocab_size
     if rm_vocab != lm_vocab:
         raise ValueError(
@@ -284,53 +305,6 @@ def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedT
         return model.eval(), tokenizer
 
     return load_named("--lm", name, load)
-
-
-def _encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool) -> dict:
-    """Tokenize `prompt`, as a user message of the chat template when there is one and `use_chat_template`."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}]
-        encoding = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    else:
-        encoding = tokenizer(prompt, return_tensors="pt")
-    inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
-    if inputs["input_ids"].shape[1] == 0:
-        raise ValueError("the prompt is empty after tokenization; give some text to continue")
-    return inputs
-
-
-def _sequence_reward(guidance: RewardGuidance, sequences: torch.Tensor, inputs: dict) -> float:
-    """The reward model's score of the first returned sequence, read at its last real token."""
-    rewards = guidance.sequence_rewards(
-        sequences, prompt_length=inputs["input_ids"].shape[1], prompt_attention_mask=inputs["attention_mask"]
-    )
-    return float(rewards[0])
-
-
-@torch.no_grad()
-def _prefix_rewards(
-    guidance: RewardGuidance, sequence: torch.Tensor, prompt_length: int
-) -> list[tuple[int, float]] | None:
-    """Each generated token of an unguided `sequence` with the reward of the prefix it ends, up to the first EOS.
-
-
-    One forward pass of the reward model gives every prefix's reward, which only causal backbones compute
-    (elsewhere every position sees the whole input); for the others this returns `None`.
-    """
-    reward_model = guidance.reward_model
-    if not reward_model.supports_incremental_scoring:
-        return None
-    tokens = sequence[prompt_length:].tolist()
-    eos = set(guidance.eos_token_id or ())
-    end = next((i + 1 for i, token in enumerate(tokens) if token in eos), len(tokens))
-    tokens = tokens[:end]
-    if not tokens:
-        return []
-    ids = sequence[: prompt_length + end].unsqueeze(0).to(reward_model.device)
-    rewards = reward_model(ids, return_dict=True).rewards[0, prompt_length:].float().cpu().tolist()
-    return list(zip(tokens, rewards, strict=True))
 
 
 def _print_result(
@@ -360,4 +334,4 @@ def _print_steps(steps: list[tuple[int, float]], tokenizer: PreTrainedTokenizerB
         print(f"{number:>5}  {piece:<{width}}  {reward:>+8.4f}")
 
 
-__all__ = ["GREEDY_BETA", "SAMPLING_BETA", "GenerationResult", "add_parser", "run"]
+__all__ = ["GREEDY_BETA", "SAMPLING_BETA", "add_parser", "run"]

@@ -84,30 +84,8 @@ def run(args: argparse.Namespace) -> int:
         script, config = train_argument_parser().parse_args_into_dataclasses(args.arguments)
     except SystemExit as exit_request:
         return exit_request.code if isinstance(exit_request.code, int) else 2
-    if not any(a.split("=")[0] in ("--output-dir", "--output_dir") for a in args.arguments):
-        raise ValueError("argument --output-dir: required: the folder the trained reward model is saved to")
-    output_dir = Path(config.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"argument --output-dir: {str(output_dir)!r} is a file, not a folder")
     push, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
-    if push and hub_constants.HF_HUB_OFFLINE:
-        raise ValueError(
-            "argument --push-to-hub: the Hub is offline here (HF_HUB_OFFLINE=1); train without --push-to-hub and "
-            "push the saved folder later, or unset HF_HUB_OFFLINE"
-        )
-    for flag, name in (("--model", script.model), ("--tokenizer", script.tokenizer)):
-        if name is not None:
-            check_local_path(flag, name)
-    for flag, name in (("--data", script.data), ("--eval-data", script.eval_data)):
-        check_data_file(flag, name)
-    if not 0 <= script.eval_fraction < 1:
-        raise ValueError(f"argument --eval-fraction: has to be in [0, 1), got {script.eval_fraction}")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not config.resume_from_checkpoint:
-        print(
-            f"{PROG} train: warning: --output-dir {str(output_dir)!r} is not empty; files of the same names are "
-            "overwritten, older checkpoints stay",
-            file=sys.stderr,
-        )
+    _check_flags(args.arguments, script, config, push)
     tokenizer = load_named(
         "--tokenizer" if script.tokenizer else "--model",
         script.tokenizer or script.model,
@@ -152,6 +130,36 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"{PROG} train: pushed to {repo_id}")
     return 0
+
+
+def _check_flags(
+    arguments: list[str], script: TrainScriptArguments, config: PrefixRewardTrainingConfig, push: bool
+) -> None:
+    """Refuse, before any model is loaded, what cannot work: no or a file as `--output-dir`, `--push-to-hub`
+    offline, missing folders or data files, `--eval-fraction` outside [0, 1); warn of a non-empty output folder."""
+    if not any(a.split("=")[0] in ("--output-dir", "--output_dir") for a in arguments):
+        raise ValueError("argument --output-dir: required: the folder the trained reward model is saved to")
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"argument --output-dir: {str(output_dir)!r} is a file, not a folder")
+    if push and hub_constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "argument --push-to-hub: the Hub is offline here (HF_HUB_OFFLINE=1); train without --push-to-hub and "
+            "push the saved folder later, or unset HF_HUB_OFFLINE"
+        )
+    for flag, name in (("--model", script.model), ("--tokenizer", script.tokenizer)):
+        if name is not None:
+            check_local_path(flag, name)
+    for flag, name in (("--data", script.data), ("--eval-data", script.eval_data)):
+        check_data_file(flag, name)
+    if not 0 <= script.eval_fraction < 1:
+        raise ValueError(f"argument --eval-fraction: has to be in [0, 1), got {script.eval_fraction}")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not config.resume_from_checkpoint:
+        print(
+            f"{PROG} train: warning: --output-dir {str(output_dir)!r} is not empty; files of the same names are "
+            "overwritten, older checkpoints stay",
+            file=sys.stderr,
+        )
 
 
 def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -1,32 +1,12 @@
+"""The embedded default language model and the packaged default reward model (hf_rgtg/defaults.py)."""
+
 import importlib.util
-import logging
 
 import pytest
 import torch
-from conftest import build_tokenizer
-from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
 
 import hf_rgtg.defaults
-from hf_rgtg import DEFAULT_LM_INSTALL_COMMAND, ensure_pad_token, load_default_lm
-
-
-def test_missing_pad_token_falls_back_to_eos_with_info_log(caplog):
-    tokenizer = build_tokenizer()
-    assert tokenizer.pad_token is None
-    with caplog.at_level(logging.INFO, logger="hf_rgtg"):
-        assert ensure_pad_token(tokenizer) is tokenizer
-    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
-    assert [r.levelno for r in caplog.records] == [logging.INFO]
-    assert "using its EOS token" in caplog.text
-    batch = tokenizer(["hi", "a longer one"], padding=True, return_tensors="pt")
-    assert batch["input_ids"].shape[0] == 2
-
-
-def test_tokenizer_without_pad_or_eos_is_rejected():
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0}, unk_token="a")))
-    with pytest.raises(ValueError, match="neither a pad token nor an EOS token.*pad_token"):
-        ensure_pad_token(tokenizer)
+from hf_rgtg import DEFAULT_LM_INSTALL_COMMAND, load_default_lm
 
 
 def test_default_lm_missing_package_gives_install_command(without_smollm2):
