@@ -32,6 +32,7 @@ from .configuration import RewardGuidanceConfig
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
 from .tracking import require_prompt_ids
+from .validation import positions_problem
 
 # Processors that `generate()` places after user-given ones; the guidance processor goes before them.
 AFTER_CUSTOM_PROCESSORS = (
@@ -68,28 +69,25 @@ def check_positions(
     attention_mask: torch.Tensor | None,
 ) -> None:
     """Refuse a prompt plus `max_new_tokens` that the reward model's positions cannot hold, before generating."""
-    max_positions = guidance.scorer.max_positions
-    if max_positions is None or generation_config.max_length is None:
+    if generation_config.max_length is None:
         return
     prompt_tokens = int(attention_mask.sum(-1).max()) if attention_mask is not None else input_ids.shape[1]
-    if prompt_tokens >= max_positions:
-        raise ValueError(
-            f"The prompt has {prompt_tokens} tokens, but the reward model has at most {max_positions} positions "
-            "(`max_position_embeddings`) and the first new token needs one more. Shorten the prompt."
-        )
     new_tokens = generation_config.max_length - input_ids.shape[1]
-    if prompt_tokens + new_tokens > max_positions:
-        fits = max_positions - prompt_tokens
-        fix = (
-            f"set `max_new_tokens` to at most {fits}"
-            if generation_config.max_new_tokens is not None
-            else f"set `max_length` to at most {input_ids.shape[1] + fits}"
-        )
-        raise ValueError(
-            f"The prompt ({prompt_tokens} tokens) plus {new_tokens} new tokens needs {prompt_tokens + new_tokens} "
-            f"positions, but the reward model has at most {max_positions} (`max_position_embeddings`). Shorten the "
-            f"prompt or {fix}."
-        )
+    max_positions = guidance.scorer.max_positions
+    # Even a call that generates nothing scores its first candidates one position after the prompt.
+    problem = positions_problem(prompt_tokens, max(new_tokens, 1), max_positions, "the reward model")
+    if problem is None:
+        return
+    problem = f"{problem[0].upper()}{problem[1:]} (`max_position_embeddings`)"
+    if prompt_tokens >= max_positions:
+        raise ValueError(f"{problem}, and the first new token needs one more. Shorten the prompt.")
+    fits = max_positions - prompt_tokens
+    fix = (
+        f"set `max_new_tokens` to at most {fits}"
+        if generation_config.max_new_tokens is not None
+        else f"set `max_length` to at most {input_ids.shape[1] + fits}"
+    )
+    raise ValueError(f"{problem}. Shorten the prompt or {fix}.")
 
 
 def guidance_options(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -756,7 +756,8 @@ def test_prompt_plus_new_tokens_beyond_reward_model_positions_fails_before_decod
     ids, mask = left_padded()
     guided = {"custom_generate": reward_guided_generate, "reward_model": rm}
     with pytest.raises(
-        ValueError, match=r"plus 125 new tokens.*at most 128.*`max_new_tokens` to at most 122"
+        ValueError,
+        match=r"prompt has 6 tokens.*at most 128.*122 new tokens fit \(got 125\).*`max_new_tokens` to at most 122",
     ):
         lm.generate(ids, attention_mask=mask, max_new_tokens=125, **guided)
     # Asked with `max_length`, the fix names `max_length` (6 prompt columns + 122).

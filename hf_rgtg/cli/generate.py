@@ -14,7 +14,7 @@ from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
 from ..redistribution import GenerationResult, prefix_rewards, sequence_reward
-from ..tokenization import encode_prompt, ensure_pad_token
+from ..tokenization import encode_prompt, ensure_pad_token, special_token_ids
 from ..validation import positions_problem
 from .loading import check_local_path, checked_tokenizer, load_named
 
@@ -140,12 +140,10 @@ def run(args: argparse.Namespace) -> int:
     ):
         _check_positions(prompt_length, args.max_new_tokens, max_positions, what)
 
-    eos_token_id = lm.generation_config.eos_token_id
-    if eos_token_id is None:
-        eos_token_id = tokenizer.eos_token_id
-    pad_token_id = lm.generation_config.pad_token_id
-    if pad_token_id is None:
-        pad_token_id = tokenizer.pad_token_id
+    # The language model's own ids first, then its tokenizer's.
+    eos_token_id, pad_token_id = special_token_ids(
+        tokenizer, lm.generation_config.eos_token_id, lm.generation_config.pad_token_id
+    )
     guidance = _guidance(
         reward_model, tokenizer, config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
     )
