@@ -219,6 +219,10 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         """The end-of-sequence id(s) the backbone's configuration declares, if any."""
         return getattr(self.config.text_config.get_text_config(), "eos_token_id", None)
 
+    def record_training_summary(self, summary: dict[str, Any]) -> None:
+        """Keep how the reward model was trained in its configuration, where its model card reads it."""
+        self.config.training_summary = summary
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) built from the configuration."""
         repo_id = kwargs.pop("repo_id", None)

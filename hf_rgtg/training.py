@@ -325,7 +325,7 @@ class PrefixRewardTrainer(Trainer):
         lora = hasattr(model, "merge_and_unload")
         base = model.get_base_model() if lora else model
         if isinstance(base, PrefixRewardModel):
-            base.config.training_summary = self.training_summary()
+            base.record_training_summary(self.training_summary())
         return model, lora
 
     def trained_model(self) -> PrefixRewardModel:
