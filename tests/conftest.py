@@ -218,6 +218,19 @@ def guided(lm, rm, ids, mask, scorer="cached", seed=0, eos_token_id=None, **kwar
     return out, guidance
 
 
+def eos_mid_batch(lm, rm, ids, mask):
+    """A token that some row of guided greedy decoding produces first at step >= 2 while another row never does:
+    used as EOS, it finishes that row mid-batch and leaves the other running."""
+    out, _ = guided(lm, rm, ids, mask, max_new_tokens=10, do_sample=False)
+    generated = out[:, ids.shape[1] :].tolist()
+    for token in sorted({t for row in generated for t in row} - {PAD}):
+        first = [row.index(token) if token in row else None for row in generated]
+        seen = [f for f in first if f is not None]
+        if min(seen) >= 2 and None in first:
+            return token
+    pytest.skip("no token finishes one row while another goes on")
+
+
 @pytest.fixture
 def restore_generate():
     original = GenerationMixin.generate

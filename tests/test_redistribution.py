@@ -2,9 +2,21 @@
 
 import pytest
 import torch
-from conftest import VOCAB_SIZE, tiny_causal_lm, tiny_prefix_rm
+from conftest import (
+    PAD,
+    VOCAB_SIZE,
+    eos_mid_batch,
+    guided,
+    left_padded,
+    models,
+    tiny_causal_lm,
+    tiny_prefix_rm,
+)
 
-from hf_rgtg import RewardGuidance, score_sequences
+from hf_rgtg import (
+    RewardGuidance,
+    score_sequences,
+)
 from hf_rgtg.redistribution import GenerationResult, prefix_rewards, sequence_reward
 
 EOS = 0
@@ -84,3 +96,17 @@ def test_a_generated_continuation_and_its_rewards_fit_in_a_result():
     assert 1 <= len(result.steps) <= 4 and all(0 <= token < VOCAB_SIZE for token, _ in result.steps)
     # The last prefix is the whole sequence, so its reward is the sequence's.
     assert result.steps[-1][1] == pytest.approx(result.reward, abs=1e-5)
+
+
+def test_sequence_rewards_read_the_last_real_token():
+    lm, rm = models("llama")
+    ids, mask = left_padded()
+    eos = eos_mid_batch(lm, rm, ids, mask)
+    out, guidance = guided(lm, rm, ids, mask, max_new_tokens=8, do_sample=False, eos_token_id=eos)
+    final = guidance.sequence_rewards(out, ids.shape[1], prompt_attention_mask=mask)
+    last = torch.tensor([r[-1] for r in guidance.trace.rewards_of(out, ids.shape[1])])
+    torch.testing.assert_close(final, last, atol=1e-4, rtol=0)
+    # Without the mask, left padding is recognised from the pad id.
+    torch.testing.assert_close(
+        score_sequences(rm, out, ids.shape[1], eos_token_id=eos, pad_token_id=PAD), final
+    )

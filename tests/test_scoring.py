@@ -4,14 +4,26 @@ import logging
 
 import pytest
 import torch
-from conftest import PAD, VOCAB_SIZE, left_padded, models
+from conftest import (
+    PAD,
+    VOCAB_SIZE,
+    left_padded,
+    models,
+    tiny_config,
+)
 
-from hf_rgtg import CandidateScorer, RewardGuidance, reward_guided_generate
+from hf_rgtg import (
+    CachedScorer,
+    CandidateScorer,
+    PrefixRewardConfig,
+    PrefixRewardModel,
+    ReferenceScorer,
+    RewardGuidance,
+    reward_guided_generate,
+)
 from hf_rgtg.scoring import (
     AUTO_ORDER,
     SCORERS,
-    CachedScorer,
-    ReferenceScorer,
     make_scorer,
     register_scorer,
     scorer_kinds,
@@ -105,3 +117,41 @@ def test_an_unknown_kind_names_the_kinds():
         ValueError, match=r"`scorer` \(='fast'\) has to be one of \['auto', 'cached', 'reference'\]"
     ):
         RewardGuidance(rm, scorer="fast")
+
+
+def test_encoder_reward_model_falls_back_to_the_reference_scorer():
+    lm, _ = models("gpt2")
+    rm = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert"))).eval()
+    guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
+    assert isinstance(guidance.scorer, ReferenceScorer)
+    ids, mask = left_padded()
+    out = lm.generate(
+        ids, attention_mask=mask, max_new_tokens=3, pad_token_id=PAD, **guidance.generate_kwargs()
+    )
+    assert out.shape == (3, ids.shape[1] + 3)
+
+
+@pytest.mark.parametrize(
+    "text_config",
+    [
+        lambda: tiny_config("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0),
+        lambda: tiny_config("mistral", sliding_window=4),
+    ],
+    ids=["qwen2-sliding", "mistral-sliding"],
+)
+def test_sliding_window_reward_model_falls_back_to_the_reference_scorer(text_config):
+    torch.manual_seed(2)
+    rm = PrefixRewardModel(PrefixRewardConfig(text_config=text_config())).eval()
+    guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
+    assert isinstance(guidance.scorer, ReferenceScorer)
+    lm, _ = models("llama")
+    ids, mask = left_padded()
+    out = lm.generate(
+        ids, attention_mask=mask, max_new_tokens=6, pad_token_id=PAD, **guidance.generate_kwargs()
+    )
+    # The window (4) is shorter than the sequences, so the rewards really depend on sliding attention.
+    direct = guidance.sequence_rewards(out, ids.shape[1], prompt_attention_mask=mask)
+    traced = torch.tensor([steps[-1] for steps in guidance.trace.rewards_of(out, ids.shape[1])])
+    torch.testing.assert_close(traced, direct, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="sliding-window"):
+        RewardGuidance(rm, top_k=3, pad_token_id=PAD, scorer="cached")
