@@ -261,6 +261,34 @@ def advance_all(
         scorer.advance(tokens, parents, chosen)
 
 
+# Preference pairs of token ids, shared by the training and evaluation tests.
+
+
+def random_pairs(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(low, high):
+        return torch.randint(
+            1, VOCAB_SIZE, (int(torch.randint(low, high, (1,), generator=g)),), generator=g
+        ).tolist()
+
+    return [{"prompt_ids": ids(2, 6), "chosen_ids": ids(1, 9), "rejected_ids": ids(1, 9)} for _ in range(n)]
+
+
+def separable_pairs(n, seed=0):
+    """Chosen responses are made of low token ids, rejected ones of high ids: learnable from the first token on."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = []
+    for _ in range(n):
+        prompt = torch.randint(1, VOCAB_SIZE, (3,), generator=g).tolist()
+        chosen = torch.randint(1, 40, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+        rejected = torch.randint(
+            300, VOCAB_SIZE, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g
+        ).tolist()
+        pairs.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected})
+    return pairs
+
+
 def publish_to_hub_cache(
     local_dir: str | os.PathLike, repo_id: str, cache_dir: str | os.PathLike | None = None
 ) -> str:

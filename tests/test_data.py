@@ -1,8 +1,16 @@
-"""Batching preference pairs for the all-prefix loss: `PrefixRewardCollator` (hf_rgtg/data.py)."""
+"""Preference data (hf_rgtg/data.py): files and datasets loaded and their bad rows counted, and batches laid out
+for the all-prefix loss (`PrefixRewardCollator`)."""
+
+import csv
+import json
+import logging
+
+import pytest
+from conftest import build_tokenizer
 
 import hf_rgtg
 import hf_rgtg.training
-from hf_rgtg.data import PrefixRewardCollator
+from hf_rgtg.data import PrefixRewardCollator, load_preference_data
 
 EOS = 0
 
@@ -32,3 +40,129 @@ def test_collator_pads_with_eos_and_selects_prefixes():
 def test_the_collator_is_importable_from_where_it_was():
     assert hf_rgtg.PrefixRewardCollator is hf_rgtg.training.PrefixRewardCollator is PrefixRewardCollator
     assert hf_rgtg.training.prefix_lengths is hf_rgtg.data.prefix_lengths
+
+
+ROWS = [
+    {"prompt": "Tell me a story.", "chosen": "What a great day to learn.", "rejected": "This is terrible."},
+    {"prompt": "Hello", "chosen": "Thank you so much!", "rejected": "I hate it."},
+    {"prompt": "Hi", "chosen": "", "rejected": "sad"},  # empty field
+    {"prompt": "Hi", "chosen": "ok"},  # missing column
+    {"prompt": "Hi", "chosen": 3, "rejected": "sad"},  # non-string field
+    {"prompt": "The weather is cold and grey " * 20, "chosen": "a", "rejected": "b"},  # prompt too long
+]
+
+
+def write(path, rows):
+    suffix = path.suffix
+    if suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix == ".csv":
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["prompt", "chosen", "rejected"])
+            writer.writeheader()
+            writer.writerows(rows)
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_files_load_and_bad_rows_are_counted(suffix, tmp_path, caplog):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    rows = (
+        ROWS
+        if suffix in (".jsonl", ".json")
+        else [r for r in ROWS if isinstance(r.get("chosen", ""), str) and "rejected" in r]
+    )
+    tokenizer = build_tokenizer()
+    with caplog.at_level(logging.WARNING, logger="hf_rgtg"):
+        data = load_preference_data(write(tmp_path / f"pairs{suffix}", rows), tokenizer, max_length=48)
+    assert len(data) == 2
+    expected = {"empty field": 1, "prompt longer than max_length": 1}
+    if suffix in (".jsonl", ".json"):
+        expected.update({"missing column 'rejected'": 1, "non-string field 'chosen' (int)": 1})
+    assert dict(data.skipped) == expected
+    assert "2 pairs kept; skipped:" in caplog.text
+    assert data[0]["prompt_ids"] == tokenizer("Tell me a story.")["input_ids"]
+
+
+def test_other_file_layouts_load_the_same_pairs(tmp_path):
+    tokenizer = build_tokenizer()
+    expected = load_preference_data(ROWS[:2], tokenizer).examples
+    columns = {key: [row[key] for row in ROWS[:2]] for key in ("prompt", "chosen", "rejected")}
+    (tmp_path / "columns.json").write_text(json.dumps(columns))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": ROWS[:2]}))
+    write(tmp_path / "bom.csv", ROWS[:2])
+    (tmp_path / "bom.csv").write_bytes(
+        b"\xef\xbb\xbf" + (tmp_path / "bom.csv").read_bytes()
+    )  # a spreadsheet export
+    for name in ("columns.json", "wrapped.json", "bom.csv"):
+        assert load_preference_data(tmp_path / name, tokenizer).examples == expected, name
+    (tmp_path / "one.json").write_text(json.dumps(ROWS[0]))  # a single pair, not its characters
+    assert load_preference_data(tmp_path / "one.json", tokenizer).examples == expected[:1]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "broken.jsonl",
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": oops}\n',
+            "line 3: not valid JSON",
+        ),
+        ("broken.json", '[{"prompt": "a"},\n oops]', "line 2: not valid JSON"),
+        ("number.json", "3", "holds a JSON int; expected a list of rows"),
+        (
+            "ragged.json",
+            '{"prompt": ["a", "b"], "chosen": ["c"], "rejected": ["d", "e"]}',
+            "different lengths",
+        ),
+        ("latin1.csv", "prompt,chosen,rejected\ncaf\xe9,b,c\n".encode("latin-1"), "is not UTF-8 text"),
+    ],
+)
+def test_unreadable_files_are_named_with_the_problem(name, content, message, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message) as error:
+        load_preference_data(path, build_tokenizer())
+    assert name in str(error.value)
+
+
+def test_a_folder_or_a_dataset_dict_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        load_preference_data(tmp_path, build_tokenizer())
+    with pytest.raises(ValueError, match="pass one split"):
+        load_preference_data({"train": ROWS, "test": ROWS}, build_tokenizer())
+
+
+def test_datasets_dataset_and_conversational_rows():
+    datasets = pytest.importorskip("datasets")
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|endoftext|>assistant: {% endif %}"
+    )
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "Tell me a story."}],
+            "chosen": [{"role": "assistant", "content": "What a great day!"}],
+            "rejected": [{"role": "assistant", "content": "This is terrible."}],
+        }
+    ]
+    data = load_preference_data(datasets.Dataset.from_list(rows), tokenizer, max_length=64)
+    example = data[0]
+    prompt_text = tokenizer.decode(example["prompt_ids"])
+    assert prompt_text.endswith("assistant: ") and "user: Tell me a story." in prompt_text
+    # The response is what the chat template adds after the prompt: the assistant turn, not the prompt again.
+    assert tokenizer.decode(example["chosen_ids"]).strip() == "What a great day!"
+
+
+def test_nothing_usable_raises():
+    with pytest.raises(ValueError, match="No usable preference pair.*missing column"):
+        load_preference_data([{"prompt": "a"}], build_tokenizer())
