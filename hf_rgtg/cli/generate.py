@@ -14,6 +14,7 @@ from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
 from ..redistribution import GenerationResult, prefix_rewards, sequence_reward
+from ..scoring import TopKError
 from ..tokenization import encode_prompt, ensure_pad_token, special_token_ids
 from ..validation import positions_problem
 from .loading import check_local_path, checked_tokenizer, load_named
@@ -189,11 +190,8 @@ def _guidance(
         return RewardGuidance(
             reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
         )
-    except ValueError as error:
-        # Of RewardGuidance's checks, only the one of top_k against the vocabulary is about a flag.
-        if config.top_k > reward_model.vocab_size:
-            raise ValueError(f"argument --top-k: {error}") from None
-        raise
+    except TopKError as error:  # of RewardGuidance's checks, only this one is about a flag
+        raise ValueError(f"argument --top-k: {error}") from None
 
 
 def _generate(

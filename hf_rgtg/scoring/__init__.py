@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from ..modeling import PrefixRewardModel
-from .base import CandidateScorer
+from .base import CandidateScorer, TopKError
 from .cached import CACHE_EXACT_MODEL_TYPES, STATIC_ROPE_TYPES, CachedScorer
 from .reference import ReferenceScorer
 
@@ -116,6 +116,7 @@ __all__ = [
     "CachedScorer",
     "CandidateScorer",
     "ReferenceScorer",
+    "TopKError",
     "make_scorer",
     "register_scorer",
     "scorer_kinds",

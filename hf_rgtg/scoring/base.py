@@ -28,6 +28,10 @@ import torch
 from ..modeling import PrefixRewardModel
 
 
+class TopKError(ValueError):
+    """`top_k` asks for more candidates than a vocabulary holds (raised by [`CandidateScorer.check_candidates`])."""
+
+
 class CandidateScorer(ABC):
     """Tracks each row's token ids and attention mask, and scores candidate next tokens (see the module's protocol).
 
@@ -109,13 +113,13 @@ class CandidateScorer(ABC):
         rm_vocab = self.vocab_size
         if vocab_size is None:
             if top_k > rm_vocab:
-                raise ValueError(
+                raise TopKError(
                     f"`top_k` (={top_k}) is larger than the reward model's vocabulary ({rm_vocab} tokens); use at "
                     f"most {rm_vocab}."
                 )
             return
         if top_k > vocab_size:
-            raise ValueError(
+            raise TopKError(
                 f"`top_k` (={top_k}) is larger than the vocabulary ({vocab_size} tokens); use at most {vocab_size}."
             )
         if rm_vocab != vocab_size:
@@ -202,4 +206,4 @@ class CandidateScorer(ABC):
         before `length` grows)."""
 
 
-__all__ = ["CandidateScorer"]
+__all__ = ["CandidateScorer", "TopKError"]
