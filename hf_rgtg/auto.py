@@ -10,7 +10,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from .compat import keep_own_weight_names
+from .compat import keep_own_weight_names, model_from_config
 from .configuration import PrefixRewardConfig
 from .modeling import PrefixRewardModel, is_incrementally_scorable
 
@@ -133,13 +133,13 @@ class AutoModelForPrefixReward:
                 A [`PrefixRewardConfig`], or any backbone configuration (it becomes the `text_config`).
             kwargs:
                 `PrefixRewardConfig` head settings (`head_layer`, ...) when `config` is a backbone configuration;
-                otherwise passed to `PreTrainedModel._from_config` (`dtype`, `attn_implementation`).
+                otherwise passed to transformers' `from_config` (`dtype`, `attn_implementation`).
         """
         if not isinstance(config, PrefixRewardConfig):
             _check_backbone_config(config, type(config).__name__)
             head = {key: kwargs.pop(key) for key in _HEAD_KWARGS if key in kwargs}
             config = PrefixRewardConfig(text_config=config, **head)
-        return PrefixRewardModel._from_config(config, **kwargs)
+        return model_from_config(PrefixRewardModel, config, **kwargs)
 
     @classmethod
     def from_pretrained(

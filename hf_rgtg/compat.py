@@ -233,4 +233,14 @@ def generation_special_tokens(generation_config: Any) -> tuple[Any, Any]:
     return generation_config._eos_token_tensor, generation_config._pad_token_tensor
 
 
-__all__ += ["generation_special_tokens", "keep_own_weight_names", "upload_saved_model"]
+def model_from_config(model_class: Any, config: Any, **kwargs: Any) -> Any:
+    """A new model of `model_class` from `config`, as `AutoModel.from_config` builds one.
+
+    `PreTrainedModel._from_config` is the classmethod transformers' own Auto classes call: it applies `dtype` and
+    `attn_implementation` from `kwargs` the way loading does, which a plain constructor call does not. It exists
+    with this name and signature in 5.18 and 5.24 (`modeling_utils.py`).
+    """
+    return model_class._from_config(config, **kwargs)
+
+
+__all__ += ["generation_special_tokens", "keep_own_weight_names", "model_from_config", "upload_saved_model"]
