@@ -156,8 +156,10 @@ def upload_saved_model(
         folder (`str` or `os.PathLike`): the saved folder; every file in it is uploaded.
         repo_id (`str`): the Hub repository, which has to exist already.
         commit_message (`str`): the commit's message.
-        token (`bool` or `str`, *optional*), create_pr (`bool`, *optional*), revision (`str`, *optional*),
-            commit_description (`str`, *optional*): as for `push_to_hub`.
+        token (`bool` or `str`, *optional*): as for `push_to_hub`.
+        create_pr (`bool`, *optional*): as for `push_to_hub`.
+        revision (`str`, *optional*): as for `push_to_hub`.
+        commit_description (`str`, *optional*): as for `push_to_hub`.
 
     Returns:
         `huggingface_hub.CommitInfo`: what the Hub answered to the commit.

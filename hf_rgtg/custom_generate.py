@@ -169,14 +169,15 @@ def reward_guided_generate(
     Args:
         reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
         reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
-        beta, top_k, ... (*optional*): every field of [`RewardGuidanceConfig`], under its `generate()` keyword:
-            its own name, except `reward_scorer` for `scorer` and `reward_max_time` for `max_time` (`max_time=`
-            stays transformers' own limit, counted from the start of `generate()`).
         guided_streamer (`BaseStreamer`, *optional*): the streamer, given again. transformers 5 drops
             `streamer`, `tokenizer` and `assistant_model` on the way to a callable `custom_generate` (it keeps only
             the callable's own arguments), so a `streamer=` alone would receive the prompt and nothing else. Pass
             `streamer=s, guided_streamer=s`, or use [`enable_reward_guided_generate`], whose `generate()` does this
             (and handles `stop_strings`) for you.
+        **kwargs (`Any`): the guidance options, every field of [`RewardGuidanceConfig`] under its `generate()` keyword
+            (its own name, except `reward_scorer` for `scorer` and `reward_max_time` for `max_time`: `max_time=`
+            stays transformers' own limit, counted from the start of `generate()`), and the model's keyword
+            arguments, which go on to the decoding loop.
 
     Examples:
 
