@@ -6,7 +6,10 @@ batch of sequences, no per-prefix re-encoding.
   pass of a causal reward model;
 - [`sequence_reward`]: the reward of one whole continuation;
 - [`GenerationResult`]: a continuation's text with both, as a caller shows them next to its text
-  (`hf-rgtg generate --show-rewards`, a pipeline).
+  (`hf-rgtg generate --show-rewards`, a pipeline);
+- [`token_rewards`]: reward redistribution (RED): each response token's credit `r_t = R(x, y<=t) - R(x, y<t)`,
+  with `R(x, y<1) = R(x)` the prompt's own score, so that the credits sum to `R(x, y) - R(x)`; and
+  [`dense_rewards`], the same as a padded tensor for RL.
 
 The last three read the reward model, the end-of-sequence ids and the pad id of a [`RewardGuidance`] (anything
 with those three attributes), the guided run's or one built for scoring only.
@@ -14,17 +17,21 @@ with those three attributes), the guided run's or one built for scoring only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from .modeling import PrefixRewardModel
 from .trace import output_sequences
 from .tracking import leading_padding_mask
-from .validation import checked_prompt_length, checked_token_id, checked_token_ids
+from .validation import checked_positive_int, checked_prompt_length, checked_token_id, checked_token_ids
+
+logger = logging.getLogger(__name__)
 
 
 class ScoringSettings(Protocol):
@@ -221,8 +228,288 @@ def sequence_reward(
     return float(rewards[0])
 
 
+#: A prompt: plain text, or chat messages (`[{"role": ..., "content": ...}, ...]`) for the tokenizer's template.
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+@dataclass
+class TokenRewards:
+    """The token rewards of one response, aligned list by list (one entry per response token).
+
+    Args:
+        token_ids (`list[int]`): the response's token ids.
+        tokens (`list[str]`): each token's text as it appears in the response: the characters it completes. A
+            character split over several tokens (a multi-byte one under byte-level BPE) belongs to the token that
+            completes it; the tokens before it get `""`.
+        offsets (`list[tuple[int, int]]`): each token's `(start, end)` characters in the response, as `tokens`.
+        prefix_rewards (`list[float]`): `R(x, y<=t)`, the reward of the prompt and the response up to each token.
+        rewards (`list[float]`): `r_t = R(x, y<=t) - R(x, y<t)`, each token's share.
+        prompt_reward (`float`): `R(x)`, the prompt's own reward.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg import TokenRewards
+    >>> result = TokenRewards([7, 8], ["Hi", "!"], [(0, 2), (2, 3)], [0.5, 1.25], [0.25, 0.75], prompt_reward=0.25)
+    >>> result.total, result.reward
+    (1.0, 1.25)
+    ```
+    """
+
+    token_ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    prefix_rewards: list[float]
+    rewards: list[float]
+    prompt_reward: float
+
+    @property
+    def total(self) -> float:
+        """`sum_t r_t`, which is `R(x, y) - R(x)`."""
+        return float(sum(self.rewards))
+
+    @property
+    def reward(self) -> float:
+        """`R(x, y)`, the reward of the whole response (the prompt's for an empty one)."""
+        return self.prefix_rewards[-1] if self.prefix_rewards else self.prompt_reward
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, index: int) -> list[int]:
+    """The prompt's token ids as training tokenizes them: plain text with the tokenizer's special tokens, or chat
+    messages through the chat template with its generation prompt."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"Prompt {index} is a list of chat messages, but the tokenizer has no chat template. Give the prompt as "
+            "text, or set `tokenizer.chat_template`."
+        )
+    text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _response_tokens(
+    tokenizer: PreTrainedTokenizerBase, response: str
+) -> tuple[list[int], list[str], list[tuple[int, int]]]:
+    """The response's token ids, each token's text and its character span, without special tokens. A fast
+    tokenizer's offsets give the spans; otherwise each token's text is what it adds to the decoded response."""
+    if getattr(tokenizer, "is_fast", False):
+        encoding = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+        ends = [end for _, end in encoding["offset_mapping"]]
+    else:
+        encoding = tokenizer(response, add_special_tokens=False)
+        ids = encoding["input_ids"]
+        ends = [len(tokenizer.decode(ids[: i + 1]).rstrip("\ufffd")) for i in range(len(ids))]
+    spans, start = [], 0
+    for end in ends:
+        end = max(end, start)  # a token inside a character its predecessor completed adds nothing
+        spans.append((start, end))
+        start = end
+    return list(encoding["input_ids"]), [response[a:b] for a, b in spans], spans
+
+
+def _per_position_rewards(
+    reward_model: PrefixRewardModel, sequences: list[list[int]], pad_token_id: int, padding_side: str
+) -> list[list[float]]:
+    """Every position's reward of each sequence, from one forward over the padded batch."""
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, sequence in enumerate(sequences):
+        columns = slice(width - len(sequence), width) if padding_side == "left" else slice(0, len(sequence))
+        ids[row, columns] = torch.tensor(sequence)
+        mask[row, columns] = 1
+    device = reward_model.device
+    rewards = (
+        reward_model(ids.to(device), attention_mask=mask.to(device), return_dict=True).rewards.float().cpu()
+    )
+    return [
+        rewards[row, width - len(sequence) :].tolist()
+        if padding_side == "left"
+        else rewards[row, : len(sequence)].tolist()
+        for row, sequence in enumerate(sequences)
+    ]
+
+
+def _re_encoded_rewards(
+    reward_model: PrefixRewardModel,
+    sequences: list[list[int]],
+    starts: list[int],
+    pad_token_id: int,
+    batch_size: int,
+) -> list[list[float]]:
+    """Each prefix's reward from its own forward: for backbones that are not causal, where a position's output
+    depends on what follows it. Quadratic in the length."""
+    prefixes = [
+        (row, sequence[:end])
+        for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True))
+        for end in range(start, len(sequence) + 1)
+    ]
+    values: list[list[float]] = [[] for _ in sequences]
+    for i in range(0, len(prefixes), batch_size):
+        chunk = prefixes[i : i + batch_size]
+        width = max(len(prefix) for _, prefix in chunk)
+        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, (_, prefix) in enumerate(chunk):
+            ids[j, : len(prefix)] = torch.tensor(prefix)
+            mask[j, : len(prefix)] = 1
+        device = reward_model.device
+        rewards = (
+            reward_model(ids.to(device), attention_mask=mask.to(device), return_dict=True)
+            .reward.float()
+            .cpu()
+        )
+        for (row, _), reward in zip(chunk, rewards.tolist(), strict=True):
+            values[row].append(reward)
+    return values
+
+
+def _as_pairs(prompts: Any, responses: Any) -> tuple[list[Prompt], list[str], bool]:
+    """`(prompts, responses, one)`: lists of equal length, and whether a single pair was given."""
+    one = isinstance(responses, str)
+    if one:
+        prompts, responses = [prompts], [responses]
+    elif isinstance(prompts, str) or (prompts and isinstance(prompts[0], Mapping)):
+        prompts = [prompts] * len(responses)  # one prompt for several responses
+    prompts, responses = list(prompts), list(responses)
+    if len(prompts) != len(responses):
+        raise ValueError(
+            f"Got {len(prompts)} prompts for {len(responses)} responses; give one prompt per response."
+        )
+    for index, response in enumerate(responses):
+        if not isinstance(response, str):
+            raise TypeError(f"Response {index} has to be a string, got {type(response).__name__}.")
+    return prompts, responses, one
+
+
+@torch.no_grad()
+def token_rewards(
+    reward_model: PrefixRewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompt | Sequence[Prompt],
+    responses: str | Sequence[str],
+    *,
+    batch_size: int = 16,
+    padding_side: str = "right",
+) -> TokenRewards | list[TokenRewards]:
+    """Token-level rewards by reward redistribution: each response token's credit `r_t = R(x, y<=t) - R(x, y<t)`.
+
+    `R` is the reward model's prefix reward and `R(x, y<1) = R(x)` the prompt's own, so the credits telescope:
+    `sum_t r_t = R(x, y) - R(x)`. A causal reward model gives every prefix's reward in one forward per batch of
+    sequences (its per-position head); a sequence classifier loaded with [`AutoModelForPrefixReward`] is read the
+    same way (ARGS mode), its logit at each position taken as that prefix's reward. A reward model with a backbone
+    that is not causal re-encodes every prefix, which is quadratic in the length, and says so once.
+
+    Args:
+        reward_model ([`PrefixRewardModel`]): the reward model.
+        tokenizer (`PreTrainedTokenizerBase`): its tokenizer.
+        prompts (`str`, chat messages, or a list of them): the prompt of each response, or one prompt for all.
+            Chat messages go through the tokenizer's chat template with its generation prompt; text is
+            tokenized with the tokenizer's special tokens, as training does.
+        responses (`str` or list of `str`): the responses, tokenized without special tokens.
+        batch_size (`int`, *optional*, defaults to 16): sequences per forward.
+        padding_side (`str`, *optional*, defaults to `"right"`): how the batch is padded; the rewards do not
+            depend on it.
+
+    Returns:
+        [`TokenRewards`] for one pair (a string response), else a list of them.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import GPT2Config, PreTrainedTokenizerFast
+    >>> from hf_rgtg import AutoModelForPrefixReward, token_rewards
+
+    >>> backend = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1, "there": 2, "friend": 3}, unk_token="[UNK]"))
+    >>> backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[UNK]")
+    >>> rm = AutoModelForPrefixReward.from_config(GPT2Config(vocab_size=4, n_embd=16, n_layer=1, n_head=2)).eval()
+    >>> result = token_rewards(rm, tokenizer, "hi", "there friend")
+    >>> result.tokens, result.offsets
+    (['there', ' friend'], [(0, 5), (5, 12)])
+    >>> abs(result.total - (result.reward - result.prompt_reward)) < 1e-6
+    True
+    ```
+    """
+    prompts, responses, one = _as_pairs(prompts, responses)
+    batch_size = checked_positive_int("batch_size", batch_size, "e.g. `batch_size=16`")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"`padding_side` (={padding_side!r}) has to be 'left' or 'right'.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = 0 if pad is None else pad
+    pieces = []
+    for index, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        prompt_ids = _prompt_ids(tokenizer, prompt, index)
+        ids, tokens, offsets = _response_tokens(tokenizer, response)
+        if not prompt_ids:
+            raise ValueError(
+                f"Prompt {index} is empty after tokenization; the reward of `R(x)` needs a token."
+            )
+        try:
+            reward_model.check_length(len(prompt_ids) + len(ids))
+        except ValueError as error:
+            raise ValueError(
+                f"Pair {index} ({len(prompt_ids)} prompt + {len(ids)} response tokens): {error}"
+            ) from None
+        pieces.append((prompt_ids, ids, tokens, offsets))
+    sequences = [prompt_ids + ids for prompt_ids, ids, _, _ in pieces]
+    if reward_model.supports_incremental_scoring:
+        values = []
+        for i in range(0, len(sequences), batch_size):
+            values += _per_position_rewards(reward_model, sequences[i : i + batch_size], pad, padding_side)
+        values = [row[len(prompt_ids) - 1 :] for row, (prompt_ids, *_) in zip(values, pieces, strict=True)]
+    else:
+        logger.warning(
+            "token_rewards re-encodes every prefix: this reward model's backbone is not causal, so one forward does "
+            "not give each prefix its own reward. The cost is quadratic in the response's length."
+        )
+        values = _re_encoded_rewards(reward_model, sequences, [len(p) for p, *_ in pieces], pad, batch_size)
+    results = [
+        TokenRewards(
+            token_ids=ids,
+            tokens=tokens,
+            offsets=offsets,
+            prefix_rewards=row[1:],
+            rewards=[after - before for before, after in zip(row[:-1], row[1:], strict=True)],
+            prompt_reward=row[0],
+        )
+        for row, (_, ids, tokens, offsets) in zip(values, pieces, strict=True)
+    ]
+    return results[0] if one else results
+
+
+def dense_rewards(results: Sequence[TokenRewards]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token rewards of several responses as a right-padded `(batch, longest response)` float tensor, with its
+    `(batch, longest response)` mask (1 on real tokens): per-token rewards for a policy-gradient loss.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg import TokenRewards, dense_rewards
+    >>> a = TokenRewards([1, 2], ["a", "b"], [(0, 1), (1, 2)], [0.5, 1.0], [0.5, 0.5], prompt_reward=0.0)
+    >>> b = TokenRewards([3], ["c"], [(0, 1)], [-1.0], [-1.0], prompt_reward=0.0)
+    >>> rewards, mask = dense_rewards([a, b])
+    >>> rewards.tolist(), mask.tolist()
+    ([[0.5, 0.5], [-1.0, 0.0]], [[1, 1], [1, 0]])
+    ```
+    """
+    width = max((len(result.rewards) for result in results), default=0)
+    rewards = torch.zeros(len(results), width)
+    mask = torch.zeros(len(results), width, dtype=torch.long)
+    for row, result in enumerate(results):
+        rewards[row, : len(result.rewards)] = torch.tensor(result.rewards, dtype=torch.float32)
+        mask[row, : len(result.rewards)] = 1
+    return rewards, mask
+
+
 __all__ = [
     "GenerationResult",
+    "Prompt",
+    "TokenRewards",
+    "dense_rewards",
+    "token_rewards",
     "ScoringSettings",
     "generated_attention_mask",
     "prefix_rewards",

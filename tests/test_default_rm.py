@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import hf_rgtg.defaults
-from hf_rgtg import DEFAULT_LM_INSTALL_COMMAND, DEFAULT_LM_NAME, PrefixRewardModel
+from hf_rgtg import DEFAULT_LM_INSTALL_COMMAND, DEFAULT_LM_NAME, PrefixRewardModel, token_rewards
 from hf_rgtg.defaults import DEFAULT_RM_DIR, DEFAULT_RM_HEAD_FILE, load_default_rm
 
 pytestmark = pytest.mark.skipif(
@@ -93,3 +93,25 @@ def test_default_rm_prefers_a_positive_reply(default_rm, tokenizer):
     with torch.no_grad():
         positive, negative = default_rm(**batch).reward.tolist()
     assert positive > negative
+
+
+@needs_smollm2
+def test_token_rewards_of_the_default_rm_telescope_and_do_not_depend_on_padding(default_rm, tokenizer):
+    prompt = [{"role": "user", "content": "What do you think of the present I gave you?"}]
+    replies = ["I love this, it's wonderful, thank you!", "I hate this, it's awful and sad.", "Thanks."]
+    right = token_rewards(default_rm, tokenizer, prompt, replies, padding_side="right")
+    left = token_rewards(default_rm, tokenizer, prompt, replies, padding_side="left")
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for reply, a, b in zip(replies, right, left, strict=True):
+        assert "".join(a.tokens) == reply
+        assert a.total == pytest.approx(a.reward - a.prompt_reward, abs=1e-5)
+        assert a.rewards == pytest.approx(b.rewards, abs=1e-5)
+        sequence = prompt_ids + a.token_ids
+        with torch.no_grad():
+            expected = [
+                default_rm(torch.tensor([sequence[:end]])).reward.item()
+                for end in range(len(prompt_ids), len(sequence) + 1)
+            ]
+        assert [a.prompt_reward, *a.prefix_rewards] == pytest.approx(expected, abs=1e-4)
+    assert right[0].reward > right[1].reward

