@@ -62,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "StepRecord": "trace",
     "GuidanceState": "tracking",
     "RowTracker": "tracking",
+    "token_rewards_html": "visualization",
     "PrefixRewardTrainer": "training",
     "PrefixRewardTrainingConfig": "training",
     "prefix_bradley_terry_loss": "training",

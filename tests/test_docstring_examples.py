@@ -32,6 +32,7 @@ MODULES = [
     "hf_rgtg.tracking",
     "hf_rgtg.training",
     "hf_rgtg.validation",
+    "hf_rgtg.visualization",
 ]
 
 

@@ -1,0 +1,121 @@
+"""Heatmaps of token rewards: self-contained HTML pages (no script, no network fetch) in which each response token
+is coloured by its credit `r_t` on a diverging scale centred at 0, with its value, its prefix reward `R` and its id
+on hover, and each response's total beside it."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from .redistribution import TokenRewards
+
+#: The ends of the diverging scale: the colour of the most negative and of the most positive credit (RGB).
+NEGATIVE_RGB = (215, 48, 39)
+POSITIVE_RGB = (26, 152, 80)
+NEUTRAL_RGB = (255, 255, 255)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.2em; }
+.prompt { color: #555; white-space: pre-wrap; margin-bottom: 1em; }
+.row { display: flex; gap: 1em; align-items: baseline; padding: .4em 0; border-top: 1px solid #ddd; }
+.label { min-width: 8em; color: #555; }
+.text { flex: 1; white-space: pre-wrap; line-height: 1.9; font-family: ui-monospace, monospace; }
+.tok { padding: .1em 0; border-radius: 2px; }
+.tok:hover { outline: 1px solid #222; }
+.total { min-width: 11em; text-align: right; font-family: ui-monospace, monospace; }
+.legend { margin-top: 1em; color: #555; font-size: .9em; }
+.legend span { padding: .1em .5em; font-family: ui-monospace, monospace; }
+"""
+
+
+def reward_color(value: float, scale: float) -> tuple[int, int, int]:
+    """The colour of credit `value` when `scale` is the largest credit's magnitude: white at 0, the negative or
+    positive end at `-scale` and `scale`."""
+    if scale <= 0:
+        return NEUTRAL_RGB
+    weight = min(abs(value) / scale, 1.0)
+    end = POSITIVE_RGB if value > 0 else NEGATIVE_RGB
+    return tuple(round(n + (e - n) * weight) for n, e in zip(NEUTRAL_RGB, end, strict=True))
+
+
+def _css(rgb: tuple[int, int, int]) -> str:
+    return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})"
+
+
+def _token_span(token: str, token_id: int, reward: float, prefix_reward: float, scale: float) -> str:
+    hover = f"r_t = {reward:+.4f} | R = {prefix_reward:+.4f} | id {token_id}"
+    return (
+        f'<span class="tok" style="background-color: {_css(reward_color(reward, scale))}" '
+        f'title="{html.escape(hover)}" data-reward="{reward:.6g}" data-prefix-reward="{prefix_reward:.6g}" '
+        f'data-token-id="{token_id}">{html.escape(token)}</span>'
+    )
+
+
+def _row(result: TokenRewards, label: str, scale: float) -> str:
+    spans = "".join(
+        _token_span(token, token_id, reward, prefix_reward, scale)
+        for token, token_id, reward, prefix_reward in zip(
+            result.tokens, result.token_ids, result.rewards, result.prefix_rewards, strict=True
+        )
+    )
+    total = f"&Sigma; r_t = {result.total:+.3f}<br>R = {result.reward:+.3f}"
+    return (
+        f'<div class="row"><div class="label">{html.escape(label)}</div><div class="text">{spans}</div>'
+        f'<div class="total" data-total="{result.total:.6g}">{total}</div></div>'
+    )
+
+
+def token_rewards_html(
+    results: TokenRewards | Sequence[TokenRewards],
+    *,
+    prompt: str | None = None,
+    labels: Sequence[str] | None = None,
+    title: str = "Token rewards",
+) -> str:
+    """A self-contained HTML page of one or several responses' token rewards, stacked for comparison.
+
+    All responses share one colour scale (the largest `|r_t|` among them), so colours compare across rows. The
+    page has no script and fetches nothing.
+
+    Args:
+        results ([`TokenRewards`] or a list of them): from [`token_rewards`], e.g. several responses to one prompt.
+        prompt (`str`, *optional*): shown above the responses.
+        labels (list of `str`, *optional*): one per response; "response 1", "response 2", ... by default.
+        title (`str`, *optional*): the page's title and heading.
+
+    Returns:
+        `str`: the page, to write to a `.html` file.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg import TokenRewards
+    >>> from hf_rgtg.visualization import token_rewards_html
+    >>> result = TokenRewards([7, 8], ["Hi", "!"], [(0, 2), (2, 3)], [0.5, 1.25], [0.25, 0.75], prompt_reward=0.25)
+    >>> page = token_rewards_html(result, prompt="Say hi")
+    >>> page.count('class="tok"'), "r_t = +0.7500 | R = +1.2500 | id 8" in page
+    (2, True)
+    ```
+    """
+    results = [results] if isinstance(results, TokenRewards) else list(results)
+    labels = list(labels) if labels is not None else [f"response {i + 1}" for i in range(len(results))]
+    if len(labels) != len(results):
+        raise ValueError(f"Got {len(labels)} labels for {len(results)} results; give one label per result.")
+    scale = max((abs(r) for result in results for r in result.rewards), default=0.0)
+    rows = "".join(_row(result, label, scale) for result, label in zip(results, labels, strict=True))
+    prompt_html = f'<div class="prompt">{html.escape(prompt)}</div>' if prompt is not None else ""
+    legend = (
+        f'<div class="legend">r_t from <span style="background-color: {_css(NEGATIVE_RGB)}">{-scale:+.3f}</span>'
+        f' through <span style="background-color: {_css(NEUTRAL_RGB)}">0</span> to '
+        f'<span style="background-color: {_css(POSITIVE_RGB)}">{scale:+.3f}</span>; hover a token for its '
+        "credit r_t, its prefix reward R and its id.</div>"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{prompt_html}{rows}{legend}"
+        "</body></html>\n"
+    )
+
+
+__all__ = ["NEGATIVE_RGB", "NEUTRAL_RGB", "POSITIVE_RGB", "reward_color", "token_rewards_html"]
