@@ -7,7 +7,10 @@ and an error inside that module surfaces then, unchanged.
 
 `PrefixRewardConfig` is registered with `AutoConfig`, so that saved prefix reward models load without
 `trust_remote_code`, as soon as its module is imported: at `import hf_rgtg` when transformers is already imported,
-and otherwise on first use of any model, Auto class or loader of the package. The package patches nothing else.
+and otherwise on first use of any model, Auto class or loader of the package. The pipeline tasks
+`"reward-guided-text-generation"` and `"token-rewards"` are registered when `hf_rgtg.pipelines` is imported: at
+`import hf_rgtg` when `transformers.pipelines` is already imported (after `from transformers import pipeline`), and
+otherwise by `import hf_rgtg.pipelines`. The package patches nothing else.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ _EXPORTS: dict[str, str] = {
     "GuidanceState": "tracking",
     "RowTracker": "tracking",
     "token_rewards_html": "visualization",
+    "RewardGuidedTextGenerationPipeline": "pipelines",
+    "TokenRewardsPipeline": "pipelines",
     "PrefixRewardTrainer": "training",
     "PrefixRewardTrainingConfig": "training",
     "prefix_bradley_terry_loss": "training",
@@ -86,3 +91,5 @@ def __dir__() -> list[str]:
 
 if "transformers" in sys.modules:  # transformers' import is paid for already: register the configuration now
     importlib.import_module(f"{__name__}.configuration")
+if "transformers.pipelines" in sys.modules:  # and transformers' pipelines': register the two tasks
+    importlib.import_module(f"{__name__}.pipelines")

@@ -296,16 +296,29 @@ def _response_tokens(
     if getattr(tokenizer, "is_fast", False):
         encoding = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
         ends = [end for _, end in encoding["offset_mapping"]]
+        ids = list(encoding["input_ids"])
     else:
-        encoding = tokenizer(response, add_special_tokens=False)
-        ids = encoding["input_ids"]
-        ends = [len(tokenizer.decode(ids[: i + 1]).rstrip("\ufffd")) for i in range(len(ids))]
+        ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+        ends = _decoded_ends(tokenizer, ids)
+    spans = _spans(ends)
+    return ids, [response[a:b] for a, b in spans], spans
+
+
+def _decoded_ends(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
+    """Where each token's text ends in `tokenizer.decode(ids)`: the length of the decoded prefix, an incomplete
+    character at its end not counted."""
+    return [len(tokenizer.decode(ids[: i + 1]).rstrip("\ufffd")) for i in range(len(ids))]
+
+
+def _spans(ends: list[int]) -> list[tuple[int, int]]:
+    """Each token's `(start, end)` from where the tokens end: a token inside a character that an earlier one
+    completed adds nothing."""
     spans, start = [], 0
     for end in ends:
-        end = max(end, start)  # a token inside a character its predecessor completed adds nothing
+        end = max(end, start)
         spans.append((start, end))
         start = end
-    return list(encoding["input_ids"]), [response[a:b] for a, b in spans], spans
+    return spans
 
 
 def _per_position_rewards(
@@ -383,6 +396,97 @@ def _as_pairs(prompts: Any, responses: Any) -> tuple[list[Prompt], list[str], bo
     return prompts, responses, one
 
 
+def _scored(
+    reward_model: PrefixRewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pieces: list[tuple[list[int], list[int], list[str], list[tuple[int, int]]]],
+    batch_size: int,
+    padding_side: str,
+) -> list[TokenRewards]:
+    """The token rewards of `(prompt ids, response ids, tokens, offsets)` pieces."""
+    batch_size = checked_positive_int("batch_size", batch_size, "e.g. `batch_size=16`")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"`padding_side` (={padding_side!r}) has to be 'left' or 'right'.")
+    for index, (prompt_ids, ids, _, _) in enumerate(pieces):
+        if not prompt_ids:
+            raise ValueError(
+                f"Prompt {index} is empty after tokenization; the reward of `R(x)` needs a token."
+            )
+        try:
+            reward_model.check_length(len(prompt_ids) + len(ids))
+        except ValueError as error:
+            raise ValueError(
+                f"Pair {index} ({len(prompt_ids)} prompt + {len(ids)} response tokens): {error}"
+            ) from None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = 0 if pad is None else pad
+    sequences = [prompt_ids + ids for prompt_ids, ids, _, _ in pieces]
+    if reward_model.supports_incremental_scoring:
+        values = []
+        for i in range(0, len(sequences), batch_size):
+            values += _per_position_rewards(reward_model, sequences[i : i + batch_size], pad, padding_side)
+        values = [row[len(prompt_ids) - 1 :] for row, (prompt_ids, *_) in zip(values, pieces, strict=True)]
+    else:
+        logger.warning(
+            "token_rewards re-encodes every prefix: this reward model's backbone is not causal, so one forward does "
+            "not give each prefix its own reward. The cost is quadratic in the response's length."
+        )
+        values = _re_encoded_rewards(reward_model, sequences, [len(p) for p, *_ in pieces], pad, batch_size)
+    return [
+        TokenRewards(
+            token_ids=ids,
+            tokens=tokens,
+            offsets=offsets,
+            prefix_rewards=row[1:],
+            rewards=[after - before for before, after in zip(row[:-1], row[1:], strict=True)],
+            prompt_reward=row[0],
+        )
+        for row, (_, ids, tokens, offsets) in zip(values, pieces, strict=True)
+    ]
+
+
+@torch.no_grad()
+def token_rewards_of_ids(
+    reward_model: PrefixRewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    padding_side: str = "right",
+) -> list[TokenRewards]:
+    """[`token_rewards`] of responses given as token ids (what `generate()` produced), after prompts given as ids.
+
+    Each token's text and offsets index `tokenizer.decode(response)`, special tokens included.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import GPT2Config, PreTrainedTokenizerFast
+    >>> from hf_rgtg import AutoModelForPrefixReward
+    >>> from hf_rgtg.redistribution import token_rewards_of_ids
+
+    >>> backend = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1, "there": 2}, unk_token="[UNK]"))
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    >>> rm = AutoModelForPrefixReward.from_config(GPT2Config(vocab_size=3, n_embd=16, n_layer=1, n_head=2)).eval()
+    >>> [result.token_ids for result in token_rewards_of_ids(rm, tokenizer, [[1]], [[2, 2]])]
+    [[2, 2]]
+    ```
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(
+            f"Got {len(prompt_ids)} prompts for {len(response_ids)} responses; give one per response."
+        )
+    pieces = []
+    for prompt, response in zip(prompt_ids, response_ids, strict=True):
+        ids = [int(token) for token in response]
+        text = tokenizer.decode(ids)
+        spans = _spans(_decoded_ends(tokenizer, ids))
+        pieces.append(([int(token) for token in prompt], ids, [text[a:b] for a, b in spans], spans))
+    return _scored(reward_model, tokenizer, pieces, batch_size, padding_side)
+
+
 @torch.no_grad()
 def token_rewards(
     reward_model: PrefixRewardModel,
@@ -434,49 +538,11 @@ def token_rewards(
     ```
     """
     prompts, responses, one = _as_pairs(prompts, responses)
-    batch_size = checked_positive_int("batch_size", batch_size, "e.g. `batch_size=16`")
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"`padding_side` (={padding_side!r}) has to be 'left' or 'right'.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad = 0 if pad is None else pad
     pieces = []
     for index, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        prompt_ids = _prompt_ids(tokenizer, prompt, index)
         ids, tokens, offsets = _response_tokens(tokenizer, response)
-        if not prompt_ids:
-            raise ValueError(
-                f"Prompt {index} is empty after tokenization; the reward of `R(x)` needs a token."
-            )
-        try:
-            reward_model.check_length(len(prompt_ids) + len(ids))
-        except ValueError as error:
-            raise ValueError(
-                f"Pair {index} ({len(prompt_ids)} prompt + {len(ids)} response tokens): {error}"
-            ) from None
-        pieces.append((prompt_ids, ids, tokens, offsets))
-    sequences = [prompt_ids + ids for prompt_ids, ids, _, _ in pieces]
-    if reward_model.supports_incremental_scoring:
-        values = []
-        for i in range(0, len(sequences), batch_size):
-            values += _per_position_rewards(reward_model, sequences[i : i + batch_size], pad, padding_side)
-        values = [row[len(prompt_ids) - 1 :] for row, (prompt_ids, *_) in zip(values, pieces, strict=True)]
-    else:
-        logger.warning(
-            "token_rewards re-encodes every prefix: this reward model's backbone is not causal, so one forward does "
-            "not give each prefix its own reward. The cost is quadratic in the response's length."
-        )
-        values = _re_encoded_rewards(reward_model, sequences, [len(p) for p, *_ in pieces], pad, batch_size)
-    results = [
-        TokenRewards(
-            token_ids=ids,
-            tokens=tokens,
-            offsets=offsets,
-            prefix_rewards=row[1:],
-            rewards=[after - before for before, after in zip(row[:-1], row[1:], strict=True)],
-            prompt_reward=row[0],
-        )
-        for row, (_, ids, tokens, offsets) in zip(values, pieces, strict=True)
-    ]
+        pieces.append((_prompt_ids(tokenizer, prompt, index), ids, tokens, offsets))
+    results = _scored(reward_model, tokenizer, pieces, batch_size, padding_side)
     return results[0] if one else results
 
 
@@ -510,6 +576,7 @@ __all__ = [
     "TokenRewards",
     "dense_rewards",
     "token_rewards",
+    "token_rewards_of_ids",
     "ScoringSettings",
     "generated_attention_mask",
     "prefix_rewards",

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -60,8 +61,24 @@ class _LoggedDeprecationError(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if "deprecated" in message:
+        if "deprecated" in message and not _UNAVOIDABLE_DEPRECATION.search(message):
             raise FutureWarning(f"transformers logged a deprecation: {message}")
+
+
+def _unavoidable_deprecation():
+    """Logged deprecations that transformers' own code triggers, which no caller can avoid: before 5.24, the
+    `"text-generation"` pipeline hands `generate()` its `generation_config` together with the call's generation
+    arguments (5.24 rewrote that), so every pipeline call with `max_new_tokens=` logs one (checked on 5.18)."""
+    from packaging.version import Version
+
+    from hf_rgtg.compat import TRANSFORMERS_VERSION
+
+    if TRANSFORMERS_VERSION < Version("5.24.0"):
+        return re.compile(r"Passing `generation_config` together with generation-related arguments")
+    return re.compile(r"(?!)")  # matches nothing
+
+
+_UNAVOIDABLE_DEPRECATION = _unavoidable_deprecation()
 
 
 _LOGGED_DEPRECATION_ERROR = _LoggedDeprecationError(logging.WARNING)

@@ -21,6 +21,7 @@ MODULES = [
     "hf_rgtg.incremental.gpt2",
     "hf_rgtg.incremental.llama",
     "hf_rgtg.modeling",
+    "hf_rgtg.pipelines",
     "hf_rgtg.processing",
     "hf_rgtg.redistribution",
     "hf_rgtg.scoring",

@@ -1,0 +1,218 @@
+"""transformers pipelines: `"reward-guided-text-generation"` and `"token-rewards"`.
+
+Importing this module registers both tasks with transformers' pipeline registry, so that
+`transformers.pipeline("reward-guided-text-generation", model=..., reward_model=...)` builds one; `import hf_rgtg`
+imports it when transformers is already imported (see the package's docstring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, Pipeline, TextGenerationPipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .auto import AutoModelForPrefixReward, resolve_reward_model
+from .configuration import RewardGuidanceConfig
+from .generation import RewardGuidance
+from .modeling import PrefixRewardModel
+from .redistribution import token_rewards, token_rewards_of_ids
+from .tokenization import special_token_ids
+
+#: The guidance settings a pipeline takes, at construction or per call.
+GUIDANCE_OPTIONS = tuple(field.name for field in dataclasses.fields(RewardGuidanceConfig))
+
+
+class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
+    r"""
+    Text generation steered by a reward model: a `TextGenerationPipeline` whose `generate()` runs with
+    [`RewardGuidance`]. Chat inputs, `return_full_text`, `num_return_sequences`, batching and streamers work as in
+    `"text-generation"`.
+
+    Every guidance setting of [`RewardGuidanceConfig`] (`beta`, `top_k`, ...) is accepted at construction or per
+    call, with `reward_model` (a [`PrefixRewardModel`] or a name or folder). `top_k` is the guidance's: the number
+    of candidates scored per step. Each result carries its `"reward"` (the sequence's, at its last real token), and
+    with `return_token_rewards=True` its `"token_rewards"` ([`TokenRewards`] fields, over the generated ids,
+    through the first EOS).
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, pipeline
+    >>> from hf_rgtg import AutoModelForPrefixReward
+    >>> import hf_rgtg.pipelines  # registers the tasks
+
+    >>> words = ["[PAD]", "hi", "there", "good", "bad", "day"]
+    >>> backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[PAD]"))
+    >>> backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]")
+    >>> config = GPT2Config(vocab_size=6, n_embd=16, n_layer=1, n_head=2, bos_token_id=None, eos_token_id=None)
+    >>> _ = torch.manual_seed(0)
+    >>> lm, rm = GPT2LMHeadModel(config).eval(), AutoModelForPrefixReward.from_config(config).eval()
+    >>> generator = pipeline("reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=3)
+    >>> out = generator("hi", max_new_tokens=3, do_sample=False)
+    >>> sorted(out[0]), isinstance(out[0]["reward"], float)
+    (['generated_text', 'reward'], True)
+    ```
+    """
+
+    def __init__(self, *args: Any, reward_model: PrefixRewardModel | str | None = None, **kwargs: Any):
+        self._guidances: dict[tuple, RewardGuidance] = {}
+        self._default_reward_model = None if reward_model is None else resolve_reward_model(reward_model)
+        # Taken before the base class sees them: it would hand `top_k` and `max_time` to `generate()` as its own.
+        self._default_options = {name: kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in kwargs}
+        super().__init__(*args, **kwargs)
+
+    def _sanitize_parameters(self, reward_model=None, return_token_rewards=None, **kwargs):
+        options = {name: kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in kwargs}
+        preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
+        forward.update(options)
+        if reward_model is not None:
+            forward["reward_model"] = resolve_reward_model(reward_model)
+        if return_token_rewards is not None:
+            forward["return_token_rewards"] = return_token_rewards
+        return preprocess, forward, postprocess
+
+    def _guidance(self, reward_model: PrefixRewardModel, options: dict[str, Any]) -> RewardGuidance:
+        """One [`RewardGuidance`] per reward model and settings, reused across calls."""
+        key = (id(reward_model), tuple(sorted((name, repr(value)) for name, value in options.items())))
+        if key not in self._guidances:
+            config = self.model.generation_config
+            eos, pad = special_token_ids(self.tokenizer, config.eos_token_id, config.pad_token_id)
+            self._guidances[key] = RewardGuidance(reward_model, eos_token_id=eos, pad_token_id=pad, **options)
+        return self._guidances[key]
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        reward_model = generate_kwargs.pop("reward_model", None) or self._default_reward_model
+        if reward_model is None:
+            raise ValueError(
+                "The reward-guided-text-generation pipeline needs `reward_model=` (a PrefixRewardModel, or the name "
+                "or folder of one), at construction or in the call."
+            )
+        with_tokens = generate_kwargs.pop("return_token_rewards", False)
+        options = {name: generate_kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in generate_kwargs}
+        guidance = self._guidance(reward_model, {**self._default_options, **options})
+        mask = model_inputs.get("attention_mask")
+        guided = guidance.generate_kwargs(attention_mask=mask)
+        for name in ("logits_processor", "stopping_criteria"):
+            given = generate_kwargs.pop(name, None)
+            if given:
+                guided[name] = type(guided[name])([*given, *guided[name]])
+        model_outputs = super()._forward(model_inputs, **generate_kwargs, **guided)
+        sequences = model_outputs["generated_sequence"]  # (prompts, sequences per prompt, length)
+        prompts, per_prompt, length = sequences.shape
+        flat = sequences.reshape(-1, length)
+        input_ids = model_outputs["input_ids"]
+        width = input_ids.shape[1]
+        rewards = guidance.sequence_rewards(flat, width, prompt_attention_mask=mask)
+        model_outputs["reward"] = rewards.reshape(prompts, per_prompt)
+        if with_tokens:
+            model_outputs["token_rewards"] = self._token_rewards(guidance, flat, input_ids, mask, per_prompt)
+        return model_outputs
+
+    def _token_rewards(self, guidance, flat, input_ids, mask, per_prompt) -> list[list[dict[str, Any]]]:
+        """Each generated sequence's token rewards, through its first EOS, grouped by prompt."""
+        width = input_ids.shape[1]
+        mask = torch.ones_like(input_ids) if mask is None else mask
+        prompt_ids = [ids[row_mask.bool()].tolist() for ids, row_mask in zip(input_ids, mask, strict=True)]
+        eos = set(guidance.eos_token_id or ())
+        responses = []
+        for row in flat[:, width:].tolist():
+            end = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
+            responses.append(row[:end])
+        results = token_rewards_of_ids(
+            guidance.reward_model,
+            self.tokenizer,
+            [prompt_ids[i // per_prompt] for i in range(len(flat))],
+            responses,
+        )
+        grouped = [dataclasses.asdict(result) for result in results]
+        return [grouped[i : i + per_prompt] for i in range(0, len(grouped), per_prompt)]
+
+    def postprocess(self, model_outputs, *args, **kwargs):
+        # Taken out before the base class sees them (from 5.24 it would copy tensors into the records itself).
+        rewards = model_outputs.pop("reward")[0].tolist()
+        token_rewards_per_prompt = model_outputs.pop("token_rewards", None)
+        records = super().postprocess(model_outputs, *args, **kwargs)
+        for index, record in enumerate(records):
+            record["reward"] = rewards[index]
+            if token_rewards_per_prompt is not None:
+                record["token_rewards"] = token_rewards_per_prompt[0][index]
+        return records
+
+
+class TokenRewardsPipeline(Pipeline):
+    r"""
+    Token rewards of (prompt, response) pairs: [`token_rewards`] as a pipeline, over a [`PrefixRewardModel`].
+
+    Inputs are `{"prompt": ..., "response": ...}` dicts or `(prompt, response)` tuples, one or a list; a prompt is
+    text or chat messages. Each output is a dict of the [`TokenRewards`] fields plus `"total"` and `"reward"`.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import GPT2Config, PreTrainedTokenizerFast, pipeline
+    >>> from hf_rgtg import AutoModelForPrefixReward
+    >>> import hf_rgtg.pipelines  # registers the tasks
+
+    >>> backend = Tokenizer(models.WordLevel({"[PAD]": 0, "hi": 1, "there": 2, "friend": 3}, unk_token="[PAD]"))
+    >>> backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]")
+    >>> rm = AutoModelForPrefixReward.from_config(GPT2Config(vocab_size=4, n_embd=16, n_layer=1, n_head=2)).eval()
+    >>> scorer = pipeline("token-rewards", model=rm, tokenizer=tokenizer)
+    >>> scorer({"prompt": "hi", "response": "there friend"})["tokens"]
+    ['there', ' friend']
+    ```
+    """
+
+    def _sanitize_parameters(self, **kwargs):
+        return {}, {}, {}
+
+    def preprocess(self, inputs):
+        if isinstance(inputs, Mapping):
+            if not {"prompt", "response"} <= set(inputs):
+                raise ValueError(
+                    f"A token-rewards input needs 'prompt' and 'response' keys, got {sorted(inputs)}."
+                )
+            return {"prompt": inputs["prompt"], "response": inputs["response"]}
+        if isinstance(inputs, tuple) and len(inputs) == 2:
+            return {"prompt": inputs[0], "response": inputs[1]}
+        raise TypeError(
+            f"A token-rewards input is a {{'prompt': ..., 'response': ...}} dict or a (prompt, response) tuple, got "
+            f"{type(inputs).__name__}."
+        )
+
+    def _forward(self, model_inputs):
+        return {
+            "result": token_rewards(
+                self.model, self.tokenizer, model_inputs["prompt"], model_inputs["response"]
+            )
+        }
+
+    def postprocess(self, model_outputs):
+        result = model_outputs["result"]
+        return {**dataclasses.asdict(result), "total": result.total, "reward": result.reward}
+
+    def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, list):  # a list of pairs, not one pair given as a list
+            return [super(TokenRewardsPipeline, self).__call__(item, **kwargs) for item in inputs]
+        return super().__call__(inputs, **kwargs)
+
+
+PIPELINE_REGISTRY.register_pipeline(
+    "reward-guided-text-generation",
+    pipeline_class=RewardGuidedTextGenerationPipeline,
+    pt_model=AutoModelForCausalLM,
+    type="text",
+)
+PIPELINE_REGISTRY.register_pipeline(
+    "token-rewards", pipeline_class=TokenRewardsPipeline, pt_model=AutoModelForPrefixReward, type="text"
+)
+
+__all__ = ["GUIDANCE_OPTIONS", "RewardGuidedTextGenerationPipeline", "TokenRewardsPipeline"]

@@ -1,0 +1,162 @@
+"""The pipelines (hf_rgtg/pipelines.py): "reward-guided-text-generation", "token-rewards", and the plain
+"text-generation" pipeline with the processor pair."""
+
+import copy
+
+import pytest
+import torch
+from conftest import CHAT_TEMPLATE, PAD, models
+from transformers import pipeline
+from transformers.generation.streamers import BaseStreamer
+
+import hf_rgtg.pipelines  # noqa: F401  (registers the tasks)
+from hf_rgtg import RewardGuidance, RewardGuidedTextGenerationPipeline, TokenRewardsPipeline, token_rewards
+
+PROMPTS = ["Tell me a story.", "Hello there, how are you?"]
+
+
+@pytest.fixture
+def lm_rm():
+    lm, rm = models("gpt2")
+    lm.generation_config.pad_token_id = PAD
+    return lm, rm
+
+
+def guided_text(lm, rm, tokenizer, prompt, **settings):
+    """Way 1, decoded as the text-generation pipeline decodes its new tokens."""
+    inputs = tokenizer(prompt, return_tensors="pt")
+    guidance = RewardGuidance(
+        rm, tokenizer, eos_token_id=lm.generation_config.eos_token_id, pad_token_id=PAD, **settings
+    )
+    out = lm.generate(**inputs, max_new_tokens=6, do_sample=False, **guidance.generate_kwargs())
+    reward = guidance.sequence_rewards(out, inputs["input_ids"].shape[1]).item()
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True), reward
+
+
+def test_the_guided_pipeline_equals_way_1_and_reports_the_reward(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, beta=2.0, top_k=4
+    )
+    assert isinstance(generator, RewardGuidedTextGenerationPipeline)
+    for prompt in PROMPTS:
+        [record] = generator(prompt, max_new_tokens=6, do_sample=False, return_full_text=False)
+        text, reward = guided_text(lm, rm, tokenizer, prompt, beta=2.0, top_k=4)
+        assert record["generated_text"] == text
+        assert record["reward"] == pytest.approx(reward, abs=1e-5)
+    # Settings per call override those of the construction.
+    [per_call] = generator(
+        PROMPTS[0], max_new_tokens=6, do_sample=False, return_full_text=False, beta=0.0, top_k=7
+    )
+    assert per_call["generated_text"] == guided_text(lm, rm, tokenizer, PROMPTS[0], beta=0.0, top_k=7)[0]
+
+
+def test_batches_chat_inputs_and_several_return_sequences(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template, tokenizer.pad_token = CHAT_TEMPLATE, "<|endoftext|>"
+    tokenizer.padding_side = "left"
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=4
+    )
+    chats = [[{"role": "user", "content": prompt}] for prompt in PROMPTS]
+    torch.manual_seed(0)
+    out = generator(chats, max_new_tokens=5, do_sample=True, num_return_sequences=3, batch_size=2)
+    assert len(out) == 2 and all(len(records) == 3 for records in out)
+    for chat, records in zip(chats, out, strict=True):
+        for record in records:
+            messages = record["generated_text"]
+            assert messages[:-1] == chat and messages[-1]["role"] == "assistant"
+            assert isinstance(record["reward"], float)
+    # Batched or one by one, greedy decoding gives the same replies.
+    one_by_one = [generator(chat, max_new_tokens=5, do_sample=False)[0] for chat in chats]
+    batched = [records[0] for records in generator(chats, max_new_tokens=5, do_sample=False, batch_size=2)]
+    assert [r["generated_text"] for r in batched] == [r["generated_text"] for r in one_by_one]
+    assert [r["reward"] for r in batched] == pytest.approx([r["reward"] for r in one_by_one], abs=1e-4)
+
+
+def test_token_rewards_of_generated_sequences_telescope_to_their_reward(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=4
+    )
+    [record] = generator(PROMPTS[0], max_new_tokens=6, do_sample=False, return_token_rewards=True)
+    credits = record["token_rewards"]
+    assert len(credits["token_ids"]) == len(credits["rewards"]) == 6
+    assert sum(credits["rewards"]) == pytest.approx(
+        credits["prefix_rewards"][-1] - credits["prompt_reward"], abs=1e-5
+    )
+    assert credits["prefix_rewards"][-1] == pytest.approx(record["reward"], abs=1e-5)
+
+
+def test_the_plain_text_generation_pipeline_takes_the_processor_pair(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    plain = pipeline("text-generation", model=lm, tokenizer=tokenizer)
+    guidance = RewardGuidance(
+        rm, tokenizer, eos_token_id=lm.generation_config.eos_token_id, pad_token_id=PAD, top_k=4
+    )
+    [record] = plain(
+        PROMPTS[1], max_new_tokens=6, do_sample=False, return_full_text=False, **guidance.generate_kwargs()
+    )
+    assert record["generated_text"] == guided_text(lm, rm, tokenizer, PROMPTS[1], top_k=4)[0]
+    assert len(guidance.trace.roots) == 1
+
+
+class Collected(BaseStreamer):
+    def __init__(self):
+        self.ids = []
+
+    def put(self, value):
+        self.ids.append(value.flatten().tolist())
+
+    def end(self):
+        pass
+
+
+def test_streaming_through_the_pipeline_gives_the_returned_text(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=4
+    )
+    streamer = Collected()
+    [record] = generator(
+        PROMPTS[0], max_new_tokens=6, do_sample=False, return_full_text=False, streamer=streamer
+    )
+    streamed = [token for chunk in streamer.ids[1:] for token in chunk]  # the first chunk is the prompt
+    assert tokenizer.decode(streamed, skip_special_tokens=True) == record["generated_text"]
+
+
+def test_names_resolve_through_the_hub_cache(lm_rm, tokenizer, hub_cache):
+    lm, rm = lm_rm
+    lm_id = hub_cache(lm, "org/tiny-lm", tokenizer=tokenizer)
+    rm_id = hub_cache(rm, "org/tiny-rm", tokenizer=tokenizer)
+    generator = pipeline("reward-guided-text-generation", model=lm_id, reward_model=rm_id, top_k=4)
+    [record] = generator(PROMPTS[0], max_new_tokens=6, do_sample=False, return_full_text=False)
+    assert record["generated_text"] == guided_text(lm, rm, tokenizer, PROMPTS[0], top_k=4)[0]
+    scorer = pipeline("token-rewards", model=rm_id)
+    assert isinstance(scorer, TokenRewardsPipeline)
+    result = scorer({"prompt": PROMPTS[0], "response": " Once upon a time"})
+    assert result["rewards"] == pytest.approx(
+        token_rewards(rm, tokenizer, PROMPTS[0], " Once upon a time").rewards, abs=1e-5
+    )
+
+
+def test_the_token_rewards_pipeline_takes_dicts_tuples_and_lists(lm_rm, tokenizer):
+    _, rm = lm_rm
+    scorer = pipeline("token-rewards", model=rm, tokenizer=tokenizer)
+    one = scorer(("Hello", "Thank you so much!"))
+    expected = token_rewards(rm, tokenizer, "Hello", "Thank you so much!")
+    assert one["tokens"] == expected.tokens and one["total"] == pytest.approx(expected.total, abs=1e-6)
+    many = scorer([{"prompt": "Hello", "response": "Thank you so much!"}, ("Hi", "I hate it.")])
+    assert len(many) == 2 and many[0]["rewards"] == pytest.approx(one["rewards"], abs=1e-6)
+    with pytest.raises(ValueError, match="'prompt' and 'response' keys"):
+        scorer({"prompt": "Hello"})
+    with pytest.raises(TypeError, match="dict or a \\(prompt, response\\) tuple"):
+        scorer("Hello")
+
+
+def test_a_guided_pipeline_without_a_reward_model_says_what_to_pass(lm_rm, tokenizer):
+    lm, _ = lm_rm
+    generator = pipeline("reward-guided-text-generation", model=lm, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="needs `reward_model=`"):
+        generator(PROMPTS[0], max_new_tokens=2)
