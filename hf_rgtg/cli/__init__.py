@@ -37,6 +37,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "train", "train a prefix reward model on preference pairs (every TrainingArguments option is a flag)"
     ),
+    "score": Command(
+        "score", "each response token's share of the reward (r_t), printed or as an HTML heatmap"
+    ),
     "eval-rm": Command(
         "eval_rm",
         "prefix accuracy of any reward model on preference pairs, by relative position in the response",

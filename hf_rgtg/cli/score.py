@@ -1,0 +1,96 @@
+"""`hf-rgtg score`: the token rewards of one response, printed, and written as an HTML heatmap or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from .. import defaults
+from ..auto import AutoModelForPrefixReward
+from ..redistribution import TokenRewards, token_rewards
+from ..visualization import token_rewards_html
+from . import PROG
+from .loading import check_local_path, checked_tokenizer, load_named
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """Declare the `score` command."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=(
+            "Each response token's share of the reward, r_t = R(x, y<=t) - R(x, y<t), from one forward of a prefix\n"
+            "reward model (the packaged default one unless --rm is given). The shares add up to R(x, y) - R(x)."
+        ),
+        epilog=(
+            "examples:\n"
+            f'  {PROG} score --prompt "How was your day?" --response "Lovely, thank you!" --html day.html\n'
+            f'  {PROG} score --rm my-prefix-rm --prompt "Hi" --response "Hello!" --json'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--rm", metavar="NAME", help="Hub id or folder of the reward model (default: the packaged one)"
+    )
+    parser.add_argument("--tokenizer", metavar="NAME", help="tokenizer (default: the reward model's)")
+    parser.add_argument(
+        "--prompt", required=True, help="the prompt (a user message when the tokenizer has a chat template)"
+    )
+    parser.add_argument("--response", required=True, help="the response to score")
+    parser.add_argument("--no-chat-template", action="store_true", help="score the prompt as plain text")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="write a heatmap of the token rewards here")
+    parser.add_argument(
+        "--json", action="store_true", help="print the token rewards as JSON instead of a table"
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    """The reward model and its tokenizer: the named ones, or the packaged default on SmolLM2's tokenizer."""
+    if args.rm is None:
+        tokenizer = args.tokenizer or str(defaults.default_lm_path())
+        reward_model = defaults.load_default_rm()
+    else:
+        tokenizer = args.tokenizer or args.rm
+        reward_model = load_named("--rm", args.rm, lambda: AutoModelForPrefixReward.from_pretrained(args.rm))
+    flag = "--tokenizer" if args.tokenizer else "--rm"
+    return reward_model.eval(), load_named(flag, tokenizer, lambda: checked_tokenizer(tokenizer))
+
+
+def _table(result: TokenRewards) -> list[str]:
+    lines = [f"{'#':>4}  {'token':<20} {'r_t':>9} {'R':>9}"]
+    for index, (token, r_t, prefix) in enumerate(
+        zip(result.tokens, result.rewards, result.prefix_rewards, strict=True)
+    ):
+        lines.append(f"{index:>4}  {token!r:<20} {r_t:>+9.4f} {prefix:>+9.4f}")
+    lines.append(
+        f"R(x) {result.prompt_reward:+.4f}  R(x, y) {result.reward:+.4f}  sum r_t {result.total:+.4f}"
+    )
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out `hf-rgtg score`: print each token's reward, and write the heatmap if asked."""
+    for flag, name in (("--rm", args.rm), ("--tokenizer", args.tokenizer)):
+        if name is not None:
+            check_local_path(flag, name)
+    if args.html is not None and not args.html.parent.is_dir():
+        raise ValueError(f"argument --html: the folder {str(args.html.parent)!r} does not exist")
+    reward_model, tokenizer = _load(args)
+    chat = not args.no_chat_template and getattr(tokenizer, "chat_template", None)
+    prompt = [{"role": "user", "content": args.prompt}] if chat else args.prompt
+    result = token_rewards(reward_model, tokenizer, prompt, args.response)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(result), "total": result.total, "reward": result.reward}))
+    else:
+        print("\n".join(_table(result)))
+    if args.html is not None:
+        args.html.write_text(
+            token_rewards_html(result, prompt=args.prompt, labels=["response"]), encoding="utf-8"
+        )
+        if not args.json:
+            print(f"wrote {args.html}")
+    return 0

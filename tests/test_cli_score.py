@@ -1,0 +1,65 @@
+"""`hf-rgtg score`: token rewards on the command line."""
+
+import json
+
+import pytest
+from conftest import build_tokenizer, tiny_prefix_rm
+
+from hf_rgtg import AutoModelForPrefixReward, token_rewards
+from hf_rgtg.cli import main
+
+PROMPT, RESPONSE = "hello there", "Thank you so much, this is wonderful!"
+
+
+@pytest.fixture(scope="module")
+def rm_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("score") / "rm"
+    tiny_prefix_rm("llama", seed=3).save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def expected(rm_folder):
+    rm = AutoModelForPrefixReward.from_pretrained(rm_folder).eval()
+    return token_rewards(rm, build_tokenizer(), PROMPT, RESPONSE)
+
+
+def test_score_prints_each_token_and_the_total(rm_folder, capsys):
+    assert main(["score", "--rm", str(rm_folder), "--prompt", PROMPT, "--response", RESPONSE]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    result = expected(rm_folder)
+    rows = lines[1 : 1 + len(result.tokens)]
+    assert [float(row.split()[-2]) for row in rows] == pytest.approx(result.rewards, abs=1e-4)
+    assert lines[1 + len(result.tokens)].endswith(f"sum r_t {result.total:+.4f}")
+
+
+def test_score_writes_json_and_a_heatmap(rm_folder, capsys, tmp_path):
+    page = tmp_path / "out.html"
+    args = [
+        "score",
+        "--rm",
+        str(rm_folder),
+        "--prompt",
+        PROMPT,
+        "--response",
+        RESPONSE,
+        "--json",
+        "--html",
+        str(page),
+    ]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out)
+    result = expected(rm_folder)
+    assert record["tokens"] == result.tokens and record["total"] == pytest.approx(result.total, abs=1e-5)
+    assert page.read_text().count('class="tok"') == len(result.tokens)
+
+
+def test_score_names_a_bad_flag(rm_folder, capsys, tmp_path):
+    bad = tmp_path / "missing" / "out.html"
+    assert (
+        main(["score", "--rm", str(rm_folder), "--prompt", PROMPT, "--response", "x", "--html", str(bad)])
+        == 2
+    )
+    assert "argument --html" in capsys.readouterr().err
+    assert main(["score", "--rm", str(tmp_path / "nope"), "--prompt", PROMPT, "--response", "x"]) == 2
+    assert "--rm" in capsys.readouterr().err
