@@ -169,11 +169,12 @@ def reward_guided_generate(
     Args:
         reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
         reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
-        guided_streamer (`BaseStreamer`, *optional*): the streamer, given again. transformers 5 drops
-            `streamer`, `tokenizer` and `assistant_model` on the way to a callable `custom_generate` (it keeps only
-            the callable's own arguments), so a `streamer=` alone would receive the prompt and nothing else. Pass
-            `streamer=s, guided_streamer=s`, or use [`enable_reward_guided_generate`], whose `generate()` does this
-            (and handles `stop_strings`) for you.
+        guided_streamer (`BaseStreamer`, *optional*): the streamer. transformers 5 drops `streamer`, `tokenizer`
+            and `assistant_model` on the way to a callable `custom_generate` (it keeps only the callable's own
+            arguments), so a `streamer=` alone receives the prompt and nothing else, and this callable cannot see
+            it to say so. Pass `guided_streamer=s` (a `TextStreamer` is handed the prompt first, as `generate()`
+            does, so `skip_prompt=True` works), or `streamer=s, guided_streamer=s`, or use
+            [`enable_reward_guided_generate`], whose `generate()` takes `streamer=` (and `stop_strings`).
         **kwargs (`Any`): the guidance options, every field of [`RewardGuidanceConfig`] under its `generate()` keyword
             (its own name, except `reward_scorer` for `scorer` and `reward_max_time` for `max_time`: `max_time=`
             stays transformers' own limit, counted from the start of `generate()`), and the model's keyword
@@ -211,6 +212,10 @@ def reward_guided_generate(
     processors.insert(position, guidance.logits_processor)
     criteria = StoppingCriteriaList([*stopping_criteria, *guidance.stopping_criteria])
     streamer = streamer if streamer is not None else guided_streamer
+    if getattr(streamer, "next_tokens_are_prompt", False):
+        # A TextStreamer that has not seen the prompt: given as `guided_streamer` alone, it never reached
+        # `generate()`, which hands the prompt to its streamer first; hand it over here, so `skip_prompt` skips it.
+        streamer.put(input_ids.cpu())
     method = decoding_method(generation_config, streamer)
     extra = {"streamer": streamer} if method == "_sample" else {}
     return getattr(type(model), method)(

@@ -8,7 +8,7 @@ from conftest import (
     models,
 )
 from transformers import GenerationMixin
-from transformers.generation.streamers import BaseStreamer
+from transformers.generation.streamers import BaseStreamer, TextIteratorStreamer
 
 from hf_rgtg import (
     RewardGuidance,
@@ -149,3 +149,23 @@ def test_opt_in_refuses_assisted_decoding_and_accepts_custom_generate_none(resto
         lm.generate(ids, max_new_tokens=2, custom_generate=lambda **kw: None, reward_model=rm)
     out = lm.generate(ids, max_new_tokens=2, pad_token_id=PAD, custom_generate=None, reward_model=rm, top_k=3)
     assert out.shape == (1, 5)
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_way_2_streams_a_text_streamer_given_as_guided_streamer(both, tokenizer):
+    lm, rm = models("llama")
+    ids = tokenizer("Thank you so much", return_tensors="pt").input_ids
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+    streamers = {"guided_streamer": streamer, **({"streamer": streamer} if both else {})}
+    out = lm.generate(
+        ids,
+        max_new_tokens=8,
+        do_sample=False,
+        pad_token_id=PAD,
+        custom_generate=reward_guided_generate,
+        reward_model=rm,
+        top_k=6,
+        **streamers,
+    )
+    streamed = "".join(streamer)
+    assert streamed == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
