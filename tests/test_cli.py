@@ -9,6 +9,7 @@ from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
 
 import hf_rgtg.defaults
+import hf_rgtg.scoring
 from hf_rgtg import (
     DEFAULT_LM_INSTALL_COMMAND,
     AutoModelForPrefixReward,
@@ -367,3 +368,31 @@ def test_python_dash_m_runs_the_command_line():
     assert result.stdout.startswith("usage: hf-rgtg generate")
     for flag in ("--lm", "--rm", "--beta", "--top-k", "--sample", "--compare", "--no-chat-template"):
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_beta_0_without_rewards_to_show_skips_the_reward_model(folders, capsys, monkeypatch, sample):
+    calls = []
+    for scorer in (hf_rgtg.scoring.CachedScorer, hf_rgtg.scoring.ReferenceScorer):
+        original = scorer.score
+        monkeypatch.setattr(
+            scorer, "score", lambda self, c, original=original: calls.append(1) or original(self, c)
+        )
+    args = (
+        PROMPT,
+        *models(folders),
+        "--max-new-tokens",
+        "5",
+        "--beta",
+        "0",
+        "--seed",
+        "3",
+        *(["--sample"] * sample),
+    )
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and calls == []
+    assert out == reference(folders, beta=0.0, sample=sample, seed=3)["guided_text"] + "\n"
+    # Shown per token, the rewards come from the guided run itself.
+    calls.clear()
+    code, out, _ = run(capsys, *args, "--show-rewards")
+    assert code == 0 and len(calls) == 5

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 from .. import defaults
 from ..auto import AutoModelForPrefixReward
 from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
+from ..custom_generate import check_language_model
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
 from ..redistribution import GenerationResult, prefix_rewards, sequence_reward
@@ -155,7 +156,14 @@ def run(args: argparse.Namespace) -> int:
         "pad_token_id": pad_token_id,
     }
     results = _generate(
-        lm, tokenizer, inputs, guidance, generation_kwargs, seed=args.seed, compare=args.compare
+        lm,
+        tokenizer,
+        inputs,
+        guidance,
+        generation_kwargs,
+        seed=args.seed,
+        compare=args.compare,
+        show_rewards=args.show_rewards,
     )
     for index, result in enumerate(results):
         if index:
@@ -202,17 +210,28 @@ def _generate(
     generation_kwargs: dict,
     seed: int,
     compare: bool,
+    show_rewards: bool = False,
 ) -> list[GenerationResult]:
-    """The guided continuation, preceded by the unguided one (same settings and seed) when `compare`."""
+    """The guided continuation, preceded by the unguided one (same settings and seed) when `compare`.
+
+    With `beta` 0 and no per-token rewards to show, the rewards cannot change the choice: the guided run is the
+    language model's own top-k decoding, run without the reward model (which then scores the result once)."""
     prompt_length = inputs["input_ids"].shape[1]
     config = guidance.config
-    # The guided run goes first: it checks that the reward model fits the language model (vocabulary, positions).
     torch.manual_seed(seed)
-    with torch.no_grad():
-        guided = lm.generate(**inputs, **generation_kwargs, **guidance.generate_kwargs())
-    steps = [
-        (step.token, step.reward) for step in guidance.trace.steps(guided[0], prompt_length=prompt_length)
-    ]
+    if config.beta == 0 and not show_rewards:
+        check_language_model(lm, guidance, inputs["input_ids"])
+        with torch.no_grad():
+            guided = lm.generate(**inputs, **generation_kwargs, top_k=config.top_k)
+        steps = None
+    else:
+        # The guided run goes first: it checks that the reward model fits the language model (vocabulary,
+        # positions).
+        with torch.no_grad():
+            guided = lm.generate(**inputs, **generation_kwargs, **guidance.generate_kwargs())
+        steps = [
+            (step.token, step.reward) for step in guidance.trace.steps(guided[0], prompt_length=prompt_length)
+        ]
     results = [
         GenerationResult(
             label=f"guided (beta={config.beta}, top-k={config.top_k})",
