@@ -304,6 +304,27 @@ def _response_tokens(
     return ids, [response[a:b] for a, b in spans], spans
 
 
+def token_texts(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
+    """Each token's text as it appears in `tokenizer.decode(ids)`: the characters it completes, so that a
+    character split over several tokens (a multi-byte one under byte-level BPE) shows whole on the token that
+    completes it, and the tokens before it show `""`, where decoding each token alone shows `\ufffd`.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from hf_rgtg.redistribution import token_texts
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0}, unk_token="a")))
+    >>> token_texts(tokenizer, [0, 0])
+    ['a', ' a']
+    ```
+    """
+    ids = [int(token) for token in ids]
+    text = tokenizer.decode(ids)
+    return [text[a:b] for a, b in _spans(_decoded_ends(tokenizer, ids))]
+
+
 def _decoded_ends(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
     """Where each token's text ends in `tokenizer.decode(ids)`: the length of the decoded prefix, an incomplete
     character at its end not counted."""
@@ -481,9 +502,8 @@ def token_rewards_of_ids(
     pieces = []
     for prompt, response in zip(prompt_ids, response_ids, strict=True):
         ids = [int(token) for token in response]
-        text = tokenizer.decode(ids)
         spans = _spans(_decoded_ends(tokenizer, ids))
-        pieces.append(([int(token) for token in prompt], ids, [text[a:b] for a, b in spans], spans))
+        pieces.append(([int(token) for token in prompt], ids, token_texts(tokenizer, ids), spans))
     return _scored(reward_model, tokenizer, pieces, batch_size, padding_side)
 
 
@@ -577,6 +597,7 @@ __all__ = [
     "dense_rewards",
     "token_rewards",
     "token_rewards_of_ids",
+    "token_texts",
     "ScoringSettings",
     "generated_attention_mask",
     "prefix_rewards",

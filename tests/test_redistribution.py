@@ -30,7 +30,7 @@ from hf_rgtg import (
     score_sequences,
     token_rewards,
 )
-from hf_rgtg.redistribution import GenerationResult, prefix_rewards, sequence_reward
+from hf_rgtg.redistribution import GenerationResult, prefix_rewards, sequence_reward, token_texts
 
 EOS = 0
 PROMPT = [5, 6, 7]
@@ -268,3 +268,11 @@ def test_the_token_rewards_page_runs(capsys):
         assert "= R(x, y) - R(x) =" in capsys.readouterr().out
     exec(compile(blocks[1], "token-rewards.md", "exec"), {})
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["0", "1", "2"]
+
+
+def test_token_texts_show_a_split_character_whole_on_the_token_that_completes_it(tokenizer):
+    ids = tokenizer("Café 😀 ok", add_special_tokens=False)["input_ids"]
+    texts = token_texts(tokenizer, ids)
+    assert "".join(texts) == "Café 😀 ok" and "\ufffd" not in "".join(texts)
+    assert "\ufffd" in "".join(tokenizer.decode([token]) for token in ids)  # what decoding one by one shows
+    assert "é" in texts and "😀" in texts

@@ -14,7 +14,7 @@ from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
 from ..custom_generate import check_language_model
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
-from ..redistribution import GenerationResult, prefix_rewards, sequence_reward
+from ..redistribution import GenerationResult, prefix_rewards, sequence_reward, token_texts
 from ..scoring import TopKError
 from ..tokenization import encode_prompt, ensure_pad_token, special_token_ids
 from ..validation import positions_problem
@@ -338,11 +338,9 @@ def _print_result(
 
 
 def _print_steps(steps: list[tuple[int, float]], tokenizer: PreTrainedTokenizerBase) -> None:
-    """One aligned line per generated token: step number, the decoded piece (repr'd), the prefix's reward."""
-    pieces = [
-        repr(tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False))
-        for token, _ in steps
-    ]
+    """One aligned line per generated token: step number, its text as it appears in the decoded continuation
+    (repr'd; a character split over tokens shows on the one that completes it), the prefix's reward."""
+    pieces = [repr(text) for text in token_texts(tokenizer, [token for token, _ in steps])]
     width = max([len("token"), *map(len, pieces)])
     print(f"{'step':>5}  {'token':<{width}}  {'reward':>8}")
     for number, (piece, (_, reward)) in enumerate(zip(pieces, steps, strict=True), start=1):
