@@ -7,7 +7,12 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from .redistribution import TokenRewards
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .redistribution import TokenRewards, token_texts
+from .trace import GuidanceTrace, output_sequences
+from .validation import checked_prompt_length
 
 #: The ends of the diverging scale: the colour of the most negative and of the most positive credit (RGB).
 NEGATIVE_RGB = (215, 48, 39)
@@ -43,8 +48,10 @@ def _css(rgb: tuple[int, int, int]) -> str:
     return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})"
 
 
-def _token_span(token: str, token_id: int, reward: float, prefix_reward: float, scale: float) -> str:
-    hover = f"r_t = {reward:+.4f} | R = {prefix_reward:+.4f} | id {token_id}"
+def _token_span(
+    token: str, token_id: int, reward: float, prefix_reward: float, scale: float, extra: str = ""
+) -> str:
+    hover = f"r_t = {reward:+.4f} | R = {prefix_reward:+.4f} | id {token_id}{extra}"
     return (
         f'<span class="tok" style="background-color: {_css(reward_color(reward, scale))}" '
         f'title="{html.escape(hover)}" data-reward="{reward:.6g}" data-prefix-reward="{prefix_reward:.6g}" '
@@ -52,11 +59,12 @@ def _token_span(token: str, token_id: int, reward: float, prefix_reward: float, 
     )
 
 
-def _row(result: TokenRewards, label: str, scale: float) -> str:
+def _row(result: TokenRewards, label: str, scale: float, extras: Sequence[str] | None = None) -> str:
+    extras = extras if extras is not None else [""] * len(result.tokens)
     spans = "".join(
-        _token_span(token, token_id, reward, prefix_reward, scale)
-        for token, token_id, reward, prefix_reward in zip(
-            result.tokens, result.token_ids, result.rewards, result.prefix_rewards, strict=True
+        _token_span(token, token_id, reward, prefix_reward, scale, extra)
+        for token, token_id, reward, prefix_reward, extra in zip(
+            result.tokens, result.token_ids, result.rewards, result.prefix_rewards, extras, strict=True
         )
     )
     total = f"&Sigma; r_t = {result.total:+.3f}<br>R = {result.reward:+.3f}"
@@ -99,11 +107,25 @@ def token_rewards_html(
     ```
     """
     results = [results] if isinstance(results, TokenRewards) else list(results)
+    return _page(results, labels, [None] * len(results), prompt, title)
+
+
+def _page(
+    results: list[TokenRewards],
+    labels: Sequence[str] | None,
+    extras: list[list[str] | None],
+    prompt: str | None,
+    title: str,
+) -> str:
+    """The page of `results` stacked, each token's hover text followed by its `extras` entry."""
     labels = list(labels) if labels is not None else [f"response {i + 1}" for i in range(len(results))]
     if len(labels) != len(results):
         raise ValueError(f"Got {len(labels)} labels for {len(results)} results; give one label per result.")
     scale = max((abs(r) for result in results for r in result.rewards), default=0.0)
-    rows = "".join(_row(result, label, scale) for result, label in zip(results, labels, strict=True))
+    rows = "".join(
+        _row(result, label, scale, extra)
+        for result, label, extra in zip(results, labels, extras, strict=True)
+    )
     prompt_html = f'<div class="prompt">{html.escape(prompt)}</div>' if prompt is not None else ""
     legend = (
         f'<div class="legend">r_t from <span style="background-color: {_css(NEGATIVE_RGB)}">{-scale:+.3f}</span>'
@@ -118,4 +140,71 @@ def token_rewards_html(
     )
 
 
-__all__ = ["NEGATIVE_RGB", "NEUTRAL_RGB", "POSITIVE_RGB", "reward_color", "token_rewards_html"]
+def trace_html(
+    trace: GuidanceTrace,
+    sequences: torch.Tensor,
+    prompt_length: int,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "Reward-guided generation",
+) -> str:
+    """The page of a guided generation's trace, drawn as [`token_rewards_html`] draws token rewards: per step the
+    chosen token, coloured by how much it moved the prefix reward (`r_t = R(y<=t) - R(y<t)`), with its prefix reward
+    `R` and, when the guidance recorded them (`record_candidates=True`), the k candidates and their rewards on
+    hover.
+
+    Args:
+        trace ([`GuidanceTrace`]): `RewardGuidance.trace` after the `generate()` call.
+        sequences (`torch.LongTensor`): what that call returned (or its output object).
+        prompt_length (`int`): the prompts' length in `sequences`.
+        tokenizer (`PreTrainedTokenizerBase`): the language model's tokenizer.
+        labels (list of `str`, *optional*): one per sequence.
+        title (`str`, *optional*): the page's title.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from hf_rgtg import GuidanceTrace
+    >>> from hf_rgtg.visualization import trace_html
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")))
+    >>> trace = GuidanceTrace(record_candidates=True)
+    >>> trace.add_candidates(trace.add_root((0,), reward=0.5), [1, 0], [2.0, -1.0])
+    >>> page = trace_html(trace, [[0, 1]], prompt_length=1, tokenizer=tokenizer)
+    >>> "r_t = +1.5000 | R = +2.0000 | id 1 | candidates: &#x27;b&#x27; +2.000, &#x27;a&#x27; -1.000" in page
+    True
+    ```
+    """
+    sequences = output_sequences(sequences)
+    prompt_length = checked_prompt_length(prompt_length, sequences.shape[1])
+    results, extras = [], []
+    for row in sequences.tolist():
+        steps = trace.steps(row, prompt_length)
+        root_reward = trace.rewards[trace.roots[tuple(row[:prompt_length])]]
+        ids = [step.token for step in steps]
+        prefix_rewards = [step.reward for step in steps]
+        before = [root_reward, *prefix_rewards[:-1]]
+        texts = token_texts(tokenizer, ids)
+        ends = [sum(map(len, texts[: i + 1])) for i in range(len(texts))]
+        offsets = list(zip([0, *ends[:-1]], ends, strict=True))
+        rewards = [after - prior for after, prior in zip(prefix_rewards, before, strict=True)]
+        results.append(TokenRewards(ids, texts, offsets, prefix_rewards, rewards, root_reward))
+        extras.append(
+            [_candidates_text(tokenizer, step.candidates, step.candidate_rewards) for step in steps]
+        )
+    return _page(results, labels, extras, None, title)
+
+
+def _candidates_text(tokenizer: PreTrainedTokenizerBase, candidates, rewards) -> str:
+    if candidates is None:
+        return ""
+    pieces = [
+        f"{tokenizer.decode([token])!r} {reward:+.3f}"
+        for token, reward in zip(candidates, rewards, strict=True)
+    ]
+    return " | candidates: " + ", ".join(pieces)
+
+
+__all__ = ["NEGATIVE_RGB", "NEUTRAL_RGB", "POSITIVE_RGB", "reward_color", "token_rewards_html", "trace_html"]

@@ -7,10 +7,10 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
-from conftest import tiny_prefix_rm
+from conftest import guided, left_padded, models, tiny_prefix_rm
 
 from hf_rgtg import TokenRewards, token_rewards
-from hf_rgtg.visualization import NEGATIVE_RGB, POSITIVE_RGB, reward_color, token_rewards_html
+from hf_rgtg.visualization import NEGATIVE_RGB, POSITIVE_RGB, reward_color, token_rewards_html, trace_html
 
 RESPONSES = ["What a great day to learn something new.", "I hate it.", "Thank you so much!"]
 
@@ -142,3 +142,25 @@ def test_the_page_renders_in_a_headless_browser(results, tmp_path):
         check=True,
     )
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_guided_generation_trace_is_drawn_with_its_candidates(tokenizer):
+    lm, rm = models("gpt2")
+    ids, mask = left_padded()
+    out, guidance = guided(lm, rm, ids, mask, max_new_tokens=5, do_sample=False, top_k=3)
+    page = trace_html(guidance.trace, out, ids.shape[1], tokenizer, labels=["a", "b", "c"])
+    spans = parsed(page).spans
+    steps = [step for row in out for step in guidance.trace.steps(row, ids.shape[1])]
+    assert len(spans) == len(steps)
+    assert [float(span["data-prefix-reward"]) for span in spans] == pytest.approx(
+        [s.reward for s in steps], rel=1e-5
+    )
+    assert [int(span["data-token-id"]) for span in spans] == [s.token for s in steps]
+    # Each hover lists the step's k candidates with their rewards.
+    assert all(
+        len(re.findall(r" [+-]\d+\.\d{3}(?:,|$)", span["title"].split("candidates: ")[1])) == 3
+        for span in spans
+    )
+    # The first step's credit is measured from the prompt's own reward.
+    root = guidance.trace.rewards[guidance.trace.roots[tuple(out[0, : ids.shape[1]].tolist())]]
+    assert float(spans[0]["data-reward"]) == pytest.approx(steps[0].reward - root, rel=1e-4, abs=1e-6)
