@@ -396,3 +396,16 @@ def test_beta_0_without_rewards_to_show_skips_the_reward_model(folders, capsys, 
     calls.clear()
     code, out, _ = run(capsys, *args, "--show-rewards")
     assert code == 0 and len(calls) == 5
+
+
+def test_trace_html_writes_the_guided_run_with_its_candidates(folders, capsys, tmp_path):
+    page = tmp_path / "trace.html"
+    code, out, _ = run(
+        capsys, PROMPT, *models(folders), "--max-new-tokens", "5", "--top-k", "4", "--trace-html", str(page)
+    )
+    assert code == 0
+    text = page.read_text()
+    assert text.count('class="tok"') == 5 and text.count("candidates: ") == 5
+    assert out == reference(folders, top_k=4)["guided_text"] + "\n"
+    code, _, err = run(capsys, PROMPT, *models(folders), "--trace-html", str(tmp_path / "no" / "t.html"))
+    assert code == 2 and "argument --trace-html" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -18,6 +19,7 @@ from ..redistribution import GenerationResult, prefix_rewards, sequence_reward, 
 from ..scoring import TopKError
 from ..tokenization import encode_prompt, ensure_pad_token, special_token_ids
 from ..validation import positions_problem
+from ..visualization import trace_html as trace_html_page
 from .loading import check_local_path, checked_tokenizer, load_named
 
 # The PARGS paper's weights of the reward: 1 for greedy decoding, 2 for sampling.
@@ -85,6 +87,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
         "--show-rewards",
         action="store_true",
         help="print every generated token with the reward of the prefix it ends, and the sequence's reward",
+    )
+    parser.add_argument(
+        "--trace-html",
+        type=Path,
+        metavar="FILE",
+        help="write the guided run's trace as an HTML heatmap: each token, its prefix reward and the k candidates",
     )
     parser.add_argument(
         "--compare",
@@ -164,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         compare=args.compare,
         show_rewards=args.show_rewards,
+        trace_html=args.trace_html,
     )
     for index, result in enumerate(results):
         if index:
@@ -176,7 +185,9 @@ def _checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
     """The guidance settings of `args` (`--beta` defaulting by `--sample`), with `--seed` and `--max-new-tokens`
     checked too: what can be refused before any model is loaded."""
     beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
-    config = _guidance_config(beta=beta, top_k=args.top_k)
+    config = _guidance_config(beta=beta, top_k=args.top_k, record_candidates=args.trace_html is not None)
+    if args.trace_html is not None and not args.trace_html.parent.is_dir():
+        raise ValueError(f"argument --trace-html: the folder {str(args.trace_html.parent)!r} does not exist")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"argument --seed: has to be an integer from 0 to 2**63 - 1, got {args.seed}")
     if args.max_new_tokens < 1:
@@ -211,6 +222,7 @@ def _generate(
     seed: int,
     compare: bool,
     show_rewards: bool = False,
+    trace_html: Path | None = None,
 ) -> list[GenerationResult]:
     """The guided continuation, preceded by the unguided one (same settings and seed) when `compare`.
 
@@ -219,7 +231,7 @@ def _generate(
     prompt_length = inputs["input_ids"].shape[1]
     config = guidance.config
     torch.manual_seed(seed)
-    if config.beta == 0 and not show_rewards:
+    if config.beta == 0 and not show_rewards and trace_html is None:
         check_language_model(lm, guidance, inputs["input_ids"])
         with torch.no_grad():
             guided = lm.generate(**inputs, **generation_kwargs, top_k=config.top_k)
@@ -232,6 +244,9 @@ def _generate(
         steps = [
             (step.token, step.reward) for step in guidance.trace.steps(guided[0], prompt_length=prompt_length)
         ]
+        if trace_html is not None:
+            page = trace_html_page(guidance.trace, guided, prompt_length, tokenizer, labels=["guided"])
+            trace_html.write_text(page, encoding="utf-8")
     results = [
         GenerationResult(
             label=f"guided (beta={config.beta}, top-k={config.top_k})",
@@ -271,14 +286,14 @@ def _check_positions(prompt_length: int, max_new_tokens: int, max_positions: int
     raise ValueError(f"argument --max-new-tokens: {problem}")
 
 
-def _guidance_config(beta: float, top_k: int) -> RewardGuidanceConfig:
+def _guidance_config(beta: float, top_k: int, record_candidates: bool = False) -> RewardGuidanceConfig:
     """Validate each setting on its own so that the error message can name the flag at fault."""
     for flag, setting in (("--beta", {"beta": beta}), ("--top-k", {"top_k": top_k})):
         try:
             RewardGuidanceConfig(**setting)
         except ValueError as error:
             raise ValueError(f"argument {flag}: {error}") from None
-    return RewardGuidanceConfig(beta=beta, top_k=top_k)
+    return RewardGuidanceConfig(beta=beta, top_k=top_k, record_candidates=record_candidates)
 
 
 def _reward_model_loader(name: str | None) -> Callable[[], PrefixRewardModel]:
