@@ -2,6 +2,8 @@
 "text-generation" pipeline with the processor pair."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -160,3 +162,18 @@ def test_a_guided_pipeline_without_a_reward_model_says_what_to_pass(lm_rm, token
     generator = pipeline("reward-guided-text-generation", model=lm, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="needs `reward_model=`"):
         generator(PROMPTS[0], max_new_tokens=2)
+
+
+def test_import_hf_rgtg_after_transformers_pipelines_registers_the_tasks(lm_rm, tokenizer, tmp_path):
+    _, rm = lm_rm
+    rm.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    script = (
+        "from transformers import pipeline\n"
+        "import hf_rgtg\n"
+        f"scorer = pipeline('token-rewards', model={str(tmp_path)!r})\n"
+        "print(type(scorer).__name__, len(scorer(('Hello', 'Thank you'))['rewards']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["TokenRewardsPipeline", str(len(tokenizer("Thank you")["input_ids"]))]
