@@ -94,6 +94,8 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
                 "The reward-guided-text-generation pipeline needs `reward_model=` (a PrefixRewardModel, or the name "
                 "or folder of one), at construction or in the call."
             )
+        if model_inputs["input_ids"].shape[1] == 0:
+            raise ValueError("Reward-guided generation scores the prompt, so it needs a non-empty one.")
         with_tokens = generate_kwargs.pop("return_token_rewards", False)
         options = {name: generate_kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in generate_kwargs}
         guidance = self._guidance(reward_model, {**self._default_options, **options})

@@ -177,3 +177,10 @@ def test_import_hf_rgtg_after_transformers_pipelines_registers_the_tasks(lm_rm, 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["TokenRewardsPipeline", str(len(tokenizer("Thank you")["input_ids"]))]
+
+
+def test_an_empty_prompt_is_refused_by_name(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    generator = pipeline("reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm)
+    with pytest.raises(ValueError, match="needs a non-empty one"):
+        generator("", max_new_tokens=2)
