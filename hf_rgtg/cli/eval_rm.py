@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..auto import AutoModelForPrefixReward
 from ..data import load_preference_data
 from ..evaluation import evaluate_prefix_accuracy
 from ..tokenization import ensure_pad_token
 from . import PROG
-from .loading import check_data_file, check_local_path, checked_tokenizer, fitted_max_length, load_named
+from .loading import check_data_file, check_local_path, fitted_max_length, load_reward_model, named
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -25,7 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
         epilog=f"example:\n  {PROG} eval-rm --rm my-prefix-rm --data held_out.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--rm", required=True, metavar="NAME", help="Hub id or folder of the reward model")
+    parser.add_argument(
+        "--rm",
+        required=True,
+        metavar="NAME",
+        help="Hub id or folder of the reward model, or 'default' (the packaged one)",
+    )
     parser.add_argument(
         "--data", required=True, metavar="FILE", help="preference pairs (.jsonl, .json, .csv, .parquet)"
     )
@@ -46,17 +50,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"argument --max-length: has to be at least 2 (a prompt token and a response token), got {args.max_length}"
         )
-    for flag, name in (("--rm", args.rm), ("--tokenizer", args.tokenizer)):
+    rm = named(args.rm)
+    for flag, name in (("--rm", rm), ("--tokenizer", args.tokenizer)):
         if name is not None:
             check_local_path(flag, name)
     check_data_file("--data", args.data)
-    tokenizer = load_named(
-        "--tokenizer" if args.tokenizer else "--rm",
-        args.tokenizer or args.rm,
-        lambda: checked_tokenizer(args.tokenizer or args.rm),
-    )
+    model, tokenizer = load_reward_model(rm, args.tokenizer)
     ensure_pad_token(tokenizer)
-    model = load_named("--rm", args.rm, lambda: AutoModelForPrefixReward.from_pretrained(args.rm)).eval()
     data = load_preference_data(args.data, tokenizer, max_length=fitted_max_length(args.max_length, model))
     result = evaluate_prefix_accuracy(
         model,

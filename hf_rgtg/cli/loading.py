@@ -9,11 +9,21 @@ from typing import TypeVar
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from ..auto import looks_like_local_path
+from .. import defaults
+from ..auto import AutoModelForPrefixReward, looks_like_local_path
 from ..modeling import PrefixRewardModel
 from . import PROG
 
 _T = TypeVar("_T")
+
+#: The name by which every command takes the embedded defaults: SmolLM2-135M-Instruct as the language model, the
+#: packaged reward model as the reward model.
+DEFAULT_NAME = "default"
+
+
+def named(name: str | None) -> str | None:
+    """`name`, or `None` (the command's embedded default) when it is `None` or [`DEFAULT_NAME`]."""
+    return None if name in (None, DEFAULT_NAME) else name
 
 
 # Files a tokenizer is saved in (fast, slow BPE/WordPiece, SentencePiece); a model folder with none has no tokenizer.
@@ -84,3 +94,18 @@ __all__ = [
     "fitted_max_length",
     "load_named",
 ]
+
+
+def load_reward_model(
+    name: str | None, tokenizer_name: str | None = None
+) -> tuple[PrefixRewardModel, PreTrainedTokenizerBase]:
+    """The reward model named by `--rm` and its tokenizer (`--tokenizer`, else the reward model's own): with no
+    name, the packaged default reward model on SmolLM2's tokenizer."""
+    if name is None:
+        tokenizer = tokenizer_name or str(defaults.default_lm_path())
+        reward_model = defaults.load_default_rm()
+    else:
+        tokenizer = tokenizer_name or name
+        reward_model = load_named("--rm", name, lambda: AutoModelForPrefixReward.from_pretrained(name))
+    flag = "--tokenizer" if tokenizer_name else "--rm"
+    return reward_model.eval(), load_named(flag, tokenizer, lambda: checked_tokenizer(tokenizer))

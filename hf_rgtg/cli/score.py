@@ -7,12 +7,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .. import defaults
-from ..auto import AutoModelForPrefixReward
 from ..redistribution import TokenRewards, token_rewards
 from ..visualization import token_rewards_html
 from . import PROG
-from .loading import check_local_path, checked_tokenizer, load_named
+from .loading import check_local_path, load_reward_model, named
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -48,18 +46,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
     return parser
 
 
-def _load(args: argparse.Namespace):
-    """The reward model and its tokenizer: the named ones, or the packaged default on SmolLM2's tokenizer."""
-    if args.rm is None:
-        tokenizer = args.tokenizer or str(defaults.default_lm_path())
-        reward_model = defaults.load_default_rm()
-    else:
-        tokenizer = args.tokenizer or args.rm
-        reward_model = load_named("--rm", args.rm, lambda: AutoModelForPrefixReward.from_pretrained(args.rm))
-    flag = "--tokenizer" if args.tokenizer else "--rm"
-    return reward_model.eval(), load_named(flag, tokenizer, lambda: checked_tokenizer(tokenizer))
-
-
 def _table(result: TokenRewards) -> list[str]:
     lines = [f"{'#':>4}  {'token':<20} {'r_t':>9} {'R':>9}"]
     for index, (token, r_t, prefix) in enumerate(
@@ -74,12 +60,13 @@ def _table(result: TokenRewards) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `hf-rgtg score`: print each token's reward, and write the heatmap if asked."""
+    args.rm = named(args.rm)
     for flag, name in (("--rm", args.rm), ("--tokenizer", args.tokenizer)):
         if name is not None:
             check_local_path(flag, name)
     if args.html is not None and not args.html.parent.is_dir():
         raise ValueError(f"argument --html: the folder {str(args.html.parent)!r} does not exist")
-    reward_model, tokenizer = _load(args)
+    reward_model, tokenizer = load_reward_model(args.rm, args.tokenizer)
     chat = not args.no_chat_template and getattr(tokenizer, "chat_template", None)
     prompt = [{"role": "user", "content": args.prompt}] if chat else args.prompt
     result = token_rewards(reward_model, tokenizer, prompt, args.response)
