@@ -19,7 +19,7 @@ from .auto import AutoModelForPrefixReward, resolve_reward_model
 from .configuration import RewardGuidanceConfig
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
-from .redistribution import token_rewards, token_rewards_of_ids
+from .redistribution import through_first_eos, token_rewards, token_rewards_of_ids
 from .tokenization import special_token_ids
 
 #: The guidance settings a pipeline takes, at construction or per call.
@@ -122,11 +122,7 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         width = input_ids.shape[1]
         mask = torch.ones_like(input_ids) if mask is None else mask
         prompt_ids = [ids[row_mask.bool()].tolist() for ids, row_mask in zip(input_ids, mask, strict=True)]
-        eos = set(guidance.eos_token_id or ())
-        responses = []
-        for row in flat[:, width:].tolist():
-            end = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
-            responses.append(row[:end])
+        responses = [through_first_eos(row, guidance.eos_token_id) for row in flat[:, width:].tolist()]
         results = token_rewards_of_ids(
             guidance.reward_model,
             self.tokenizer,

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from .modeling import PrefixRewardModel
+from .tokenization import special_token_ids
 from .trace import output_sequences
 from .tracking import leading_padding_mask
 from .validation import checked_positive_int, checked_prompt_length, checked_token_id, checked_token_ids
@@ -131,6 +132,24 @@ class GenerationResult:
     reward: float
 
 
+def through_first_eos(tokens: Sequence[int], eos_token_id: Sequence[int] | None) -> list[int]:
+    """`tokens` up to and including the first end-of-sequence token (what `generate()` appends after it is
+    padding); all of them when there is none.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.redistribution import through_first_eos
+    >>> through_first_eos([8, 9, 0, 0], eos_token_id=[0]), through_first_eos([8, 9], eos_token_id=None)
+    ([8, 9, 0], [8, 9])
+    ```
+    """
+    eos = set(eos_token_id or ())
+    tokens = [int(token) for token in tokens]
+    end = next((i + 1 for i, token in enumerate(tokens) if token in eos), len(tokens))
+    return tokens[:end]
+
+
 @torch.no_grad()
 def prefix_rewards(
     guidance: ScoringSettings, sequence: torch.Tensor, prompt_length: int
@@ -175,13 +194,10 @@ def prefix_rewards(
     reward_model = guidance.reward_model
     if not reward_model.supports_incremental_scoring:
         return None
-    tokens = sequence[prompt_length:].tolist()
-    eos = set(guidance.eos_token_id or ())
-    end = next((i + 1 for i, token in enumerate(tokens) if token in eos), len(tokens))
-    tokens = tokens[:end]
+    tokens = through_first_eos(sequence[prompt_length:].tolist(), guidance.eos_token_id)
     if not tokens:
         return []
-    ids = sequence[: prompt_length + end].unsqueeze(0).to(reward_model.device)
+    ids = sequence[: prompt_length + len(tokens)].unsqueeze(0).to(reward_model.device)
     rewards = reward_model(ids, return_dict=True).rewards[0, prompt_length:].float().cpu().tolist()
     return list(zip(tokens, rewards, strict=True))
 
@@ -342,10 +358,10 @@ def _spans(ends: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def _per_position_rewards(
-    reward_model: PrefixRewardModel, sequences: list[list[int]], pad_token_id: int, padding_side: str
-) -> list[list[float]]:
-    """Every position's reward of each sequence, from one forward over the padded batch."""
+def _padded(
+    sequences: Sequence[Sequence[int]], pad_token_id: int, padding_side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of `sequences` padded to the longest on `padding_side`."""
     width = max(map(len, sequences))
     ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -353,6 +369,15 @@ def _per_position_rewards(
         columns = slice(width - len(sequence), width) if padding_side == "left" else slice(0, len(sequence))
         ids[row, columns] = torch.tensor(sequence)
         mask[row, columns] = 1
+    return ids, mask
+
+
+def _per_position_rewards(
+    reward_model: PrefixRewardModel, sequences: list[list[int]], pad_token_id: int, padding_side: str
+) -> list[list[float]]:
+    """Every position's reward of each sequence, from one forward over the padded batch."""
+    ids, mask = _padded(sequences, pad_token_id, padding_side)
+    width = ids.shape[1]
     device = reward_model.device
     rewards = (
         reward_model(ids.to(device), attention_mask=mask.to(device), return_dict=True).rewards.float().cpu()
@@ -382,12 +407,7 @@ def _re_encoded_rewards(
     values: list[list[float]] = [[] for _ in sequences]
     for i in range(0, len(prefixes), batch_size):
         chunk = prefixes[i : i + batch_size]
-        width = max(len(prefix) for _, prefix in chunk)
-        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, (_, prefix) in enumerate(chunk):
-            ids[j, : len(prefix)] = torch.tensor(prefix)
-            mask[j, : len(prefix)] = 1
+        ids, mask = _padded([prefix for _, prefix in chunk], pad_token_id)
         device = reward_model.device
         rewards = (
             reward_model(ids.to(device), attention_mask=mask.to(device), return_dict=True)
@@ -439,8 +459,8 @@ def _scored(
             raise ValueError(
                 f"Pair {index} ({len(prompt_ids)} prompt + {len(ids)} response tokens): {error}"
             ) from None
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad = 0 if pad is None else pad
+    pad = special_token_ids(tokenizer)[1]  # the tokenizer's pad token, else its EOS
+    pad = 0 if pad is None else pad  # padding is masked: any id will do
     sequences = [prompt_ids + ids for prompt_ids, ids, _, _ in pieces]
     if reward_model.supports_incremental_scoring:
         values = []
@@ -596,6 +616,7 @@ __all__ = [
     "TokenRewards",
     "dense_rewards",
     "token_rewards",
+    "through_first_eos",
     "token_rewards_of_ids",
     "token_texts",
     "ScoringSettings",
