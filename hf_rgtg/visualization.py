@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .redistribution import TokenRewards, token_texts
-from .trace import GuidanceTrace, output_sequences
+from .trace import GuidanceTrace, StepRecord, output_sequences
 from .validation import checked_prompt_length
 
 #: The ends of the diverging scale: the colour of the most negative and of the most positive credit (RGB).
@@ -179,12 +179,47 @@ def trace_html(
     """
     sequences = output_sequences(sequences)
     prompt_length = checked_prompt_length(prompt_length, sequences.shape[1])
+    rows = [
+        (trace.steps(row, prompt_length), trace.rewards[trace.roots[tuple(row[:prompt_length])]])
+        for row in sequences.tolist()
+    ]
+    return steps_html(
+        [steps for steps, _ in rows], [reward for _, reward in rows], tokenizer, labels=labels, title=title
+    )
+
+
+def steps_html(
+    steps: Sequence[Sequence[StepRecord]],
+    prompt_rewards: Sequence[float],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "Reward-guided generation",
+) -> str:
+    """The page [`trace_html`] draws, from each sequence's [`StepRecord`] list (as `GuidanceTrace.steps` or the
+    guided pipeline's `return_trace=True` give them) and the reward of its prompt.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from hf_rgtg import StepRecord
+    >>> from hf_rgtg.visualization import steps_html
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")))
+    >>> page = steps_html([[StepRecord(token=1, reward=2.0)]], [0.5], tokenizer)
+    >>> "r_t = +1.5000 | R = +2.0000 | id 1" in page
+    True
+    ```
+    """
+    if len(prompt_rewards) != len(steps):
+        raise ValueError(
+            f"Got {len(prompt_rewards)} prompt rewards for {len(steps)} step lists; give one each."
+        )
     results, extras = [], []
-    for row in sequences.tolist():
-        steps = trace.steps(row, prompt_length)
-        root_reward = trace.rewards[trace.roots[tuple(row[:prompt_length])]]
-        ids = [step.token for step in steps]
-        prefix_rewards = [step.reward for step in steps]
+    for row_steps, root_reward in zip(steps, prompt_rewards, strict=True):
+        ids = [step.token for step in row_steps]
+        prefix_rewards = [step.reward for step in row_steps]
         before = [root_reward, *prefix_rewards[:-1]]
         texts = token_texts(tokenizer, ids)
         ends = [sum(map(len, texts[: i + 1])) for i in range(len(texts))]
@@ -192,7 +227,7 @@ def trace_html(
         rewards = [after - prior for after, prior in zip(prefix_rewards, before, strict=True)]
         results.append(TokenRewards(ids, texts, offsets, prefix_rewards, rewards, root_reward))
         extras.append(
-            [_candidates_text(tokenizer, step.candidates, step.candidate_rewards) for step in steps]
+            [_candidates_text(tokenizer, step.candidates, step.candidate_rewards) for step in row_steps]
         )
     return _page(results, labels, extras, None, title)
 
@@ -207,4 +242,12 @@ def _candidates_text(tokenizer: PreTrainedTokenizerBase, candidates, rewards) ->
     return " | candidates: " + ", ".join(pieces)
 
 
-__all__ = ["NEGATIVE_RGB", "NEUTRAL_RGB", "POSITIVE_RGB", "reward_color", "token_rewards_html", "trace_html"]
+__all__ = [
+    "NEGATIVE_RGB",
+    "NEUTRAL_RGB",
+    "POSITIVE_RGB",
+    "reward_color",
+    "steps_html",
+    "token_rewards_html",
+    "trace_html",
+]
