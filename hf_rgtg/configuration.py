@@ -207,6 +207,19 @@ class RewardGuidanceConfig:
         """Each field's keyword in `generate()` (ways 2 and 3), by field name."""
         return {item.name: item.metadata.get(GENERATE_NAME, item.name) for item in dataclasses.fields(cls)}
 
+    @property
+    def needs_rewards_while_decoding(self) -> bool:
+        """Whether decoding has to score candidates at all: `False` when the rewards weigh nothing (`beta` 0), no
+        stopping rule reads them and the trace need not record them. Decoding is then the language model's own
+        top-k decoding, and callers may run it without the reward model (which can still score the result)."""
+        return bool(
+            self.beta != 0
+            or self.record_candidates
+            or any(
+                limit is not None for limit in (self.reward_threshold, self.max_reward_calls, self.max_time)
+            )
+        )
+
     def transform(self, rewards: torch.Tensor) -> torch.Tensor:
         """`rewards` through `reward_transform`."""
         fn = (

@@ -31,7 +31,6 @@ from .compat import generation_special_tokens
 from .configuration import RewardGuidanceConfig
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
-from .tracking import require_prompt_ids
 from .validation import positions_problem
 
 # Processors that `generate()` places after user-given ones; the guidance processor goes before them.
@@ -46,20 +45,6 @@ AFTER_CUSTOM_PROCESSORS = (
     EtaLogitsWarper,
     LogitNormalization,
 )
-
-
-def check_language_model(model: PreTrainedModel, guidance: RewardGuidance, input_ids: torch.Tensor) -> None:
-    """Refuse a language model that guidance cannot steer: an encoder-decoder, a prompt given only as embeddings,
-    or a vocabulary that is not the reward model's."""
-    if model.config.is_encoder_decoder:
-        raise ValueError(
-            f"Reward-guided generation steers decoder-only (causal) language models; {type(model).__name__} is an "
-            "encoder-decoder model, whose generated tokens the reward model would score without the prompt."
-        )
-    require_prompt_ids(input_ids)
-    output_embeddings = model.get_output_embeddings()
-    lm_vocab = getattr(output_embeddings, "out_features", None) or model.config.get_text_config().vocab_size
-    guidance.scorer.check_candidates(guidance.config.top_k, lm_vocab)
 
 
 def check_positions(
@@ -200,7 +185,7 @@ def reward_guided_generate(
     options = guidance_options(kwargs)
     guidance = guidance_for_call(reward_model, reward_guidance, options, generation_config)
     attention_mask = kwargs.get("attention_mask")
-    check_language_model(model, guidance, input_ids)
+    guidance.check_language_model(model, input_ids)
     check_positions(guidance, input_ids, generation_config, attention_mask)
     if attention_mask is None:  # `generate()` drops an all-ones mask; nothing is padding then
         attention_mask = torch.ones_like(input_ids)
@@ -247,7 +232,6 @@ reward_guided_generate.__signature__ = _signature_with_options(reward_guided_gen
 
 __all__ = [
     "AFTER_CUSTOM_PROCESSORS",
-    "check_language_model",
     "check_positions",
     "decoding_method",
     "guidance_for_call",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
+from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
 from .auto import resolve_reward_model
@@ -21,7 +21,7 @@ from .scoring import make_scorer
 from .stopping import reward_stopping_criteria
 from .tokenization import check_tokenizer, special_token_ids
 from .trace import GuidanceTrace
-from .tracking import RowTracker
+from .tracking import RowTracker, require_prompt_ids
 
 
 def guidance_config(config: RewardGuidanceConfig | None, settings: dict[str, Any]) -> RewardGuidanceConfig:
@@ -118,6 +118,26 @@ class RewardGuidance:
     def trace(self) -> GuidanceTrace:
         """The trace of the last `generate()` call."""
         return self.tracker.trace
+
+    def check_language_model(self, model: PreTrainedModel, input_ids: torch.Tensor) -> None:
+        """Refuse a language model this guidance cannot steer: an encoder-decoder, a prompt given only as
+        embeddings (`input_ids` empty), or a vocabulary that is not the reward model's.
+
+        Args:
+            model (`PreTrainedModel`): the language model whose `generate()` is to be guided.
+            input_ids (`torch.LongTensor`): the prompts.
+        """
+        if model.config.is_encoder_decoder:
+            raise ValueError(
+                f"Reward-guided generation steers decoder-only (causal) language models; {type(model).__name__} is "
+                "an encoder-decoder model, whose generated tokens the reward model would score without the prompt."
+            )
+        require_prompt_ids(input_ids)
+        output_embeddings = model.get_output_embeddings()
+        lm_vocab = (
+            getattr(output_embeddings, "out_features", None) or model.config.get_text_config().vocab_size
+        )
+        self.scorer.check_candidates(self.config.top_k, lm_vocab)
 
     def generate_kwargs(self, attention_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """`{"logits_processor": ..., "stopping_criteria": ...}` for `model.generate(**inputs, **kwargs)`.

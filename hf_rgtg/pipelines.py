@@ -21,6 +21,7 @@ from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
 from .redistribution import through_first_eos, token_rewards, token_rewards_of_ids
 from .tokenization import special_token_ids
+from .trace import GuidanceTrace
 
 #: The guidance settings a pipeline takes, at construction or per call.
 GUIDANCE_OPTIONS = tuple(field.name for field in dataclasses.fields(RewardGuidanceConfig))
@@ -36,7 +37,14 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
     call, with `reward_model` (a [`PrefixRewardModel`] or a name or folder). `top_k` is the guidance's: the number
     of candidates scored per step. Each result carries its `"reward"` (the sequence's, at its last real token), and
     with `return_token_rewards=True` its `"token_rewards"` ([`TokenRewards`] fields, over the generated ids,
-    through the first EOS).
+    through the first EOS). `return_trace=True` adds `"trace"`: the `"prompt_reward"` and the `"steps"` (one
+    [`StepRecord`] per guided token, with the k candidates it was chosen from), which
+    [`~visualization.steps_html`] draws.
+
+    `guide=False` generates as `"text-generation"` does, with the same settings, and still reports the rewards: the
+    unguided run of a comparison. With `beta=0` (and no stopping rule or trace that reads the rewards) the rewards
+    cannot change a choice, so the pipeline runs the language model's own top-k decoding without the reward model,
+    which then scores only the result.
 
     Examples:
 
@@ -68,14 +76,21 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         self._default_options = {name: kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in kwargs}
         super().__init__(*args, **kwargs)
 
-    def _sanitize_parameters(self, reward_model=None, return_token_rewards=None, **kwargs):
+    def _sanitize_parameters(
+        self, reward_model=None, return_token_rewards=None, return_trace=None, guide=None, **kwargs
+    ):
         options = {name: kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in kwargs}
         preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
         forward.update(options)
         if reward_model is not None:
             forward["reward_model"] = resolve_reward_model(reward_model)
-        if return_token_rewards is not None:
-            forward["return_token_rewards"] = return_token_rewards
+        for name, value in (("return_token_rewards", return_token_rewards), ("return_trace", return_trace)):
+            if value is not None:
+                forward[name] = value
+        if guide is not None:
+            if not isinstance(guide, bool):
+                raise ValueError(f"`guide` (={guide!r}) has to be True or False.")
+            forward["guide"] = guide
         return preprocess, forward, postprocess
 
     def _guidance(self, reward_model: PrefixRewardModel, options: dict[str, Any]) -> RewardGuidance:
@@ -97,15 +112,27 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         if model_inputs["input_ids"].shape[1] == 0:
             raise ValueError("Reward-guided generation scores the prompt, so it needs a non-empty one.")
         with_tokens = generate_kwargs.pop("return_token_rewards", False)
+        with_trace = generate_kwargs.pop("return_trace", False)
+        guide = generate_kwargs.pop("guide", True)
         options = {name: generate_kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in generate_kwargs}
-        guidance = self._guidance(reward_model, {**self._default_options, **options})
+        options = {**self._default_options, **options}
+        if with_trace:
+            options["record_candidates"] = True
+        guidance = self._guidance(reward_model, options)
+        guidance.check_language_model(self.model, model_inputs["input_ids"])
         mask = model_inputs.get("attention_mask")
-        guided = guidance.generate_kwargs(attention_mask=mask)
-        for name in ("logits_processor", "stopping_criteria"):
-            given = generate_kwargs.pop(name, None)
-            if given:
-                guided[name] = type(guided[name])([*given, *guided[name]])
-        model_outputs = super()._forward(model_inputs, **generate_kwargs, **guided)
+        if not guide:
+            model_outputs = super()._forward(model_inputs, **generate_kwargs)
+        elif not guidance.config.needs_rewards_while_decoding:
+            # The rewards cannot change a choice: the language model's own top-k decoding, without the reward model.
+            model_outputs = super()._forward(model_inputs, **generate_kwargs, top_k=guidance.config.top_k)
+        else:
+            guided = guidance.generate_kwargs(attention_mask=mask)
+            for name in ("logits_processor", "stopping_criteria"):
+                given = generate_kwargs.pop(name, None)
+                if given:
+                    guided[name] = type(guided[name])([*given, *guided[name]])
+            model_outputs = super()._forward(model_inputs, **generate_kwargs, **guided)
         sequences = model_outputs["generated_sequence"]  # (prompts, sequences per prompt, length)
         prompts, per_prompt, length = sequences.shape
         flat = sequences.reshape(-1, length)
@@ -115,7 +142,21 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         model_outputs["reward"] = rewards.reshape(prompts, per_prompt)
         if with_tokens:
             model_outputs["token_rewards"] = self._token_rewards(guidance, flat, input_ids, mask, per_prompt)
+        if with_trace:
+            model_outputs["trace"] = self._traces(guidance.trace, flat, width, per_prompt)
         return model_outputs
+
+    @staticmethod
+    def _traces(trace: GuidanceTrace, flat: torch.Tensor, width: int, per_prompt: int) -> list[list[dict]]:
+        """Each generated sequence's steps and its prompt's reward, grouped by prompt."""
+        rows = [
+            {
+                "prompt_reward": trace.prompt_reward(row, width),
+                "steps": trace.steps(row, width),
+            }
+            for row in flat.tolist()
+        ]
+        return [rows[i : i + per_prompt] for i in range(0, len(rows), per_prompt)]
 
     def _token_rewards(self, guidance, flat, input_ids, mask, per_prompt) -> list[list[dict[str, Any]]]:
         """Each generated sequence's token rewards, through its first EOS, grouped by prompt."""
@@ -135,12 +176,13 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
     def postprocess(self, model_outputs, *args, **kwargs):
         # Taken out before the base class sees them (from 5.24 it would copy tensors into the records itself).
         rewards = model_outputs.pop("reward")[0].tolist()
-        token_rewards_per_prompt = model_outputs.pop("token_rewards", None)
+        extras = {name: model_outputs.pop(name, None) for name in ("token_rewards", "trace")}
         records = super().postprocess(model_outputs, *args, **kwargs)
         for index, record in enumerate(records):
             record["reward"] = rewards[index]
-            if token_rewards_per_prompt is not None:
-                record["token_rewards"] = token_rewards_per_prompt[0][index]
+            for name, per_prompt in extras.items():
+                if per_prompt is not None:
+                    record[name] = per_prompt[0][index]
         return records
 
 

@@ -97,15 +97,7 @@ class GuidanceTrace:
             leaves the trace (padding after a finished sequence).
         """
         ids = sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
-        prompt_length = checked_prompt_length(prompt_length, len(ids))
-        node = self.roots.get(tuple(ids[:prompt_length]))
-        if node is None:
-            lengths = sorted({len(prompt) for prompt in self.roots})
-            raise ValueError(
-                f"The first {prompt_length} tokens of this sequence are not a prompt of the last guided `generate()` "
-                f"call (its prompts have {lengths or 'no'} tokens). Pass `prompt_length=input_ids.shape[1]` and an "
-                "output of that call."
-            )
+        node = self._root(ids, prompt_length)
         records: list[StepRecord] = []
         for token in ids[prompt_length:]:
             parent, node = node, self._step(node, token)
@@ -116,6 +108,25 @@ class GuidanceTrace:
                 record.candidates, record.candidate_rewards = self.candidates[parent]
             records.append(record)
         return records
+
+    def prompt_reward(self, sequence: Sequence[int] | torch.Tensor, prompt_length: int) -> float:
+        """The reward of the prompt of one returned sequence (its first `prompt_length` tokens), as guidance
+        scored it before the first step."""
+        ids = sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
+        return self.rewards[self._root(ids, prompt_length)]
+
+    def _root(self, ids: list[int], prompt_length: int) -> int:
+        """The node of the prompt of `ids`, refused when it is not a prompt of the last call."""
+        prompt_length = checked_prompt_length(prompt_length, len(ids))
+        node = self.roots.get(tuple(ids[:prompt_length]))
+        if node is None:
+            lengths = sorted({len(prompt) for prompt in self.roots})
+            raise ValueError(
+                f"The first {prompt_length} tokens of this sequence are not a prompt of the last guided `generate()` "
+                f"call (its prompts have {lengths or 'no'} tokens). Pass `prompt_length=input_ids.shape[1]` and an "
+                "output of that call."
+            )
+        return node
 
     def _step(self, node: int, token: int) -> int | None:
         """The child of `node` by `token`: recorded, or one of the candidates scored from `node`."""

@@ -180,7 +180,7 @@ def trace_html(
     sequences = output_sequences(sequences)
     prompt_length = checked_prompt_length(prompt_length, sequences.shape[1])
     rows = [
-        (trace.steps(row, prompt_length), trace.rewards[trace.roots[tuple(row[:prompt_length])]])
+        (trace.steps(row, prompt_length), trace.prompt_reward(row, prompt_length))
         for row in sequences.tolist()
     ]
     return steps_html(

@@ -184,3 +184,69 @@ def test_an_empty_prompt_is_refused_by_name(lm_rm, tokenizer):
     generator = pipeline("reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm)
     with pytest.raises(ValueError, match="needs a non-empty one"):
         generator("", max_new_tokens=2)
+
+
+def test_guide_false_generates_as_text_generation_and_still_reports_the_reward(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=4
+    )
+    plain = pipeline("text-generation", model=lm, tokenizer=tokenizer)
+    inputs = tokenizer(PROMPTS[0], return_tensors="pt")
+    width = inputs["input_ids"].shape[1]
+    guidance = RewardGuidance(rm, tokenizer, eos_token_id=lm.generation_config.eos_token_id, pad_token_id=PAD)
+    for do_sample in (False, True):
+        torch.manual_seed(3)
+        [unguided] = generator(
+            PROMPTS[0], max_new_tokens=6, do_sample=do_sample, return_full_text=False, guide=False
+        )
+        torch.manual_seed(3)
+        [expected] = plain(PROMPTS[0], max_new_tokens=6, do_sample=do_sample, return_full_text=False)
+        assert unguided["generated_text"] == expected["generated_text"]
+        if do_sample:
+            continue  # the pipeline draws its samples with the same seed, but not as a bare generate() does
+        out = lm.generate(**inputs, max_new_tokens=6, do_sample=False)
+        assert tokenizer.decode(out[0, width:], skip_special_tokens=True) == unguided["generated_text"]
+        assert unguided["reward"] == pytest.approx(guidance.sequence_rewards(out, width).item(), abs=1e-5)
+    with pytest.raises(ValueError, match="`guide` \\(='no'\\) has to be True or False"):
+        generator(PROMPTS[0], guide="no")
+
+
+def test_beta_0_decodes_over_the_top_k_without_the_reward_model(lm_rm, tokenizer, monkeypatch):
+    lm, rm = lm_rm
+    generator = pipeline("reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm)
+    plain = pipeline("text-generation", model=lm, tokenizer=tokenizer)
+    torch.manual_seed(5)
+    [expected] = plain(PROMPTS[1], max_new_tokens=6, do_sample=True, top_k=3, return_full_text=False)
+    guided_steps = []
+    monkeypatch.setattr(
+        hf_rgtg.pipelines.RewardGuidance, "generate_kwargs", lambda *a, **k: guided_steps.append(1)
+    )
+    torch.manual_seed(5)
+    [record] = generator(
+        PROMPTS[1], max_new_tokens=6, do_sample=True, top_k=3, beta=0.0, return_full_text=False
+    )
+    assert guided_steps == []  # the guided processor never ran
+    assert record["generated_text"] == expected["generated_text"]
+    assert isinstance(record["reward"], float)
+
+
+def test_return_trace_gives_each_guided_step_with_its_candidates(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=4
+    )
+    [record] = generator(
+        PROMPTS[0], max_new_tokens=5, do_sample=False, return_full_text=False, return_trace=True, beta=0.0
+    )
+    trace = record["trace"]
+    steps = trace["steps"]
+    assert len(steps) == 5
+    assert tokenizer.decode([step.token for step in steps]) == record["generated_text"]
+    assert all(len(step.candidates) == 4 and step.token in step.candidates for step in steps)
+    # Each step's reward is its own candidate's, and the last one is the sequence's reward.
+    for step in steps:
+        assert step.reward == pytest.approx(step.candidate_rewards[step.candidates.index(step.token)])
+    assert steps[-1].reward == pytest.approx(record["reward"], abs=1e-4)
+    [reference] = token_rewards(rm, tokenizer, PROMPTS[0], [record["generated_text"]])
+    assert trace["prompt_reward"] == pytest.approx(reference.prompt_reward, abs=1e-4)

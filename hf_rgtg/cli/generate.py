@@ -12,7 +12,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 from .. import defaults
 from ..auto import AutoModelForPrefixReward
 from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
-from ..custom_generate import check_language_model
 from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
 from ..redistribution import GenerationResult, prefix_rewards, sequence_reward, token_texts
@@ -233,7 +232,7 @@ def _generate(
     config = guidance.config
     torch.manual_seed(seed)
     if config.beta == 0 and not show_rewards and trace_html is None:
-        check_language_model(lm, guidance, inputs["input_ids"])
+        guidance.check_language_model(lm, inputs["input_ids"])
         with torch.no_grad():
             guided = lm.generate(**inputs, **generation_kwargs, top_k=config.top_k)
         steps = None
