@@ -125,7 +125,9 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
             model_outputs = super()._forward(model_inputs, **generate_kwargs)
         elif not guidance.config.needs_rewards_while_decoding:
             # The rewards cannot change a choice: the language model's own top-k decoding, without the reward model.
-            model_outputs = super()._forward(model_inputs, **generate_kwargs, top_k=guidance.config.top_k)
+            # Greedy decoding takes the top token anyway; the pipeline samples unless told not to.
+            top_k = {"top_k": guidance.config.top_k} if generate_kwargs.get("do_sample", True) else {}
+            model_outputs = super()._forward(model_inputs, **generate_kwargs, **top_k)
         else:
             guided = guidance.generate_kwargs(attention_mask=mask)
             for name in ("logits_processor", "stopping_criteria"):

