@@ -11,7 +11,8 @@ What differs across the supported range, and since when:
   every call, so the package uses [`CACHE_NAME`] through [`cache_kwargs`], [`output_cache`] and [`cache_field`].
 
 The private names of transformers that the package needs are read here too, each behind one function that says
-why and in which versions it was checked: [`upload_saved_model`] and [`keep_own_weight_names`].
+why and in which versions it was checked: [`upload_saved_model`], [`keep_own_weight_names`],
+[`generation_special_tokens`], [`model_from_config`] and [`dropped_generate_streamer`].
 
 The oldest supported version is 5.18, the first that honours a configuration's `tie_last_hidden_states`: reward
 heads over a truncated backbone (the packaged default reward model among them) read the raw hidden state of
@@ -21,7 +22,9 @@ their last kept layer, and 5.16/5.17 silently hand back the final-normalised one
 
 from __future__ import annotations
 
+import inspect
 import os
+import sys
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, TypeVar
@@ -245,4 +248,59 @@ def model_from_config(model_class: Any, config: Any, **kwargs: Any) -> Any:
     return model_class._from_config(config, **kwargs)
 
 
-__all__ += ["generation_special_tokens", "keep_own_weight_names", "model_from_config", "upload_saved_model"]
+def dropped_generate_streamer() -> Any:
+    """The `streamer=` of the `generate()` call that is running a callable `custom_generate`, read from inside that
+    callable; `None` if there is none (or no such call).
+
+    Private because: `generate()` hands a callable `custom_generate` only the arguments of its own signature that
+    `GenerationMixin._sample` does not take (`_extract_generation_mode_kwargs`, `generation/utils.py`), so the
+    streamer, which `_sample` takes, never reaches it, although `generate()` has already handed it the prompt. No
+    public way leads to it: this reads the `streamer` local of the innermost frame running
+    `GenerationMixin.generate` (its undecorated function, through `inspect.unwrap`, so that a wrapper such as
+    [`enable_reward_guided_generate`]'s does not hide it). Read in transformers 5.18 and 5.24, the ends of the
+    supported range: the same local, never rebound, and the prompt handed to it before the callable is called in
+    both. Should a release hand the streamer over, the callable gets it as its `streamer` argument and does not
+    need this.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from transformers.generation.streamers import BaseStreamer
+    >>> from hf_rgtg.compat import dropped_generate_streamer
+
+    >>> class Streamer(BaseStreamer):
+    ...     def put(self, value): pass
+    ...     def end(self): pass
+    >>> def decode(model, input_ids, logits_processor, stopping_criteria, generation_config, **kwargs):
+    ...     return dropped_generate_streamer() is streamer
+    >>> lm = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16))
+    >>> streamer = Streamer()
+    >>> lm.generate(torch.tensor([[1, 2]]), max_new_tokens=1, streamer=streamer, custom_generate=decode)
+    True
+    >>> dropped_generate_streamer() is None
+    True
+    ```
+    """
+    from transformers.generation.utils import GenerationMixin
+
+    code = inspect.unwrap(GenerationMixin.generate).__code__
+    frame = sys._getframe(1)
+    try:
+        while frame is not None and frame.f_code is not code:
+            frame = frame.f_back
+        if frame is None or not callable(frame.f_locals.get("custom_generate")):
+            return None
+        return frame.f_locals.get("streamer")
+    finally:
+        del frame  # a frame held from here would keep every local of the call alive
+
+
+__all__ += [
+    "dropped_generate_streamer",
+    "generation_special_tokens",
+    "keep_own_weight_names",
+    "model_from_config",
+    "upload_saved_model",
+]

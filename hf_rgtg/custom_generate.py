@@ -27,7 +27,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.utils import GENERATION_MODES_MAPPING
 
-from .compat import generation_special_tokens
+from .compat import dropped_generate_streamer, generation_special_tokens
 from .configuration import RewardGuidanceConfig
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
@@ -126,8 +126,30 @@ def decoding_method(generation_config: Any, streamer: Any) -> str:
             f"Reward-guided generation supports greedy decoding, sampling and beam search, not {method.strip('_')}."
         )
     if streamer is not None and method != "_sample":
-        raise ValueError("`streamer` cannot be used with beam search (`num_beams` > 1), as in `generate()`.")
+        # `generate()`'s own words (`_validate_generation_mode`), which it says to no callable `custom_generate`.
+        raise ValueError(
+            "`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1."
+        )
     return method
+
+
+def call_streamer(streamer: Any, guided_streamer: Any, input_ids: torch.Tensor) -> Any:
+    """The one streamer of this call, handed the prompt once, as `generate()` hands it to its streamer.
+
+    `generate()` hands the prompt to its `streamer=` and then drops it on the way to a callable `custom_generate`;
+    [`dropped_generate_streamer`] finds it again. A `guided_streamer=` that is not that streamer has not seen the
+    prompt yet, so it gets it here (and `skip_prompt=True` skips it); the same streamer under both names is used
+    once."""
+    given = streamer if streamer is not None else dropped_generate_streamer()
+    if guided_streamer is None or guided_streamer is given:
+        return given
+    if given is not None:
+        raise ValueError(
+            "`streamer` and `guided_streamer` are two different streamers; a call streams to one. Pass it as "
+            "`streamer=`."
+        )
+    guided_streamer.put(input_ids.cpu())
+    return guided_streamer
 
 
 def reward_guided_generate(
@@ -154,12 +176,13 @@ def reward_guided_generate(
     Args:
         reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
         reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
-        guided_streamer (`BaseStreamer`, *optional*): the streamer. transformers 5 drops `streamer`, `tokenizer`
-            and `assistant_model` on the way to a callable `custom_generate` (it keeps only the callable's own
-            arguments), so a `streamer=` alone receives the prompt and nothing else, and this callable cannot see
-            it to say so. Pass `guided_streamer=s` (a `TextStreamer` is handed the prompt first, as `generate()`
-            does, so `skip_prompt=True` works), or `streamer=s, guided_streamer=s`, or use
-            [`enable_reward_guided_generate`], whose `generate()` takes `streamer=` (and `stop_strings`).
+        guided_streamer (`BaseStreamer`, *optional*): another name for the streamer; pass `streamer=` to
+            `generate()` as usual. transformers 5 drops `streamer`, `tokenizer` and `assistant_model` on the way
+            to a callable `custom_generate` (it keeps only the callable's own arguments), after handing the
+            prompt to the streamer; this callable finds the streamer in the running `generate()` call and streams
+            the new tokens to it, and ends it. A streamer given only as `guided_streamer=` is handed the prompt
+            first, as `generate()` would, so `skip_prompt=True` works; given under both names it is used once.
+            `stop_strings` still needs [`enable_reward_guided_generate`], since the tokenizer is dropped too.
         **kwargs (`Any`): the guidance options, every field of [`RewardGuidanceConfig`] under its `generate()` keyword
             (its own name, except `reward_scorer` for `scorer` and `reward_max_time` for `max_time`: `max_time=`
             stays transformers' own limit, counted from the start of `generate()`), and the model's keyword
@@ -196,11 +219,7 @@ def reward_guided_generate(
     )
     processors.insert(position, guidance.logits_processor)
     criteria = StoppingCriteriaList([*stopping_criteria, *guidance.stopping_criteria])
-    streamer = streamer if streamer is not None else guided_streamer
-    if getattr(streamer, "next_tokens_are_prompt", False):
-        # A TextStreamer that has not seen the prompt: given as `guided_streamer` alone, it never reached
-        # `generate()`, which hands the prompt to its streamer first; hand it over here, so `skip_prompt` skips it.
-        streamer.put(input_ids.cpu())
+    streamer = call_streamer(streamer, guided_streamer, input_ids)
     method = decoding_method(generation_config, streamer)
     extra = {"streamer": streamer} if method == "_sample" else {}
     return getattr(type(model), method)(
@@ -232,6 +251,7 @@ reward_guided_generate.__signature__ = _signature_with_options(reward_guided_gen
 
 __all__ = [
     "AFTER_CUSTOM_PROCESSORS",
+    "call_streamer",
     "check_positions",
     "decoding_method",
     "guidance_for_call",

@@ -17,9 +17,9 @@ _GUIDANCE_KEYS = ("reward_model", "reward_guidance")
 def _guided_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """`generate()` keyword arguments that reach `reward_guided_generate` whole.
 
-    transformers 5 keeps only a callable `custom_generate`'s own arguments for it: the streamer goes again as
-    `guided_streamer`, and stop strings become a `StopStringCriteria` here, since `generate()` would build theirs
-    with the tokenizer it has just dropped."""
+    transformers 5 keeps only a callable `custom_generate`'s own arguments for it: stop strings become a
+    `StopStringCriteria` here, since `generate()` would build theirs with the tokenizer it has just dropped (the
+    callable finds the dropped streamer itself)."""
     kwargs = dict(kwargs)
     if kwargs.pop("custom_generate", None) not in (None, reward_guided_generate):
         raise ValueError("`reward_model=` cannot be combined with another `custom_generate`.")
@@ -29,8 +29,6 @@ def _guided_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
                 f"Reward-guided generation does not support assisted decoding (`{name}`): every token is chosen "
                 "from the reward-scored candidates of the main model."
             )
-    if kwargs.get("streamer") is not None:
-        kwargs["guided_streamer"] = kwargs["streamer"]
     stop_strings = kwargs.pop("stop_strings", None)
     if stop_strings is not None:
         tokenizer = kwargs.pop("tokenizer", None)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import CHAT_TEMPLATE, PAD, models
 from transformers import pipeline
-from transformers.generation.streamers import BaseStreamer
 
 import hf_rgtg.pipelines  # noqa: F401  (registers the tasks)
 from hf_rgtg import RewardGuidance, RewardGuidedTextGenerationPipeline, TokenRewardsPipeline, token_rewards
@@ -102,30 +101,6 @@ def test_the_plain_text_generation_pipeline_takes_the_processor_pair(lm_rm, toke
     )
     assert record["generated_text"] == guided_text(lm, rm, tokenizer, PROMPTS[1], top_k=4)[0]
     assert len(guidance.trace.roots) == 1
-
-
-class Collected(BaseStreamer):
-    def __init__(self):
-        self.ids = []
-
-    def put(self, value):
-        self.ids.append(value.flatten().tolist())
-
-    def end(self):
-        pass
-
-
-def test_streaming_through_the_pipeline_gives_the_returned_text(lm_rm, tokenizer):
-    lm, rm = lm_rm
-    generator = pipeline(
-        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=4
-    )
-    streamer = Collected()
-    [record] = generator(
-        PROMPTS[0], max_new_tokens=6, do_sample=False, return_full_text=False, streamer=streamer
-    )
-    streamed = [token for chunk in streamer.ids[1:] for token in chunk]  # the first chunk is the prompt
-    assert tokenizer.decode(streamed, skip_special_tokens=True) == record["generated_text"]
 
 
 def test_names_resolve_through_the_hub_cache(lm_rm, tokenizer, hub_cache):
