@@ -31,7 +31,7 @@ from .compat import dropped_generate_streamer, generation_special_tokens
 from .configuration import RewardGuidanceConfig
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
-from .validation import positions_problem
+from .validation import check_streamer, positions_problem
 
 # Processors that `generate()` places after user-given ones; the guidance processor goes before them.
 AFTER_CUSTOM_PROCESSORS = (
@@ -125,11 +125,8 @@ def decoding_method(generation_config: Any, streamer: Any) -> str:
         raise ValueError(
             f"Reward-guided generation supports greedy decoding, sampling and beam search, not {method.strip('_')}."
         )
-    if streamer is not None and method != "_sample":
-        # `generate()`'s own words (`_validate_generation_mode`), which it says to no callable `custom_generate`.
-        raise ValueError(
-            "`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1."
-        )
+    # transformers says this to no callable `custom_generate`.
+    check_streamer(streamer, 1 if method == "_sample" else 2)
     return method
 
 

@@ -22,6 +22,7 @@ from .modeling import PrefixRewardModel
 from .redistribution import through_first_eos, token_rewards, token_rewards_of_ids
 from .tokenization import special_token_ids
 from .trace import GuidanceTrace
+from .validation import check_streamer
 
 #: The guidance settings a pipeline takes, at construction or per call.
 GUIDANCE_OPTIONS = tuple(field.name for field in dataclasses.fields(RewardGuidanceConfig))
@@ -114,6 +115,8 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         with_tokens = generate_kwargs.pop("return_token_rewards", False)
         with_trace = generate_kwargs.pop("return_trace", False)
         guide = generate_kwargs.pop("guide", True)
+        config = generate_kwargs.get("generation_config", self.model.generation_config)
+        check_streamer(generate_kwargs.get("streamer"), generate_kwargs.get("num_beams", config.num_beams))
         options = {name: generate_kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in generate_kwargs}
         options = {**self._default_options, **options}
         if with_trace:

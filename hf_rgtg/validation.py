@@ -139,7 +139,18 @@ def positions_problem(
     )
 
 
+def check_streamer(streamer: Any, num_beams: int | None) -> None:
+    """Refuse a streamer with beam search, in `generate()`'s own words (`_validate_generation_mode`): there,
+    transformers would hand it the expanded prompt and never end it, and a reader of a `TextIteratorStreamer`
+    would wait forever."""
+    if streamer is not None and (num_beams or 1) > 1:
+        raise ValueError(
+            "`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1."
+        )
+
+
 __all__ = [
+    "check_streamer",
     "checked_finite",
     "checked_positive_int",
     "checked_prompt_length",

@@ -197,8 +197,12 @@ def test_beam_search_refuses_a_streamer_as_generate_does(route, lm_rm, tokenizer
     assert str(guided.value) == beam_search_refusal(lm, tokenizer)
 
 
-@pytest.mark.parametrize("route", [route for route in ROUTES if route.id.startswith(("way-2", "way-3"))])
-def test_ways_2_and_3_refuse_a_streamer_with_beam_sampling_too(route, lm_rm, tokenizer, restore_generate):
+@pytest.mark.parametrize(
+    "route", [route for route in ROUTES if route.id.startswith(("way-2", "way-3", "pipeline"))]
+)
+def test_ways_2_and_3_and_the_pipeline_refuse_a_streamer_with_beam_sampling_too(
+    route, lm_rm, tokenizer, restore_generate
+):
     # `generate()` refuses only beam search: with beam sampling its streamer gets the prompt and is never ended.
     lm, rm = lm_rm
     with pytest.raises(ValueError) as guided:
