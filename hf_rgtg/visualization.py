@@ -110,6 +110,19 @@ def token_rewards_html(
     return _page(results, labels, [None] * len(results), prompt, title)
 
 
+def _labels(labels: Sequence[str] | None, results: list[TokenRewards]) -> list[str]:
+    """One label per result: `labels`, or "response 1", "response 2", ..."""
+    labels = list(labels) if labels is not None else [f"response {i + 1}" for i in range(len(results))]
+    if len(labels) != len(results):
+        raise ValueError(f"Got {len(labels)} labels for {len(results)} results; give one label per result.")
+    return labels
+
+
+def _scale(results: list[TokenRewards]) -> float:
+    """The colour scale all rows share: the largest `|r_t|` among them (0 when there is none)."""
+    return max((abs(r) for result in results for r in result.rewards), default=0.0)
+
+
 def _page(
     results: list[TokenRewards],
     labels: Sequence[str] | None,
@@ -118,10 +131,8 @@ def _page(
     title: str,
 ) -> str:
     """The page of `results` stacked, each token's hover text followed by its `extras` entry."""
-    labels = list(labels) if labels is not None else [f"response {i + 1}" for i in range(len(results))]
-    if len(labels) != len(results):
-        raise ValueError(f"Got {len(labels)} labels for {len(results)} results; give one label per result.")
-    scale = max((abs(r) for result in results for r in result.rewards), default=0.0)
+    labels = _labels(labels, results)
+    scale = _scale(results)
     rows = "".join(
         _row(result, label, scale, extra)
         for result, label, extra in zip(results, labels, extras, strict=True)
@@ -177,15 +188,19 @@ def trace_html(
     True
     ```
     """
+    steps, prompt_rewards = _trace_steps(trace, sequences, prompt_length)
+    return steps_html(steps, prompt_rewards, tokenizer, labels=labels, title=title)
+
+
+def _trace_steps(
+    trace: GuidanceTrace, sequences: torch.Tensor, prompt_length: int
+) -> tuple[list[list[StepRecord]], list[float]]:
+    """Each sequence's steps in `trace` and the reward of its prompt."""
     sequences = output_sequences(sequences)
     prompt_length = checked_prompt_length(prompt_length, sequences.shape[1])
-    rows = [
-        (trace.steps(row, prompt_length), trace.rewards[trace.roots[tuple(row[:prompt_length])]])
-        for row in sequences.tolist()
-    ]
-    return steps_html(
-        [steps for steps, _ in rows], [reward for _, reward in rows], tokenizer, labels=labels, title=title
-    )
+    rows = sequences.tolist()
+    steps = [trace.steps(row, prompt_length) for row in rows]
+    return steps, [trace.rewards[trace.roots[tuple(row[:prompt_length])]] for row in rows]
 
 
 def steps_html(
@@ -212,11 +227,23 @@ def steps_html(
     True
     ```
     """
+    extras = [
+        [_candidates_text(tokenizer, step.candidates, step.candidate_rewards) for step in row_steps]
+        for row_steps in steps
+    ]
+    return _page(_step_results(steps, prompt_rewards, tokenizer), labels, extras, None, title)
+
+
+def _step_results(
+    steps: Sequence[Sequence[StepRecord]], prompt_rewards: Sequence[float], tokenizer: PreTrainedTokenizerBase
+) -> list[TokenRewards]:
+    """Each sequence's steps as the [`TokenRewards`] of its chosen tokens: `r_t` is how much each step moved the
+    prefix reward, the first measured from the prompt's reward."""
     if len(prompt_rewards) != len(steps):
         raise ValueError(
             f"Got {len(prompt_rewards)} prompt rewards for {len(steps)} step lists; give one each."
         )
-    results, extras = [], []
+    results = []
     for row_steps, root_reward in zip(steps, prompt_rewards, strict=True):
         ids = [step.token for step in row_steps]
         prefix_rewards = [step.reward for step in row_steps]
@@ -226,10 +253,7 @@ def steps_html(
         offsets = list(zip([0, *ends[:-1]], ends, strict=True))
         rewards = [after - prior for after, prior in zip(prefix_rewards, before, strict=True)]
         results.append(TokenRewards(ids, texts, offsets, prefix_rewards, rewards, root_reward))
-        extras.append(
-            [_candidates_text(tokenizer, step.candidates, step.candidate_rewards) for step in row_steps]
-        )
-    return _page(results, labels, extras, None, title)
+    return results
 
 
 def _candidates_text(tokenizer: PreTrainedTokenizerBase, candidates, rewards) -> str:
