@@ -353,8 +353,19 @@ class HeatmapLayout:
 _MATPLOTLIB_MODULES = ("backends.backend_agg", "cm", "colors", "figure", "font_manager", "patches")
 
 
-def _matplotlib() -> ModuleType:
-    """matplotlib with the modules the PNGs are drawn with, imported on first use."""
+def require_matplotlib() -> ModuleType:
+    """matplotlib, with the modules the PNG heatmaps are drawn with imported; an `ImportError` that names the fix
+    (`pip install 'hf_rgtg[plot]'`) when it is missing. The PNG functions call it; a caller that draws only after
+    long work (the command line, before it loads a model) calls it first.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.visualization import require_matplotlib
+    >>> require_matplotlib().figure.Figure.__name__
+    'Figure'
+    ```
+    """
     try:
         for name in _MATPLOTLIB_MODULES:
             importlib.import_module(f"matplotlib.{name}")
@@ -587,7 +598,7 @@ def heatmap_layout(
     (['Hi', '↵'], (26, 152, 80), 1000)
     ```
     """
-    measure = _Measure(_matplotlib())
+    measure = _Measure(require_matplotlib())
     return _png_layout(_as_list(results), prompt, labels, title, width, measure)
 
 
@@ -635,7 +646,7 @@ def token_rewards_png(
     ((..., 1000, 4), [26, 152, 80])
     ```
     """
-    measure = _Measure(_matplotlib())
+    measure = _Measure(require_matplotlib())
     return _draw(_png_layout(_as_list(results), prompt, labels, title, width, measure), path, measure)
 
 
@@ -722,6 +733,7 @@ __all__ = [
     "PngText",
     "TokenBox",
     "heatmap_layout",
+    "require_matplotlib",
     "reward_color",
     "steps_html",
     "steps_png",

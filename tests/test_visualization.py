@@ -285,12 +285,12 @@ def test_the_png_shows_whitespace_newlines_and_multibyte_text(tmp_path):
     assert all(close(inside(image, box), reward_color(0.5, 0.5)) for box in boxes)
 
 
-def test_the_png_refuses_a_narrow_width_and_names_the_extra_without_matplotlib(monkeypatch, tmp_path):
+def test_the_png_refuses_a_narrow_width():
     with pytest.raises(ValueError, match="`width` \\(=200\\) has to be at least"):
         heatmap_layout(KNOWN, width=200)
-    for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+
+
+def test_without_matplotlib_the_png_names_the_extra(without_matplotlib, tmp_path):
     with pytest.raises(ImportError, match=re.escape("pip install 'hf_rgtg[plot]'")):
         token_rewards_png(KNOWN, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
