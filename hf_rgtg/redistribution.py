@@ -17,6 +17,7 @@ with those three attributes), the guided run's or one built for scoring only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -288,6 +289,12 @@ class TokenRewards:
     def reward(self) -> float:
         """`R(x, y)`, the reward of the whole response (the prompt's for an empty one)."""
         return self.prefix_rewards[-1] if self.prefix_rewards else self.prompt_reward
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> TokenRewards:
+        """The token rewards of `record`, a dict of their fields as the pipelines give them (its `"total"` and
+        `"reward"`, which the fields determine, are passed over)."""
+        return cls(**{item.name: record[item.name] for item in dataclasses.fields(cls)})
 
 
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, index: int) -> list[int]:

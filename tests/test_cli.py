@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import transformers
 from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm, tiny_config, tiny_prefix_rm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
 
@@ -528,3 +529,33 @@ def test_dtype_and_device_place_both_models(folders, capsys, monkeypatch):
     assert code == 0
     assert {args for _, args in placed} == {(torch.device("cpu"), torch.bfloat16)}
     assert len(placed) == 2
+
+
+def test_trace_png_draws_the_guided_run_as_steps_png_does(folders, capsys, tmp_path):
+    from matplotlib.image import imread
+
+    from hf_rgtg.visualization import steps_png
+
+    image = tmp_path / "trace.png"
+    code, _, _ = run(capsys, PROMPT, *models(folders), "--max-new-tokens", "5", "--trace-png", str(image))
+    assert code == 0
+    lm = AutoModelForCausalLM.from_pretrained(folders["lm"]).eval()
+    rm = AutoModelForPrefixReward.from_pretrained(folders["rm"]).eval()
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(folders["lm"]))
+    generator = transformers.pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm
+    )
+    [record] = generator(PROMPT, max_new_tokens=5, do_sample=False, return_full_text=False, return_trace=True)
+    assert len(record["trace"]["steps"]) == 5
+    expected = tmp_path / "expected.png"
+    steps_png(
+        [record["trace"]["steps"]], [record["trace"]["prompt_reward"]], tokenizer, expected, labels=["guided"]
+    )
+    assert (imread(image) == imread(expected)).all()
+
+
+def test_trace_png_without_matplotlib_is_refused_before_loading(
+    folders, capsys, tmp_path, without_matplotlib
+):
+    code, out, err = run(capsys, PROMPT, *models(folders), "--trace-png", str(tmp_path / "t.png"))
+    assert code == 2 and out == "" and "hf_rgtg[plot]" in err

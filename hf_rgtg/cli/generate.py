@@ -4,7 +4,6 @@ pipeline; the unguided run of `--compare` is the same pipeline with `guide=False
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
 from ..modeling import PrefixRewardModel
 from ..redistribution import TokenRewards
 from ..tokenization import ensure_pad_token
-from ..visualization import steps_html
+from ..visualization import require_matplotlib, steps_html, steps_png
 from . import PROG
 from .devices import DTYPES, resolve_device, resolve_dtype
 from .guided_run import GuidedRun, guided_pipeline, settings_record
@@ -175,6 +174,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
         metavar="FILE",
         help="write the guided run's trace as an HTML heatmap: each token, its prefix reward and the k candidates",
     )
+    output.add_argument(
+        "--trace-png",
+        type=Path,
+        metavar="FILE",
+        help="the same view as --trace-html, as a PNG image (needs matplotlib: pip install 'hf_rgtg[plot]')",
+    )
     files = parser.add_argument_group("whole files")
     files.add_argument(
         "--input", type=Path, metavar="FILE", help="a JSON Lines file of prompts, one per line"
@@ -238,7 +243,11 @@ def checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
     if (args.prompt is None) == (args.input is None):
         raise ValueError("give a PROMPT or --input FILE (one of them)")
     if args.input is not None:
-        for flag, given in (("--trace-html", args.trace_html), ("--json", args.json or None)):
+        for flag, given in (
+            ("--trace-html", args.trace_html),
+            ("--trace-png", args.trace_png),
+            ("--json", args.json or None),
+        ):
             if given is not None:
                 raise ValueError(
                     f"argument {flag}: applies to one PROMPT, not to --input (which writes --output)"
@@ -249,9 +258,15 @@ def checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
             raise ValueError(f"argument --batch-size: has to be a positive integer, got {args.batch_size}")
     elif args.output is not None:
         raise ValueError("argument --output: goes with --input; for one PROMPT, the reply is printed")
-    for flag, path in (("--trace-html", args.trace_html), ("--output", args.output)):
+    for flag, path in (
+        ("--trace-html", args.trace_html),
+        ("--trace-png", args.trace_png),
+        ("--output", args.output),
+    ):
         if path is not None and not path.parent.is_dir():
             raise ValueError(f"argument {flag}: the folder {str(path.parent)!r} does not exist")
+    if args.trace_png is not None:
+        require_matplotlib()  # before the models load, not after the generation
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"argument --seed: has to be an integer from 0 to 2**63 - 1, got {args.seed}")
     for flag, value in (
@@ -281,7 +296,8 @@ def _run_one(run: GuidedRun) -> int:
     stream = not (args.no_stream or args.json or args.num_return_sequences > 1)
     headers = args.compare or args.num_return_sequences > 1
     runs = [("unguided", {"guide": False})] if args.compare else []
-    runs.append((run.label, {"return_trace": True} if args.trace_html is not None else {}))
+    traced = args.trace_html is not None or args.trace_png is not None
+    runs.append((run.label, {"return_trace": True} if traced else {}))
     results = {}
     for index, (label, extra) in enumerate(runs):
         if stream:
@@ -292,15 +308,8 @@ def _run_one(run: GuidedRun) -> int:
         if not args.json:
             _print_records(results[label], label, args, streamed=stream, first=index == 0)
     guided = results[run.label]
-    if args.trace_html is not None:
-        steps, prompt_rewards = (
-            [r["trace"]["steps"] for r in guided],
-            [r["trace"]["prompt_reward"] for r in guided],
-        )
-        labels = ["guided"] if len(guided) == 1 else [f"guided {i + 1}" for i in range(len(guided))]
-        args.trace_html.write_text(
-            steps_html(steps, prompt_rewards, tokenizer, labels=labels), encoding="utf-8"
-        )
+    if traced:
+        _write_traces(args, guided, tokenizer)
     if args.json:
         print(
             json.dumps(
@@ -308,6 +317,20 @@ def _run_one(run: GuidedRun) -> int:
             )
         )
     return 0
+
+
+def _write_traces(args: argparse.Namespace, guided: list[dict], tokenizer: PreTrainedTokenizerBase) -> None:
+    """Draw the guided run's trace to `--trace-html` and `--trace-png`, one row per sequence."""
+    steps, prompt_rewards = (
+        [r["trace"]["steps"] for r in guided],
+        [r["trace"]["prompt_reward"] for r in guided],
+    )
+    labels = ["guided"] if len(guided) == 1 else [f"guided {i + 1}" for i in range(len(guided))]
+    if args.trace_html is not None:
+        page = steps_html(steps, prompt_rewards, tokenizer, labels=labels)
+        args.trace_html.write_text(page, encoding="utf-8")
+    if args.trace_png is not None:
+        steps_png(steps, prompt_rewards, tokenizer, args.trace_png, labels=labels)
 
 
 def _print_records(
@@ -323,13 +346,10 @@ def _print_records(
                 print(("" if first and number == 1 else "\n") + f"=== {title} ===")
             print(record["generated_text"])
         if args.show_rewards:
-            credits = TokenRewards(**{name: record["token_rewards"][name] for name in TOKEN_REWARDS_FIELDS})
+            credits = TokenRewards.from_dict(record["token_rewards"])
             print("\n".join(token_rewards_table(credits, summary=False)))
         if args.show_rewards or headers:
             print(f"sequence reward: {record['reward']:+.4f}")
-
-
-TOKEN_REWARDS_FIELDS = tuple(item.name for item in dataclasses.fields(TokenRewards))
 
 
 def _guidance_config(beta: float, top_k: int) -> RewardGuidanceConfig:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
-from ..redistribution import TokenRewards, token_rewards
+from transformers import pipeline
+
+from .. import pipelines  # noqa: F401  (registers "token-rewards")
+from ..redistribution import TokenRewards
 from ..visualization import require_matplotlib, token_rewards_html, token_rewards_png
 from . import PROG
 from .loading import check_local_path, load_reward_model, named
+from .tables import token_rewards_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -53,18 +56,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
     return parser
 
 
-def _table(result: TokenRewards) -> list[str]:
-    lines = [f"{'#':>4}  {'token':<20} {'r_t':>9} {'R':>9}"]
-    for index, (token, r_t, prefix) in enumerate(
-        zip(result.tokens, result.rewards, result.prefix_rewards, strict=True)
-    ):
-        lines.append(f"{index:>4}  {token!r:<20} {r_t:>+9.4f} {prefix:>+9.4f}")
-    lines.append(
-        f"R(x) {result.prompt_reward:+.4f}  R(x, y) {result.reward:+.4f}  sum r_t {result.total:+.4f}"
-    )
-    return lines
-
-
 def run(args: argparse.Namespace) -> int:
     """Carry out `hf-rgtg score`: print each token's reward, and write the heatmap if asked."""
     args.rm = named(args.rm)
@@ -79,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
     reward_model, tokenizer = load_reward_model(args.rm, args.tokenizer)
     chat = not args.no_chat_template and getattr(tokenizer, "chat_template", None)
     prompt = [{"role": "user", "content": args.prompt}] if chat else args.prompt
-    result = token_rewards(reward_model, tokenizer, prompt, args.response)
+    scorer = pipeline("token-rewards", model=reward_model, tokenizer=tokenizer)
+    record = scorer({"prompt": prompt, "response": args.response})
+    result = TokenRewards.from_dict(record)
     if args.json:
-        print(json.dumps({**dataclasses.asdict(result), "total": result.total, "reward": result.reward}))
+        print(json.dumps(record, ensure_ascii=False))
     else:
-        print("\n".join(_table(result)))
+        print("\n".join(token_rewards_table(result)))
     if args.html is not None:
         args.html.write_text(
             token_rewards_html(result, prompt=args.prompt, labels=["response"]), encoding="utf-8"
