@@ -187,7 +187,10 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
             record["reward"] = rewards[index]
             for name, per_prompt in extras.items():
                 if per_prompt is not None:
-                    record[name] = per_prompt[0][index]
+                    # One prompt's list of per-sequence dicts: a batch of prompts is split into them by the
+                    # pipeline's loader, which indexes lists (a batch of one arrives still wrapped in its list).
+                    per_prompt = per_prompt[0] if isinstance(per_prompt[0], list) else per_prompt
+                    record[name] = per_prompt[index]
         return records
 
 

@@ -72,9 +72,13 @@ def records(path):
 
 def test_every_prompt_gets_a_record_and_every_malformed_line_is_reported(folders, tmp_path, capsys):
     output = tmp_path / "out.jsonl"
-    assert main(command(folders, output, "--compare")) == 0
+    assert main(command(folders, output, "--compare", "--show-rewards")) == 0
     out, err = capsys.readouterr()
     written = records(output)
+    for record in written:  # each reply's token rewards telescope to its reward
+        [credits] = record["token_rewards"]
+        assert credits["prefix_rewards"][-1] == pytest.approx(record["reward"], abs=1e-4)
+        assert sum(credits["rewards"]) == pytest.approx(record["reward"] - credits["prompt_reward"], abs=1e-4)
     assert [record["line"] for record in written] == list(PROMPTS)
     assert [record["prompt"] for record in written] == list(PROMPTS.values())
     assert written[1]["id"] == "a7" and "id" not in written[0]

@@ -225,3 +225,24 @@ def test_return_trace_gives_each_guided_step_with_its_candidates(lm_rm, tokenize
     assert steps[-1].reward == pytest.approx(record["reward"], abs=1e-4)
     [reference] = token_rewards(rm, tokenizer, PROMPTS[0], [record["generated_text"]])
     assert trace["prompt_reward"] == pytest.approx(reference.prompt_reward, abs=1e-4)
+
+
+def test_token_rewards_and_traces_survive_batching(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token, tokenizer.padding_side = "<|endoftext|>", "left"
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=4
+    )
+    settings = {"max_new_tokens": 4, "do_sample": False, "return_token_rewards": True, "return_trace": True}
+    batched = generator(PROMPTS, batch_size=2, num_return_sequences=1, **settings)
+    for prompt, [record] in zip(PROMPTS, batched, strict=True):
+        [alone] = generator(prompt, **settings)
+        assert record["generated_text"] == alone["generated_text"]
+        assert record["token_rewards"]["tokens"] == alone["token_rewards"]["tokens"]
+        assert record["token_rewards"]["rewards"] == pytest.approx(
+            alone["token_rewards"]["rewards"], abs=1e-4
+        )
+        assert [step.token for step in record["trace"]["steps"]] == [
+            step.token for step in alone["trace"]["steps"]
+        ]

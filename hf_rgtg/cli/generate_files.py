@@ -29,7 +29,15 @@ from .prompt_files import (
 
 def _lines(numbers: list[int]) -> str:
     shown = ", ".join(map(str, numbers[:20]))
-    return shown + (f" and {len(numbers) - 20} more" if len(numbers) > 20 else "")
+    return (
+        ("line " if len(numbers) == 1 else "lines ")
+        + shown
+        + (f" and {len(numbers) - 20} more" if len(numbers) > 20 else "")
+    )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @dataclass
@@ -135,10 +143,10 @@ class FileJob:
             f"({records - len(self.done)} generated now, {len(self.done)} there before)"
         ]
         if malformed:
-            parts.append(f"{len(malformed)} malformed lines skipped (lines {_lines(malformed)})")
+            parts.append(f"{_count(len(malformed), 'malformed line')} skipped ({_lines(malformed)})")
         if refused:
             parts.append(
-                f"{len(refused)} prompts the models cannot take skipped (lines {_lines([n for n, _ in refused])})"
+                f"{_count(len(refused), 'prompt')} the models cannot take skipped ({_lines([n for n, _ in refused])})"
             )
         print("; ".join(parts))
 
