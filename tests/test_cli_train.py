@@ -1,7 +1,9 @@
 """`hf-rgtg train` and `hf-rgtg eval-rm`, and training under `accelerate launch` with two processes."""
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from huggingface_hub import constants as hub_constants
 
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
 from hf_rgtg.cli import main
+from hf_rgtg.training import PrefixRewardTrainingConfig
 
 HAPPY = ["Thank you so much, this is wonderful and I love it!", "What a great day to learn something new."]
 SAD = [
@@ -103,6 +106,37 @@ def test_train_command_flags_are_checked(lm_folder, tmp_path, capsys):
     assert "`prefix_sampling` (='sometimes')" in capsys.readouterr().err
     assert main(["train", "--help"]) == 0
     assert "--prefix_sampling" in capsys.readouterr().out
+
+
+def test_train_help_lists_the_options_of_hf_rgtg_before_those_of_training_arguments(capsys):
+    from transformers import TrainingArguments
+
+    from hf_rgtg.cli.train import LOSS_SECTION, SCRIPT_SECTION, TRAINER_SECTION
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    options = re.findall(r"^  (--\w+)", out, flags=re.MULTILINE)
+    ours = [
+        *("--model", "--data", "--eval_data", "--eval_fraction", "--tokenizer", "--head_layer"),
+        *("--head_hidden_size", "--max_length", "--prefix_sampling", "--num_random_prefixes"),
+        *("--min_prefix_length", "--position_weighting", "--margin", "--center_rewards_coefficient"),
+        *("--train", "--lora_r", "--lora_alpha", "--lora_dropout", "--lora_target_modules"),
+    ]
+    # Only `-h, --help` comes before them; the rest are TrainingArguments' own, each listed once.
+    assert options[: len(ours)] == ours
+    option_lines = [line for line in out.splitlines() if line.startswith("  -")]
+    assert option_lines[0].startswith("  -h, --help") and option_lines[1].startswith("  --model ")
+    trainer_flags = {
+        f"--{prefix}{setting.name}"
+        for setting in dataclasses.fields(TrainingArguments)
+        for prefix in ("", "no_")
+    }
+    assert set(options[len(ours) :]) <= trainer_flags and "--output_dir" in options[len(ours) :]
+    assert len(options) == len(set(options))
+    assert {f"--{setting.name}" for setting in dataclasses.fields(PrefixRewardTrainingConfig)} <= set(options)
+    sections = [out.index(f"\n{title}:\n") for title in (SCRIPT_SECTION, LOSS_SECTION, TRAINER_SECTION)]
+    assert sections == sorted(sections) and sections[0] < out.index("\n  --model ") < sections[1]
+    assert sections[1] < out.index("\n  --prefix_sampling ") < sections[2] < out.index("\n  --learning_rate ")
 
 
 def test_train_and_eval_rm_check_what_they_can_before_loading_models(lm_folder, tmp_path, capsys):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
+from typing import get_type_hints
 
 from huggingface_hub import constants as hub_constants
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 
 from ..auto import AutoModelForPrefixReward
 from ..data import load_preference_data
@@ -18,10 +19,18 @@ from ..training import PrefixRewardTrainer, PrefixRewardTrainingConfig
 from . import PROG
 from .loading import check_data_file, check_local_path, checked_tokenizer, fitted_max_length, load_named
 
+# The sections of `hf-rgtg train --help`, in this order: hf_rgtg's own options, then transformers'.
+SCRIPT_SECTION = "hf_rgtg: the model and the data"
+LOSS_SECTION = "hf_rgtg: the prefix loss and what is trained"
+TRAINER_SECTION = "transformers.TrainingArguments (--output-dir is required)"
+
 
 @dataclass
 class TrainScriptArguments:
     """What `hf-rgtg train` reads besides [`PrefixRewardTrainingConfig`]."""
+
+    # HfArgumentParser puts a dataclass's flags in a section of `--help` of this title.
+    _argument_group_name = SCRIPT_SECTION
 
     model: str = field(
         metadata={"help": "Hub id or folder: a prefix RM, a causal LM or a sequence classifier."}
@@ -63,9 +72,10 @@ TRAIN_EXAMPLE = f"""example:
 
 
 def train_argument_parser() -> HfArgumentParser:
-    """`hf-rgtg train`'s parser, generated from the two dataclasses."""
+    """`hf-rgtg train`'s parser, generated from [`TrainScriptArguments`] and [`PrefixRewardTrainingConfig`]; its
+    `--help` shows hf_rgtg's options first, then those of `TrainingArguments` (see [`config_sections`])."""
     return HfArgumentParser(
-        (TrainScriptArguments, PrefixRewardTrainingConfig),
+        (TrainScriptArguments, *config_sections()),
         prog=f"{PROG} train",
         usage=TRAIN_USAGE,
         description=(
@@ -78,10 +88,49 @@ def train_argument_parser() -> HfArgumentParser:
     )
 
 
+def config_sections() -> tuple[type, type]:
+    """The fields of [`PrefixRewardTrainingConfig`] as two dataclasses, whose flags `HfArgumentParser` lists in
+    sections of their own: first the settings hf_rgtg adds ([`LOSS_SECTION`]), then those of `TrainingArguments`
+    ([`TRAINER_SECTION`]). [`parse_train_arguments`] builds the one configuration from both."""
+    inherited = {setting.name for setting in fields(TrainingArguments)}
+    types = get_type_hints(PrefixRewardTrainingConfig)
+    sections = []
+    for title, own in ((LOSS_SECTION, True), (TRAINER_SECTION, False)):
+        copies = [
+            (
+                setting.name,
+                types[setting.name],
+                field(
+                    default=setting.default,
+                    default_factory=setting.default_factory,
+                    metadata=setting.metadata,
+                ),
+            )
+            for setting in fields(PrefixRewardTrainingConfig)
+            if setting.init and (setting.name not in inherited) == own
+        ]
+        name = "PrefixRewardSettings" if own else "TrainerSettings"
+        sections.append(make_dataclass(name, copies, kw_only=True, namespace={"_argument_group_name": title}))
+    return sections[0], sections[1]
+
+
+def parse_train_arguments(arguments: list[str]) -> tuple[TrainScriptArguments, PrefixRewardTrainingConfig]:
+    """`hf-rgtg train`'s arguments as the two dataclasses it runs on.
+
+    Raises:
+        `SystemExit`: on `--help` and on malformed arguments (argparse's own exit).
+    """
+    script, *sections = train_argument_parser().parse_args_into_dataclasses(arguments)
+    settings = {
+        setting.name: getattr(section, setting.name) for section in sections for setting in fields(section)
+    }
+    return script, PrefixRewardTrainingConfig(**settings)
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out `hf-rgtg train`: load the model and data, train, report the prefix accuracy, save (and push)."""
     try:
-        script, config = train_argument_parser().parse_args_into_dataclasses(args.arguments)
+        script, config = parse_train_arguments(args.arguments)
     except SystemExit as exit_request:
         return exit_request.code if isinstance(exit_request.code, int) else 2
     push, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
@@ -169,4 +218,14 @@ def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     return [examples[i] for i in order[held:]], [examples[i] for i in order[:held]]
 
 
-__all__ = ["TrainScriptArguments", "add_parser", "run", "train_argument_parser"]
+__all__ = [
+    "LOSS_SECTION",
+    "SCRIPT_SECTION",
+    "TRAINER_SECTION",
+    "TrainScriptArguments",
+    "add_parser",
+    "config_sections",
+    "parse_train_arguments",
+    "run",
+    "train_argument_parser",
+]
