@@ -1,6 +1,7 @@
 """`hf-rgtg train` and `hf-rgtg eval-rm`, and training under `accelerate launch` with two processes."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -10,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 import transformers.utils.hub as transformers_hub
 from conftest import build_tokenizer, tiny_causal_lm
 from huggingface_hub import ModelCard
 from huggingface_hub import constants as hub_constants
 
+import hf_rgtg.defaults
+import hf_rgtg.training
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
 from hf_rgtg.cli import main
 from hf_rgtg.training import PrefixRewardTrainingConfig
@@ -101,11 +105,75 @@ def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monk
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(api.files)
 
 
-def test_train_command_flags_are_checked(lm_folder, tmp_path, capsys):
-    assert main(train_args(lm_folder, tmp_path, "--prefix-sampling", "sometimes")) == 2
-    assert "`prefix_sampling` (='sometimes')" in capsys.readouterr().err
-    assert main(["train", "--help"]) == 0
-    assert "--prefix_sampling" in capsys.readouterr().out
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fail the test if any model or tokenizer starts to load."""
+
+    def fail(*args, **kwargs):
+        pytest.fail("a model or tokenizer was loaded before the arguments were refused")
+
+    monkeypatch.setattr(AutoModelForPrefixReward, "from_pretrained", fail)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    monkeypatch.setattr(hf_rgtg.defaults, "default_lm_path", fail)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--train", "heads"], "argument --train: `train` (='heads') has to be one of full, head, lora."),
+        (["--prefix_sampling", "sometimes"], "argument --prefix-sampling: `prefix_sampling` (='sometimes')"),
+        (
+            ["--min-prefix-length", "0"],
+            "argument --min-prefix-length: `min_prefix_length` (=0) has to be at least 1.",
+        ),
+        (["--lora-dropout", "1.5"], "argument --lora-dropout: `lora_dropout` (=1.5) has to be in [0, 1)."),
+        (["--center-rewards-coefficient", "-1"], "argument --center-rewards-coefficient: "),
+        (["--margin", "inf"], "argument --margin: `margin` (=inf) has to be a finite number."),
+        (
+            ["--learning-rate", "nan"],
+            "argument --learning-rate: `learning_rate` (=nan) has to be a finite number.",
+        ),
+    ],
+)
+def test_a_bad_setting_is_refused_by_its_flag_before_anything_loads(
+    flags, message, tmp_path, capsys, no_model_loads
+):
+    args = ["train", "--model", "org/unused", "--data", "unused.jsonl", "--output-dir", str(tmp_path / "out")]
+    assert main([*args, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hf-rgtg: error: {message}") and err.count("\n") == 1, err
+
+
+def test_train_lora_without_peft_is_refused_before_anything_loads(
+    tmp_path, capsys, monkeypatch, no_model_loads
+):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        hf_rgtg.training.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "peft" else real_find_spec(name, *args),
+    )
+    data = str(write_pairs(tmp_path / "pairs.jsonl"))
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "org/unused",
+                "--data",
+                data,
+                "--output-dir",
+                str(tmp_path),
+                "--train",
+                "lora",
+            ]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        "hf-rgtg: error: argument --train: `train='lora'` needs peft, which is not installed: "
+        "pip install 'hf_rgtg[lora]'\n"
+    )
 
 
 def test_train_help_lists_the_options_of_hf_rgtg_before_those_of_training_arguments(capsys):

@@ -115,15 +115,24 @@ def config_sections() -> tuple[type, type]:
 
 
 def parse_train_arguments(arguments: list[str]) -> tuple[TrainScriptArguments, PrefixRewardTrainingConfig]:
-    """`hf-rgtg train`'s arguments as the two dataclasses it runs on.
+    """`hf-rgtg train`'s arguments as the two dataclasses it runs on. Each setting is checked on its own first, so
+    that a refusal names its flag (`argument --train: ...`).
 
     Raises:
         `SystemExit`: on `--help` and on malformed arguments (argparse's own exit).
+        `ValueError`: for a bad setting, naming the flag; `TrainingArguments`' own refusals of how settings combine
+            come as it words them.
+        `ImportError`: for `--train lora` without `peft`.
     """
     script, *sections = train_argument_parser().parse_args_into_dataclasses(arguments)
     settings = {
         setting.name: getattr(section, setting.name) for section in sections for setting in fields(section)
     }
+    for name, value in settings.items():
+        try:
+            PrefixRewardTrainingConfig.check_setting(name, value)
+        except (ValueError, ImportError) as error:
+            raise type(error)(f"argument --{name.replace('_', '-')}: {error}") from None
     return script, PrefixRewardTrainingConfig(**settings)
 
 
