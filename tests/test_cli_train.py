@@ -266,11 +266,15 @@ def test_two_process_training_with_accelerate(lm_folder, tmp_path):
     """`accelerate launch` with two CPU processes (a gloo group) trains, and the saved model loads."""
     script = tmp_path / "train.py"
     script.write_text(
+        "import os\n"
         "import sys\n"
         "import torch.distributed as dist\n"
         "from hf_rgtg.cli import main\n"
         "code = main(sys.argv[1:])\n"
-        "print('world size', dist.get_world_size() if dist.is_initialized() else 1, dist.get_backend())\n"
+        "world = dist.get_world_size() if dist.is_initialized() else 1\n"
+        "sys.stdout.flush()\n"
+        # One write of the whole line: the two processes share the pipe, and `print`'s pieces interleaved.
+        "os.write(1, f'world size {world} {dist.get_backend()}\\n'.encode())\n"
         "sys.exit(code)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
