@@ -247,6 +247,39 @@ def test_train_help_lists_the_options_of_hf_rgtg_before_those_of_training_argume
     assert sections[1] < out.index("\n  --prefix_sampling ") < sections[2] < out.index("\n  --learning_rate ")
 
 
+def test_bad_json_lines_are_refused_with_the_file_and_line_before_any_model_loads(
+    tmp_path, capsys, no_model_loads
+):
+    good = str(write_pairs(tmp_path / "pairs.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n')
+    train = ["train", "--model", "org/unused", "--output-dir", str(tmp_path / "out")]
+    for args, flag in (
+        ([*train, "--data", str(bad)], "--data"),
+        ([*train, "--data", good, "--eval-data", str(bad)], "--eval-data"),
+        (["eval-rm", "--rm", "org/unused", "--data", str(bad)], "--data"),
+    ):
+        assert main(args) == 2
+        assert capsys.readouterr().err == (
+            f"hf-rgtg: error: argument {flag}: {str(bad)!r}, line 2: not valid JSON (Expecting value, column 27).\n"
+        )
+
+
+def test_data_without_a_usable_pair_is_refused_by_its_flag_and_file(lm_folder, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"prompt": "a", "chosen": "", "rejected": "c"}) + "\n")
+    for args in (
+        train_args(lm_folder, tmp_path, "--data", str(empty)),
+        ["eval-rm", "--rm", str(lm_folder), "--data", str(empty)],
+    ):
+        assert main(args) == 2
+        error = capsys.readouterr().err.splitlines()[-1]  # after the note that lowers --max-length
+        assert error == (
+            f"hf-rgtg: error: argument --data: {str(empty)!r}: No usable preference pair in the data (0 pairs kept; "
+            "skipped: 1 empty field)."
+        )
+
+
 def test_train_and_eval_rm_check_what_they_can_before_loading_models(lm_folder, tmp_path, capsys):
     def error(args):
         assert main(args) == 2

@@ -14,7 +14,6 @@ from transformers import HfArgumentParser, PreTrainedTokenizerBase, TrainingArgu
 
 from .. import defaults
 from ..auto import AutoModelForPrefixReward
-from ..data import load_preference_data
 from ..modeling import PrefixRewardModel
 from ..tokenization import ensure_pad_token
 from ..training import PrefixRewardTrainer, PrefixRewardTrainingConfig
@@ -26,6 +25,8 @@ from .loading import (
     fitted_max_length,
     load_named,
     named,
+    preference_pairs,
+    read_data_file,
 )
 
 # The sections of `hf-rgtg train --help`, in this order: hf_rgtg's own options, then transformers'.
@@ -156,14 +157,17 @@ def run(args: argparse.Namespace) -> int:
         return exit_request.code if isinstance(exit_request.code, int) else 2
     push, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
     _check_flags(args.arguments, script, config, push)
+    # The data files are read before the model is, so that a bad file is refused at once.
+    files = {"--data": script.data, "--eval-data": script.eval_data}
+    rows = {flag: read_data_file(flag, name) for flag, name in files.items() if name is not None}
     model, tokenizer = _load_model_and_tokenizer(script)
     config.max_length = fitted_max_length(config.max_length, model)
-    data = load_preference_data(script.data, tokenizer, max_length=config.max_length)
-    if script.eval_data:
-        train_pairs, eval_pairs = (
-            data.examples,
-            load_preference_data(script.eval_data, tokenizer, config.max_length).examples,
-        )
+    data, *held_out = (
+        preference_pairs(flag, files[flag], file_rows, tokenizer, config.max_length)
+        for flag, file_rows in rows.items()
+    )
+    if held_out:
+        train_pairs, eval_pairs = data.examples, held_out[0].examples
     else:
         train_pairs, eval_pairs = _split(data.examples, script.eval_fraction, config.seed)
     print(f"{PROG} train: {len(train_pairs)} training pairs, {len(eval_pairs)} held out ({data.report()}).")
