@@ -11,7 +11,8 @@ What differs across the supported range, and since when:
   every call, so the package uses [`CACHE_NAME`] through [`cache_kwargs`], [`output_cache`] and [`cache_field`].
 
 The private names of transformers that the package needs are read here too, each behind one function that says
-why and in which versions it was checked: [`upload_saved_model`] and [`keep_own_weight_names`].
+why and in which versions it was checked: [`upload_saved_model`] and [`keep_own_weight_names`]; so is where
+`from_pretrained` logs its load report ([`held_load_reports`]).
 
 The oldest supported version is 5.18, the first that honours a configuration's `tie_last_hidden_states`: reward
 heads over a truncated backbone (the packaged default reward model among them) read the raw hidden state of
@@ -21,8 +22,10 @@ their last kept layer, and 5.16/5.17 silently hand back the final-normalised one
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -245,4 +248,52 @@ def model_from_config(model_class: Any, config: Any, **kwargs: Any) -> Any:
     return model_class._from_config(config, **kwargs)
 
 
-__all__ += ["generation_special_tokens", "keep_own_weight_names", "model_from_config", "upload_saved_model"]
+#: Where `from_pretrained` logs its load report (weights missing from the checkpoint, unexpected or of another
+#: shape), and what its message says first: `log_state_dict_report` (`transformers/utils/loading_report.py`) logs
+#: one warning of `"<model class> LOAD REPORT from: <name>"` and a table on `modeling_utils`' logger, in 5.18 and
+#: 5.24 alike.
+_LOAD_REPORT_LOGGER = "transformers.modeling_utils"
+_LOAD_REPORT_MARK = "LOAD REPORT"
+
+
+@contextmanager
+def held_load_reports() -> Iterator[list[logging.LogRecord]]:
+    """Hold back the load reports that `from_pretrained` logs inside the block, for the caller to judge.
+
+    Yields the list the reports are held in; [`release_load_reports`] logs them as they would have been. Other log
+    records pass. If the block raises, the reports are logged at once, since they may explain the error.
+    """
+    logger = logging.getLogger(_LOAD_REPORT_LOGGER)
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if _LOAD_REPORT_MARK in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    logger.addFilter(hold)
+    try:
+        yield held
+    except BaseException:
+        logger.removeFilter(hold)
+        release_load_reports(held)
+        raise
+    finally:
+        logger.removeFilter(hold)
+
+
+def release_load_reports(reports: list[logging.LogRecord]) -> None:
+    """Log the load reports [`held_load_reports`] held back, to the handlers they were logged for."""
+    for record in reports:
+        logging.getLogger(record.name).handle(record)
+
+
+__all__ += [
+    "generation_special_tokens",
+    "held_load_reports",
+    "keep_own_weight_names",
+    "model_from_config",
+    "release_load_reports",
+    "upload_saved_model",
+]

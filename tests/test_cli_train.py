@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ import hf_rgtg.defaults
 import hf_rgtg.training
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
 from hf_rgtg.cli import PROG, main
-from hf_rgtg.cli.train import TRAIN_EXAMPLE
+from hf_rgtg.cli.train import TRAIN_EXAMPLE, parse_train_arguments
 from hf_rgtg.defaults import DEFAULT_LM_NAME
 from hf_rgtg.training import PrefixRewardTrainingConfig
 
@@ -130,6 +131,36 @@ def test_model_default_trains_the_real_embedded_language_model(tmp_path, capsys)
     assert config["base_model_name_or_path"] == DEFAULT_LM_NAME
     assert config["text_config"]["vocab_size"] == 49152 and config["text_config"]["num_hidden_layers"] == 30
     shutil.rmtree(output_dir)  # half a gigabyte of weights
+
+
+def test_a_train_run_says_its_head_is_new_in_one_line_and_prints_no_expected_noise(
+    lm_folder, tmp_path, capsys, caplog, recwarn
+):
+    transformers_logger = logging.getLogger("transformers")  # it does not propagate to caplog's root handler
+    transformers_logger.addHandler(caplog.handler)
+    try:
+        assert main(train_args(lm_folder, tmp_path, "--max-steps", "2")) == 0
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    out, err = capsys.readouterr()
+    logged = caplog.text + err
+    # No DataLoader warning that memory cannot be pinned without an accelerator ...
+    assert not [warning for warning in recwarn if "pin_memory" in str(warning.message)]
+    # ... and, of the new head, neither transformers' load report nor the warning for library users: one line.
+    assert "LOAD REPORT" not in logged and "MISSING" not in logged and "untrained" not in logged
+    assert out.count("a new reward head is initialised") == 1
+    assert (
+        f"hf-rgtg train: a new reward head is initialised on {str(lm_folder)!r} (linear, on the backbone's final "
+        "output); this run trains it.\n"
+    ) in out
+
+
+def test_memory_is_pinned_where_there_is_an_accelerator_or_when_asked(tmp_path):
+    args = ["--model", "m", "--data", "d.jsonl", "--output-dir", str(tmp_path)]
+    unset = parse_train_arguments(args)[1].dataloader_pin_memory
+    assert unset is torch.accelerator.is_available()
+    assert parse_train_arguments([*args, "--dataloader-pin-memory"])[1].dataloader_pin_memory is True
+    assert parse_train_arguments([*args, "--no-dataloader-pin-memory"])[1].dataloader_pin_memory is False
 
 
 def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monkeypatch):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import get_type_hints
 
+import torch
 from huggingface_hub import constants as hub_constants
 from transformers import HfArgumentParser, PreTrainedTokenizerBase, TrainingArguments
 
 from .. import defaults
-from ..auto import AutoModelForPrefixReward
+from ..auto import AutoModelForPrefixReward, new_head_logger
 from ..modeling import PrefixRewardModel
 from ..tokenization import ensure_pad_token
 from ..training import PrefixRewardTrainer, PrefixRewardTrainingConfig
@@ -87,7 +89,7 @@ TRAIN_EXAMPLE = f"""example (the embedded {defaults.DEFAULT_LM_NAME}, offline):
 def train_argument_parser() -> HfArgumentParser:
     """`hf-rgtg train`'s parser, generated from [`TrainScriptArguments`] and [`PrefixRewardTrainingConfig`]; its
     `--help` shows hf_rgtg's options first, then those of `TrainingArguments` (see [`config_sections`])."""
-    return HfArgumentParser(
+    parser = HfArgumentParser(
         (TrainScriptArguments, *config_sections()),
         prog=f"{PROG} train",
         usage=TRAIN_USAGE,
@@ -99,6 +101,9 @@ def train_argument_parser() -> HfArgumentParser:
         epilog=TRAIN_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Unset unless given, so that `parse_train_arguments` can pin memory only where there is an accelerator.
+    parser.set_defaults(dataloader_pin_memory=None)
+    return parser
 
 
 def config_sections() -> tuple[type, type]:
@@ -141,6 +146,10 @@ def parse_train_arguments(arguments: list[str]) -> tuple[TrainScriptArguments, P
     settings = {
         setting.name: getattr(section, setting.name) for section in sections for setting in fields(section)
     }
+    if (
+        settings["dataloader_pin_memory"] is None
+    ):  # pinned memory needs an accelerator (torch warns on every run)
+        settings["dataloader_pin_memory"] = torch.accelerator.is_available()
     for name, value in settings.items():
         try:
             PrefixRewardTrainingConfig.check_setting(name, value)
@@ -207,18 +216,43 @@ def _load_model_and_tokenizer(
         lambda: checked_tokenizer(tokenizer_name),
     )
     ensure_pad_token(tokenizer)
+    model = _load_model(script, path)
+    if name is None:
+        # The model card names the base model by its Hub id, not by the folder it was converted to.
+        model.config.base_model_name_or_path = defaults.DEFAULT_LM_NAME
+    return model, tokenizer
+
+
+def _load_model(script: TrainScriptArguments, path: str) -> PrefixRewardModel:
+    """The model `--model` names, loaded from `path`. Over a causal LM's backbone the reward head is new: that is
+    expected here, since this run trains it, and one line says so in place of the warning a library user gets."""
     head = {
         k: v
         for k, v in (("head_layer", script.head_layer), ("head_hidden_size", script.head_hidden_size))
         if v is not None
     }
-    model = load_named(
-        "--model", script.model, lambda: AutoModelForPrefixReward.from_pretrained(path, **head)
-    )
-    if name is None:
-        # The model card names the base model by its Hub id, not by the folder it was converted to.
-        model.config.base_model_name_or_path = defaults.DEFAULT_LM_NAME
-    return model, tokenizer
+    level = new_head_logger.level
+    new_head_logger.setLevel(logging.ERROR)
+    try:
+        model, info = load_named(
+            "--model",
+            script.model,
+            lambda: AutoModelForPrefixReward.from_pretrained(path, output_loading_info=True, **head),
+        )
+    finally:
+        new_head_logger.setLevel(level)
+    if any(key.startswith("score.") for key in info["missing_keys"]):
+        kind = "linear" if script.head_hidden_size is None else f"an MLP of width {script.head_hidden_size}"
+        layer = (
+            "the backbone's final output"
+            if script.head_layer is None
+            else f"hidden layer {script.head_layer}"
+        )
+        print(
+            f"{PROG} train: a new reward head is initialised on {script.model!r} ({kind}, on {layer}); this run "
+            "trains it."
+        )
+    return model
 
 
 def _check_flags(
