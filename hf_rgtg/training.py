@@ -326,7 +326,10 @@ class PrefixRewardTrainer(Trainer):
         summary: dict[str, Any] = {"datasets": self.dataset_names, "settings": settings}
         if self.train_dataset is not None:
             summary["num_pairs"] = len(self.train_dataset)
+        # Whether the tokenizer saved with the model renders chat messages: the card's usage snippet relies on it.
+        summary["chat_template"] = bool(getattr(self.processing_class, "chat_template", None))
         if self.prefix_accuracy is not None:
+            summary["num_eval_pairs"] = self.prefix_accuracy.counts.get("full", 0)
             summary["prefix_accuracy"] = self.prefix_accuracy.accuracy
             summary["prefix_counts"] = self.prefix_accuracy.counts
             summary["mean_margin"] = self.prefix_accuracy.mean_margin

@@ -15,9 +15,10 @@ import pytest
 import torch
 import transformers
 import transformers.utils.hub as transformers_hub
-from conftest import build_tokenizer, tiny_causal_lm
+from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm
 from huggingface_hub import ModelCard
 from huggingface_hub import constants as hub_constants
+from test_hub import card_snippet, run_card_snippet
 
 import hf_rgtg.defaults
 import hf_rgtg.training
@@ -25,6 +26,7 @@ from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
 from hf_rgtg.cli import PROG, main
 from hf_rgtg.cli.train import TRAIN_EXAMPLE, parse_train_arguments
 from hf_rgtg.defaults import DEFAULT_LM_NAME
+from hf_rgtg.hub import EXAMPLE_PROMPT, EXAMPLE_RESPONSE, NO_HELD_OUT_PAIRS
 from hf_rgtg.training import PrefixRewardTrainingConfig
 
 needs_smollm2 = pytest.mark.skipif(
@@ -163,6 +165,45 @@ def test_memory_is_pinned_where_there_is_an_accelerator_or_when_asked(tmp_path):
     assert parse_train_arguments([*args, "--no-dataloader-pin-memory"])[1].dataloader_pin_memory is False
 
 
+def test_the_card_of_a_model_trained_from_a_local_folder_names_no_local_path_and_its_snippet_runs(
+    tmp_path, capsys
+):
+    folder = tmp_path / "chat-lm"
+    tiny_causal_lm("llama", seed=1).save_pretrained(folder)
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    assert main(train_args(folder, tmp_path, "--eval-fraction", "0", "--max-steps", "2")) == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model is None and str(tmp_path) not in str(card)
+    assert "# out\n" in card.text and "this prefix reward model" not in card.text
+    assert "Preference pairs: 24 for training." in card.text and NO_HELD_OUT_PAIRS in card.text
+    # The tokenizer has a chat template: the snippet scores chat messages, and runs as the card says.
+    variables = run_card_snippet(card.text, "out", tmp_path / "out")
+    assert variables["prompt"] == [{"role": "user", "content": EXAMPLE_PROMPT}]
+    assert "".join(variables["scored"].tokens) == EXAMPLE_RESPONSE
+    assert "tokenizer.apply_chat_template" not in card_snippet(
+        card.text
+    )  # no guided decoding without the LM's id
+
+
+def test_the_card_of_a_model_trained_from_a_hub_id_guides_that_model_in_its_snippet(
+    hub_cache, tmp_path, capsys, restore_generate
+):
+    repo = hub_cache(tiny_causal_lm("llama", seed=1), "org/tiny-llama", build_tokenizer())
+    assert main(train_args(repo, tmp_path, "--max-steps", "2")) == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == "org/tiny-llama" and "(`org/tiny-llama`)" in card.text
+    assert (
+        "on 6 preference pairs" in card.text
+        and "| prefix of the response | accuracy | prefix pairs |" in card.text
+    )
+    # No chat template: the prompt is plain text; the snippet guides the base model, loaded by its Hub id.
+    variables = run_card_snippet(card.text, "out", tmp_path / "out")
+    assert variables["prompt"] == EXAMPLE_PROMPT and variables["lm"].name_or_path == "org/tiny-llama"
+    assert variables["out"].shape[1] > variables["inputs"]["input_ids"].shape[1]
+
+
 def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monkeypatch):
     from test_hub import FakeHubApi
 
@@ -174,6 +215,8 @@ def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monk
     )
     assert main(args) == 0
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(api.files)
+    card = api.files["README.md"].decode()
+    assert "# org/cli-rm\n" in card and 'from_pretrained("org/cli-rm")' in card
 
 
 @pytest.fixture
