@@ -10,11 +10,13 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from .compat import keep_own_weight_names, model_from_config
+from .compat import held_load_reports, keep_own_weight_names, model_from_config, release_load_reports
 from .configuration import PrefixRewardConfig
 from .modeling import PrefixRewardModel, is_incrementally_scorable
 
-logger = logging.getLogger(__name__)
+#: The logger of the one warning that a reward head built over a causal-LM checkpoint is new and untrained; a
+#: caller about to train that head, as `hf-rgtg train` is, may quiet it.
+new_head_logger = logging.getLogger(f"{__name__}.new_head")
 
 # Keyword arguments that locate a checkpoint; they go to `AutoConfig` as well as to the model's `from_pretrained`.
 _HUB_KWARGS = (
@@ -180,14 +182,18 @@ class AutoModelForPrefixReward:
         is_classifier = _is_sequence_classifier(source)
         return_info = kwargs.pop("output_loading_info", False)
         key_mapping = {rf"^{_base_model_prefix(config)}\.": "backbone."}
-        model, info = PrefixRewardModel.from_pretrained(
-            pretrained_model_name_or_path,
-            *model_args,
-            config=prefix_config,
-            key_mapping=key_mapping,
-            output_loading_info=True,
-            **kwargs,
-        )
+        with held_load_reports() as reports:
+            model, info = PrefixRewardModel.from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                config=prefix_config,
+                key_mapping=key_mapping,
+                output_loading_info=True,
+                **kwargs,
+            )
+        # transformers' report lists the new head's weights as missing; that alone is expected, and said below.
+        if not _only_the_head_is_new(info):
+            release_load_reports(reports)
         # The renaming is a loading detail: saving writes the prefix reward model's own key names, not the source's.
         keep_own_weight_names(model)
         _check_loaded_head(info, name, is_classifier)
@@ -212,6 +218,13 @@ def _wrapping_configs(
     return given.text_config, given
 
 
+def _only_the_head_is_new(info: dict[str, Any]) -> bool:
+    """Whether loading a foreign checkpoint found nothing amiss but the reward head's weights missing."""
+    return all(key.startswith("score.") for key in info["missing_keys"]) and not any(
+        info.get(kind) for kind in ("unexpected_keys", "mismatched_keys", "error_msgs")
+    )
+
+
 def _check_loaded_head(info: dict[str, list[str]], name: str, is_classifier: bool) -> None:
     """Refuse a sequence classifier whose head did not become the reward head; warn of a new, untrained head."""
     head_missing = any(key.startswith("score.") for key in info["missing_keys"])
@@ -223,7 +236,7 @@ def _check_loaded_head(info: dict[str, list[str]], name: str, is_classifier: boo
                 "Only heads stored as `score.weight` (and `score.bias` with `head_bias=True`) are supported."
             )
     elif head_missing:
-        logger.warning(
+        new_head_logger.warning(
             f"The reward head of the prefix reward model built from {name!r} is newly initialised and untrained: "
             "its rewards are meaningless until it is trained (see `PrefixRewardTrainer` / `hf-rgtg train`)."
         )

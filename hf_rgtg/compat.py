@@ -12,7 +12,8 @@ What differs across the supported range, and since when:
 
 The private names of transformers that the package needs are read here too, each behind one function that says
 why and in which versions it was checked: [`upload_saved_model`], [`keep_own_weight_names`],
-[`generation_special_tokens`], [`model_from_config`] and [`dropped_generate_streamer`].
+[`generation_special_tokens`], [`model_from_config`] and [`dropped_generate_streamer`]; so is where
+`from_pretrained` logs its load report ([`held_load_reports`]).
 
 The oldest supported version is 5.18, the first that honours a configuration's `tie_last_hidden_states`: reward
 heads over a truncated backbone (the packaged default reward model among them) read the raw hidden state of
@@ -23,9 +24,11 @@ their last kept layer, and 5.16/5.17 silently hand back the final-normalised one
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -297,10 +300,53 @@ def dropped_generate_streamer() -> Any:
         del frame  # a frame held from here would keep every local of the call alive
 
 
+#: Where `from_pretrained` logs its load report (weights missing from the checkpoint, unexpected or of another
+#: shape), and what its message says first: `log_state_dict_report` (`transformers/utils/loading_report.py`) logs
+#: one warning of `"<model class> LOAD REPORT from: <name>"` and a table on `modeling_utils`' logger, in 5.18 and
+#: 5.24 alike.
+_LOAD_REPORT_LOGGER = "transformers.modeling_utils"
+_LOAD_REPORT_MARK = "LOAD REPORT"
+
+
+@contextmanager
+def held_load_reports() -> Iterator[list[logging.LogRecord]]:
+    """Hold back the load reports that `from_pretrained` logs inside the block, for the caller to judge.
+
+    Yields the list the reports are held in; [`release_load_reports`] logs them as they would have been. Other log
+    records pass. If the block raises, the reports are logged at once, since they may explain the error.
+    """
+    logger = logging.getLogger(_LOAD_REPORT_LOGGER)
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if _LOAD_REPORT_MARK in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    logger.addFilter(hold)
+    try:
+        yield held
+    except BaseException:
+        logger.removeFilter(hold)
+        release_load_reports(held)
+        raise
+    finally:
+        logger.removeFilter(hold)
+
+
+def release_load_reports(reports: list[logging.LogRecord]) -> None:
+    """Log the load reports [`held_load_reports`] held back, to the handlers they were logged for."""
+    for record in reports:
+        logging.getLogger(record.name).handle(record)
+
+
 __all__ += [
     "dropped_generate_streamer",
     "generation_special_tokens",
+    "held_load_reports",
     "keep_own_weight_names",
     "model_from_config",
+    "release_load_reports",
     "upload_saved_model",
 ]

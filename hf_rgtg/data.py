@@ -139,7 +139,8 @@ def _jsonl_rows(path: Path) -> list[Any]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                # Without its line break, an error at the end of the line is placed there, not on a line after it.
+                rows.append(json.loads(line.rstrip("\r\n")))
             except json.JSONDecodeError as error:
                 raise ValueError(
                     f"{str(path)!r}, line {number}: not valid JSON ({error.msg}, column {error.colno})."

@@ -3,7 +3,9 @@ prefix-accuracy table they show (which `hf-rgtg eval-rm` and `hf-rgtg train` pri
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -15,24 +17,11 @@ TAGS = ["reward-model", "prefix-reward-model", "hf_rgtg"]
 #: The rows of the prefix-accuracy table: the quarters of the response by relative position, then the whole response.
 BUCKET_ORDER = ("0-25%", "25-50%", "50-75%", "75-100%", "full")
 
-_USAGE = """```python
-import hf_rgtg
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from hf_rgtg import AutoModelForPrefixReward, RewardGuidance
-
-rm = AutoModelForPrefixReward.from_pretrained("{repo_id}")
-lm = AutoModelForCausalLM.from_pretrained("{base_model}")
-tokenizer = AutoTokenizer.from_pretrained("{base_model}")
-inputs = tokenizer("...", return_tensors="pt")
-
-# Reward-guided sampling (PARGS): explicit processor + stopping criteria ...
-guidance = RewardGuidance(rm, tokenizer, beta=2.0, top_k=10)
-out = lm.generate(**inputs, do_sample=True, max_new_tokens=64, **guidance.generate_kwargs())
-
-# ... or `generate(reward_model=...)` after the explicit opt-in.
-hf_rgtg.enable_reward_guided_generate()
-out = lm.generate(**inputs, reward_model=rm, beta=2.0, top_k=10, do_sample=True, max_new_tokens=64)
-```"""
+#: A Hub model id: `org/name` (a bare canonical name such as `gpt2` cannot be told from a local folder).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+#: The prompt and the response the card's usage snippet scores.
+EXAMPLE_PROMPT = "How was your day?"
+EXAMPLE_RESPONSE = "Lovely, thank you for asking!"
 
 
 def accuracy_table(accuracy: Mapping[str, float], counts: Mapping[str, int] | None = None) -> str:
@@ -51,13 +40,13 @@ def accuracy_table(accuracy: Mapping[str, float], counts: Mapping[str, int] | No
     ```python
     >>> from hf_rgtg.hub import accuracy_table
     >>> print(accuracy_table({"0-25%": 0.61, "full": 0.9}, {"0-25%": 120, "full": 30}))
-    | prefix of the response | accuracy | pairs |
+    | prefix of the response | accuracy | prefix pairs |
     | --- | --- | --- |
     | 0-25% | 0.610 | 120 |
     | full | 0.900 | 30 |
     ```
     """
-    rows = ["| prefix of the response | accuracy | pairs |", "| --- | --- | --- |"]
+    rows = ["| prefix of the response | accuracy | prefix pairs |", "| --- | --- | --- |"]
     for bucket in BUCKET_ORDER:
         if bucket in accuracy:
             count = (counts or {}).get(bucket, "")
@@ -69,12 +58,15 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
     """The model card of a prefix reward model, from its configuration.
 
     The YAML metadata carries `library_name: hf_rgtg`, the `reward-model` and `prefix-reward-model` tags, the base
-    model, the training data sets and the metrics; the body has a usage snippet, the training data and settings,
-    and the prefix-accuracy table, as far as `config.training_summary` records them.
+    model (its Hub id; a local path is left out), the training data sets and the metrics; the body has a usage
+    snippet (scoring a response, and guided decoding when the base model's Hub id is known), the training data and
+    settings, and the prefix-accuracy table (or why there is none), as far as `config.training_summary` records
+    them.
 
     Args:
         config ([`PrefixRewardConfig`]): the model's configuration.
-        repo_id (`str`, *optional*): the Hub id shown in the usage snippet.
+        repo_id (`str`, *optional*): the Hub id, or the name of the folder the model is saved in: the card's title
+            and what its usage snippet loads. `save_pretrained` passes the folder's name when given no Hub id.
 
     Examples:
 
@@ -83,49 +75,114 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
     >>> from hf_rgtg import PrefixRewardConfig
     >>> from hf_rgtg.hub import model_card
 
-    >>> config = PrefixRewardConfig(text_config=GPT2Config(n_layer=1), base_model_name_or_path="gpt2",
+    >>> config = PrefixRewardConfig(text_config=GPT2Config(n_layer=1), base_model_name_or_path="openai-community/gpt2",
     ...                             training_summary={"datasets": ["org/pairs"], "settings": {"prefix_sampling": "all"}})
     >>> card = model_card(config, repo_id="org/gpt2-prefix-rm")
     >>> card.data.library_name, card.data.base_model, card.data.datasets
-    ('hf_rgtg', 'gpt2', ['org/pairs'])
+    ('hf_rgtg', 'openai-community/gpt2', ['org/pairs'])
     ```
     """
     summary: dict[str, Any] = dict(config.training_summary or {})
-    base_model = config.base_model_name_or_path
-    datasets = summary.get("datasets") or None
+    base_model = base_model_id(config)
     evaluation = summary.get("prefix_accuracy") or {}
     data = ModelCardData(
         library_name=LIBRARY_NAME,
         tags=list(TAGS),
         base_model=base_model,
-        datasets=datasets,
+        datasets=summary.get("datasets") or None,
         metrics=["accuracy"] if evaluation else None,
         model_name=repo_id.split("/")[-1] if repo_id else None,
     )
     sections = [
-        f"# {repo_id or 'this prefix reward model'}",
-        _description(config, trained=bool(summary)),
+        f"# {repo_id or 'Prefix reward model'}",
+        _description(config, base_model, trained=bool(summary)),
         "## Usage",
-        _USAGE.format(repo_id=repo_id or "<this repo>", base_model=base_model or "<the language model>"),
+        usage_snippet(repo_id or "<this repo>", base_model, chat=bool(summary.get("chat_template"))),
     ]
+    if base_model is None:
+        sections.append(
+            "To guide decoding with it, load the language model it was trained on (it shares this tokenizer) and "
+            "pass `RewardGuidance(rm, tokenizer).generate_kwargs()` to its `generate()`."
+        )
     if summary.get("description"):
         sections += ["## What it prefers", str(summary["description"])]
     sections += _training_sections(summary)
-    if evaluation:
-        sections += [
-            "## Prefix accuracy",
-            "Held-out accuracy of `r(chosen[:t]) > r(rejected[:t])` by relative position `t / L` in the response:",
-            accuracy_table(evaluation, summary.get("prefix_counts")),
-        ]
-        if "mean_margin" in summary:
-            sections.append(f"Mean reward margin over all prefixes: {summary['mean_margin']:.4f}.")
+    if summary:
+        sections += _accuracy_sections(summary)
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
     return ModelCard(content)
 
 
-def _description(config: PrefixRewardConfig, trained: bool) -> str:
+def hub_model_id(name: str | None) -> str | None:
+    """`name` when it reads as a Hub model id (`org/name`) and names no local file or folder; else `None`."""
+    if not name or not _HUB_ID.fullmatch(name) or ".." in name or Path(name).expanduser().exists():
+        return None
+    return name
+
+
+def base_model_id(config: PrefixRewardConfig) -> str | None:
+    """The Hub id of the model the reward model was built on: the recorded base model, else the backbone's
+    `_name_or_path`, whichever reads as a Hub id; `None` when only a local path is known."""
+    for name in (config.base_model_name_or_path, getattr(config.text_config, "_name_or_path", None)):
+        if hub_model_id(name):
+            return name
+    return None
+
+
+def usage_snippet(repo: str, base_model: str | None, chat: bool) -> str:
+    """The card's code: load the reward model and its tokenizer from `repo`, score a response to a prompt (chat
+    messages through the tokenizer's chat template when `chat`, else plain text as training reads it), and, with
+    the `base_model`'s Hub id, guide that language model's decoding with it."""
+    prompt = (
+        f'prompt = [{{"role": "user", "content": "{EXAMPLE_PROMPT}"}}]  # rendered with the chat template'
+        if chat
+        else f'prompt = "{EXAMPLE_PROMPT}"'
+    )
+    lines = [
+        "```python",
+        *(["import hf_rgtg"] if base_model else []),
+        "from transformers import "
+        + ("AutoModelForCausalLM, AutoTokenizer" if base_model else "AutoTokenizer"),
+        "from hf_rgtg import AutoModelForPrefixReward, "
+        + ("RewardGuidance, token_rewards" if base_model else "token_rewards"),
+        "",
+        f'rm = AutoModelForPrefixReward.from_pretrained("{repo}").eval()',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+        "",
+        "# The reward of a response to the prompt, and each response token's share of it.",
+        prompt,
+        f'scored = token_rewards(rm, tokenizer, prompt, "{EXAMPLE_RESPONSE}")',
+        "print(scored.reward, list(zip(scored.tokens, scored.rewards)))",
+    ]
+    if base_model:
+        lines += _guided_decoding_lines(base_model, chat)
+    return "\n".join([*lines, "```"])
+
+
+def _guided_decoding_lines(base_model: str, chat: bool) -> list[str]:
+    """The snippet's guided decoding of `base_model`, the language model the reward model shares a tokenizer with."""
+    inputs = (
+        'tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)'
+        if chat
+        else 'tokenizer(prompt, return_tensors="pt")'
+    )
+    return [
+        "",
+        "# Reward-guided sampling (PARGS) of the language model it was trained on: processor + stopping criteria ...",
+        f'lm = AutoModelForCausalLM.from_pretrained("{base_model}")',
+        f"inputs = {inputs}",
+        "guidance = RewardGuidance(rm, tokenizer, beta=2.0, top_k=10)",
+        "out = lm.generate(**inputs, do_sample=True, max_new_tokens=64, **guidance.generate_kwargs())",
+        'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
+        "",
+        "# ... or `generate(reward_model=...)` after the explicit opt-in.",
+        "hf_rgtg.enable_reward_guided_generate()",
+        "out = lm.generate(**inputs, reward_model=rm, beta=2.0, top_k=10, do_sample=True, max_new_tokens=64)",
+    ]
+
+
+def _description(config: PrefixRewardConfig, base_model: str | None, trained: bool) -> str:
     """The card's opening paragraph: what the model is, and whether hf_rgtg knows how it was trained."""
-    base_model = config.base_model_name_or_path
     head = (
         "a linear head"
         if config.head_hidden_size is None
@@ -160,8 +217,13 @@ def _training_sections(summary: Mapping[str, Any]) -> list[str]:
     sections = ["## Training"]
     if datasets:
         sections.append("Data: " + ", ".join(f"`{d}`" for d in datasets) + ".")
-    if summary.get("num_pairs"):
-        sections.append(f"Preference pairs: {summary['num_pairs']}.")
+    pairs = [
+        f"{summary[key]} {what}"
+        for key, what in (("num_pairs", "for training"), ("num_eval_pairs", "held out"))
+        if summary.get(key)
+    ]
+    if pairs:
+        sections.append("Preference pairs: " + ", ".join(pairs) + ".")
     if settings:
         sections.append(
             "\n".join(
@@ -171,4 +233,45 @@ def _training_sections(summary: Mapping[str, Any]) -> list[str]:
     return sections
 
 
-__all__ = ["BUCKET_ORDER", "LIBRARY_NAME", "TAGS", "accuracy_table", "model_card"]
+#: What a trained model's card says in place of the accuracy table when no held-out pairs were evaluated.
+NO_HELD_OUT_PAIRS = (
+    "No held-out pairs were evaluated, so there is no accuracy table: `hf-rgtg train` was given no `--eval-data` "
+    "and `--eval-fraction 0` (or, in Python, `trainer.evaluate_prefixes()` was not called before saving). "
+    "`hf-rgtg eval-rm --rm <this model> --data <pairs>` measures it on any pairs."
+)
+
+
+def _accuracy_sections(summary: Mapping[str, Any]) -> list[str]:
+    """The "Prefix accuracy" section of a trained model's card: the table, on how many held-out preference pairs,
+    and the mean margin; or why there is no table."""
+    evaluation = summary.get("prefix_accuracy") or {}
+    if not evaluation:
+        return ["## Prefix accuracy", NO_HELD_OUT_PAIRS]
+    counts = summary.get("prefix_counts")
+    held_out = summary.get("num_eval_pairs") or (counts or {}).get("full")
+    sections = [
+        "## Prefix accuracy",
+        "Held-out accuracy of `r(chosen[:t]) > r(rejected[:t])`"
+        + (f" on {held_out} preference pairs" if held_out else "")
+        + ", by relative position `t / L` in the response. Each row counts the prefix pairs it rests on: every "
+        "prefix length of every pair, and one per pair for `full`.",
+        accuracy_table(evaluation, counts),
+    ]
+    if "mean_margin" in summary:
+        sections.append(f"Mean reward margin over all prefixes: {summary['mean_margin']:.4f}.")
+    return sections
+
+
+__all__ = [
+    "BUCKET_ORDER",
+    "EXAMPLE_PROMPT",
+    "EXAMPLE_RESPONSE",
+    "LIBRARY_NAME",
+    "NO_HELD_OUT_PAIRS",
+    "TAGS",
+    "accuracy_table",
+    "base_model_id",
+    "hub_model_id",
+    "model_card",
+    "usage_snippet",
+]

@@ -224,8 +224,9 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         self.config.training_summary = summary
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) built from the configuration."""
-        repo_id = kwargs.pop("repo_id", None)
+        """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) built from the configuration, titled
+        with `repo_id` (a Hub id) when given, else with the folder's name, which its usage snippet loads."""
+        repo_id = kwargs.pop("repo_id", None) or Path(save_directory).resolve().name
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             model_card(self.config, repo_id=repo_id).save(Path(save_directory) / "README.md")

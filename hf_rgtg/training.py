@@ -7,6 +7,7 @@ as well.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,7 @@ from .validation import is_integer, is_number
 PREFIX_SAMPLING = ("all", "random", "full")
 POSITION_WEIGHTING = ("uniform", "linear")
 TRAIN_MODES = ("full", "head", "lora")
+LORA_INSTALL_COMMAND = "pip install 'hf_rgtg[lora]'"
 
 
 @dataclass
@@ -80,69 +82,81 @@ class PrefixRewardTrainingConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        self._check_types()
-        for name, allowed in (
-            ("prefix_sampling", PREFIX_SAMPLING),
-            ("position_weighting", POSITION_WEIGHTING),
-            ("train", TRAIN_MODES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"`{name}` (={getattr(self, name)!r}) has to be one of {', '.join(allowed)}."
-                )
-        if self.min_prefix_length < 1:
-            raise ValueError(f"`min_prefix_length` (={self.min_prefix_length}) has to be at least 1.")
-        if self.num_random_prefixes < 1:
-            raise ValueError(f"`num_random_prefixes` (={self.num_random_prefixes}) has to be at least 1.")
-        if self.max_length < 2:
-            raise ValueError(f"`max_length` (={self.max_length}) has to be at least 2.")
-        if self.remove_unused_columns:
+        for setting in fields(self):
+            self.check_setting(setting.name, getattr(self, setting.name))
+
+    @classmethod
+    def check_setting(cls, name: str, value: Any) -> None:
+        """Refuse a bad value of one setting, as building the configuration would, without building it.
+
+        Each setting of this class is checked on its own (so `hf-rgtg train` can name the flag at fault), and
+        every numeric one, the Trainer's included, has to be finite: a NaN or infinite setting would train a
+        non-finite model. `TrainingArguments` checks its own settings, and how they combine, when it is built.
+
+        Args:
+            name (`str`): the setting, e.g. `"prefix_sampling"`.
+            value: its value.
+
+        Raises:
+            `ValueError`: naming the setting, its value and what it has to be.
+            `ImportError`: for `train="lora"` without `peft` installed.
+        """
+        default = _DEFAULTS.get(name)
+        if isinstance(default, float) and not is_number(value):
+            raise ValueError(f"`{name}` (={value!r}) has to be a number, e.g. `{name}={default}`.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"`{name}` (={value}) has to be a finite number.")
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ValueError(f"`{name}` (={value!r}) has to be one of {', '.join(_CHOICES[name])}.")
+        if name in _INTEGER_MINIMUMS:
+            if not is_integer(value):
+                raise ValueError(f"`{name}` (={value!r}) has to be an integer, e.g. `{name}={default}`.")
+            if value < _INTEGER_MINIMUMS[name]:
+                raise ValueError(f"`{name}` (={value}) has to be at least {_INTEGER_MINIMUMS[name]}.")
+        if name == "train" and value == "lora" and importlib.util.find_spec("peft") is None:
+            raise ImportError(f"`train='lora'` needs peft, which is not installed: {LORA_INSTALL_COMMAND}")
+        if name == "remove_unused_columns" and value:
             raise ValueError(
                 "`remove_unused_columns` has to be False: the collator reads the tokenized columns "
                 "(`prompt_ids`, `chosen_ids`, `rejected_ids`) that the Trainer would remove."
             )
-        # Every numeric setting, transformers' own included: a NaN or infinite one would train a non-finite model.
-        for setting in fields(self):
-            value = getattr(self, setting.name)
-            if isinstance(setting.default, float) and not is_number(value):
+        if name == "center_rewards_coefficient" and value is not None:
+            if not is_number(value):
                 raise ValueError(
-                    f"`{setting.name}` (={value!r}) has to be a number, e.g. `{setting.name}={setting.default}`."
+                    f"`{name}` (={value!r}) has to be a number or None, e.g. `center_rewards_coefficient=0.01`."
                 )
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"`{setting.name}` (={value}) has to be a finite number.")
-        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
+            if value < 0:
+                raise ValueError(f"`{name}` (={value}) has to be at least 0, or None.")
+        if name == "lora_dropout" and not 0 <= value < 1:
+            raise ValueError(f"`{name}` (={value}) has to be in [0, 1).")
+        if name == "lora_target_modules" and not _is_module_list(value):
             raise ValueError(
-                f"`center_rewards_coefficient` (={self.center_rewards_coefficient}) has to be at least 0, or None."
-            )
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"`lora_dropout` (={self.lora_dropout}) has to be in [0, 1).")
-        for name in ("lora_r", "lora_alpha"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` (={getattr(self, name)}) has to be a positive integer.")
-
-    def _check_types(self) -> None:
-        """The settings of this class (not the Trainer's), each of its own type, named with an example."""
-        defaults = {setting.name: setting.default for setting in fields(self)}
-        for name in ("max_length", "num_random_prefixes", "min_prefix_length", "lora_r", "lora_alpha"):
-            if not is_integer(getattr(self, name)):
-                raise ValueError(
-                    f"`{name}` (={getattr(self, name)!r}) has to be an integer, e.g. `{name}={defaults[name]}`."
-                )
-        # Settings with a float default (`margin`, `lora_dropout`, the Trainer's) are checked in `__post_init__`.
-        value = self.center_rewards_coefficient
-        if value is not None and not is_number(value):
-            raise ValueError(
-                f"`center_rewards_coefficient` (={value!r}) has to be a number or None, e.g. "
-                "`center_rewards_coefficient=0.01`."
-            )
-        modules = self.lora_target_modules
-        if modules is not None and not (
-            isinstance(modules, (list, tuple)) and all(isinstance(module, str) for module in modules)
-        ):
-            raise ValueError(
-                f"`lora_target_modules` (={modules!r}) has to be a list of module names, e.g. `['q_proj', 'v_proj']`, "
+                f"`{name}` (={value!r}) has to be a list of module names, e.g. `['q_proj', 'v_proj']`, "
                 "or None for peft's default for the architecture."
             )
+
+
+#: Each setting's default, which the messages of [`PrefixRewardTrainingConfig.check_setting`] give as an example.
+_DEFAULTS = {setting.name: setting.default for setting in fields(PrefixRewardTrainingConfig)}
+_CHOICES = {
+    "prefix_sampling": PREFIX_SAMPLING,
+    "position_weighting": POSITION_WEIGHTING,
+    "train": TRAIN_MODES,
+}
+_INTEGER_MINIMUMS = {
+    "max_length": 2,
+    "num_random_prefixes": 1,
+    "min_prefix_length": 1,
+    "lora_r": 1,
+    "lora_alpha": 1,
+}
+
+
+def _is_module_list(value: Any) -> bool:
+    """Whether `value` is a `lora_target_modules`: `None`, or a list (or tuple) of module names."""
+    return value is None or (
+        isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+    )
 
 
 def prefix_bradley_terry_loss(
@@ -187,7 +201,7 @@ def prepare_model_for_training(model: PrefixRewardModel, config: PrefixRewardTra
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError as error:
-            raise ImportError("`train='lora'` needs peft: pip install 'hf_rgtg[lora]'") from error
+            raise ImportError(f"`train='lora'` needs peft: {LORA_INSTALL_COMMAND}") from error
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
@@ -312,7 +326,10 @@ class PrefixRewardTrainer(Trainer):
         summary: dict[str, Any] = {"datasets": self.dataset_names, "settings": settings}
         if self.train_dataset is not None:
             summary["num_pairs"] = len(self.train_dataset)
+        # Whether the tokenizer saved with the model renders chat messages: the card's usage snippet relies on it.
+        summary["chat_template"] = bool(getattr(self.processing_class, "chat_template", None))
         if self.prefix_accuracy is not None:
+            summary["num_eval_pairs"] = self.prefix_accuracy.counts.get("full", 0)
             summary["prefix_accuracy"] = self.prefix_accuracy.accuracy
             summary["prefix_counts"] = self.prefix_accuracy.counts
             summary["mean_margin"] = self.prefix_accuracy.mean_margin

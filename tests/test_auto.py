@@ -11,6 +11,7 @@ from conftest import (
     tiny_prefix_rm,
     tiny_sequence_classifier,
 )
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, BartConfig
 
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardConfig, PrefixRewardModel
@@ -49,6 +50,38 @@ def test_causal_lm_checkpoint_gives_backbone_and_untrained_head(arch, hub_cache,
     ids = torch.randint(1, VOCAB_SIZE, (1, 5))
     hidden = lm.base_model(ids).last_hidden_state
     torch.testing.assert_close(rm(ids).rewards, rm.score(hidden).squeeze(-1))
+
+
+@pytest.fixture
+def transformers_log(caplog):
+    """`caplog`, also catching transformers' own log (whose logger does not propagate to the root)."""
+    logger = logging.getLogger("transformers")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_the_load_report_of_a_new_head_is_left_out_and_real_problems_are_reported(tmp_path, transformers_log):
+    lm = tiny_causal_lm("llama", seed=1)
+    lm.save_pretrained(tmp_path / "lm")
+    AutoModelForPrefixReward.from_pretrained(tmp_path / "lm")
+    # transformers' report of the new head's weights is expected: only hf_rgtg's one line about the head remains.
+    assert "LOAD REPORT" not in transformers_log.text and "MISSING" not in transformers_log.text
+    assert [record.name for record in transformers_log.records] == ["hf_rgtg.auto.new_head"]
+    assert "newly initialised and untrained" in transformers_log.text
+    transformers_log.clear()
+
+    # A checkpoint that lacks a backbone weight is a real problem: the report names it, with the head.
+    weights = load_file(tmp_path / "lm" / "model.safetensors")
+    del weights["model.layers.0.mlp.down_proj.weight"]
+    save_file(weights, tmp_path / "lm" / "model.safetensors", metadata={"format": "pt"})
+    AutoModelForPrefixReward.from_pretrained(tmp_path / "lm")
+    (report,) = [record for record in transformers_log.records if "LOAD REPORT" in record.getMessage()]
+    assert report.name == "transformers.modeling_utils" and report.levelno == logging.WARNING
+    assert (
+        "backbone.layers.0.mlp.down_proj.weight" in report.getMessage()
+        and "score.weight" in report.getMessage()
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

