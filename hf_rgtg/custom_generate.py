@@ -126,7 +126,7 @@ def decoding_method(generation_config: Any, streamer: Any) -> str:
             f"Reward-guided generation supports greedy decoding, sampling and beam search, not {method.strip('_')}."
         )
     # transformers says this to no callable `custom_generate`.
-    check_streamer(streamer, 1 if method == "_sample" else 2)
+    check_streamer(streamer, beam_search=method == "_beam_search")
     return method
 
 

@@ -116,7 +116,8 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         with_trace = generate_kwargs.pop("return_trace", False)
         guide = generate_kwargs.pop("guide", True)
         config = generate_kwargs.get("generation_config", self.model.generation_config)
-        check_streamer(generate_kwargs.get("streamer"), generate_kwargs.get("num_beams", config.num_beams))
+        num_beams = generate_kwargs.get("num_beams", config.num_beams) or 1
+        check_streamer(generate_kwargs.get("streamer"), beam_search=num_beams > 1)
         options = {name: generate_kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in generate_kwargs}
         options = {**self._default_options, **options}
         if with_trace:

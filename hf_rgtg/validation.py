@@ -139,11 +139,11 @@ def positions_problem(
     )
 
 
-def check_streamer(streamer: Any, num_beams: int | None) -> None:
+def check_streamer(streamer: Any, beam_search: bool) -> None:
     """Refuse a streamer with beam search, in `generate()`'s own words (`_validate_generation_mode`): there,
     transformers would hand it the expanded prompt and never end it, and a reader of a `TextIteratorStreamer`
     would wait forever."""
-    if streamer is not None and (num_beams or 1) > 1:
+    if streamer is not None and beam_search:
         raise ValueError(
             "`streamer` cannot be used with beam search (yet!). Make sure that `num_beams` is set to 1."
         )

@@ -98,6 +98,15 @@ def _settings_difference(before: Mapping[str, Any], now: Mapping[str, Any]) -> s
     return ", ".join(f"{name} was {before.get(name)!r}, now {now.get(name)!r}" for name in names)
 
 
+def _record(text: str) -> dict | None:
+    """The record a line of the output holds, or `None` for a line that is not a whole one."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "line" in record else None
+
+
 def read_records(path: Path, prompts: list[PromptLine], settings: Mapping[str, Any]) -> dict[int, dict]:
     """The records an earlier run of the same command left in `path`, by input line.
 
@@ -114,16 +123,15 @@ def read_records(path: Path, prompts: list[PromptLine], settings: Mapping[str, A
     records: dict[int, dict] = {}
     with path.open(encoding="utf-8") as lines:
         for number, text in enumerate(lines, start=1):
-            try:
-                record = json.loads(text)
-                line = record["line"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            record = _record(text)
+            if record is None:
                 print(
                     f"{PROG}: {path}:{number} is not a whole record (a run stopped while writing it?); its prompt "
                     "is generated again",
                     file=sys.stderr,
                 )
                 continue
+            line = record["line"]
             if record.get("settings") != settings:
                 raise ValueError(
                     f"argument --output: {path} holds records made with other settings "
@@ -176,10 +184,9 @@ def rewrite_in_input_order(path: Path, prompts: list[PromptLine]) -> int:
     records: dict[int, str] = {}
     if path.exists():
         for text in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records[json.loads(text)["line"]] = text
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+            record = _record(text)
+            if record is not None:
+                records[record["line"]] = text
     ordered = [records[prompt.line] for prompt in prompts if prompt.line in records]
     partial = path.with_name(path.name + ".partial")
     partial.write_text("".join(text + "\n" for text in ordered), encoding="utf-8")
