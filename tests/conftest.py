@@ -367,6 +367,22 @@ def without_matplotlib(monkeypatch):
 
 
 @pytest.fixture
+def transformers_log(caplog):
+    """`caplog`, also catching transformers' own log, each record once.
+
+    transformers' logger propagates to the root (where `caplog` listens) only when the environment variable `CI` is
+    set, as on CI machines; here it never propagates and `caplog`'s handler is attached to it directly.
+    """
+    logger = logging.getLogger("transformers")
+    propagate = logger.propagate
+    logger.propagate = False
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate
+
+
+@pytest.fixture
 def hub_cache(tmp_path):
     """Publish a model (anything with `save_pretrained`) under a Hub id in the session's private hub cache."""
     assert Path(hub_constants.HF_HUB_CACHE).is_relative_to(_HF_HOME), (

@@ -52,15 +52,6 @@ def test_causal_lm_checkpoint_gives_backbone_and_untrained_head(arch, hub_cache,
     torch.testing.assert_close(rm(ids).rewards, rm.score(hidden).squeeze(-1))
 
 
-@pytest.fixture
-def transformers_log(caplog):
-    """`caplog`, also catching transformers' own log (whose logger does not propagate to the root)."""
-    logger = logging.getLogger("transformers")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def test_the_load_report_of_a_new_head_is_left_out_and_real_problems_are_reported(tmp_path, transformers_log):
     lm = tiny_causal_lm("llama", seed=1)
     lm.save_pretrained(tmp_path / "lm")

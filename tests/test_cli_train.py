@@ -3,7 +3,6 @@
 import dataclasses
 import importlib.util
 import json
-import logging
 import os
 import re
 import shutil
@@ -136,16 +135,11 @@ def test_model_default_trains_the_real_embedded_language_model(tmp_path, capsys)
 
 
 def test_a_train_run_says_its_head_is_new_in_one_line_and_prints_no_expected_noise(
-    lm_folder, tmp_path, capsys, caplog, recwarn
+    lm_folder, tmp_path, capsys, transformers_log, recwarn
 ):
-    transformers_logger = logging.getLogger("transformers")  # it does not propagate to caplog's root handler
-    transformers_logger.addHandler(caplog.handler)
-    try:
-        assert main(train_args(lm_folder, tmp_path, "--max-steps", "2")) == 0
-    finally:
-        transformers_logger.removeHandler(caplog.handler)
+    assert main(train_args(lm_folder, tmp_path, "--max-steps", "2")) == 0
     out, err = capsys.readouterr()
-    logged = caplog.text + err
+    logged = transformers_log.text + err
     # No DataLoader warning that memory cannot be pinned without an accelerator ...
     assert not [warning for warning in recwarn if "pin_memory" in str(warning.message)]
     # ... and, of the new head, neither transformers' load report nor the warning for library users: one line.
