@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .compat import held_load_reports, keep_own_weight_names, model_from_config, release_load_reports
@@ -270,4 +270,57 @@ def resolve_reward_model(reward_model: Any) -> PrefixRewardModel:
     )
 
 
-__all__ = ["AutoModelForPrefixReward", "looks_like_local_path", "resolve_reward_model"]
+def resolve_reward_tokenizer(
+    reward_model: Any, reward_tokenizer: PreTrainedTokenizerBase | str | os.PathLike | None = None
+) -> PreTrainedTokenizerBase | None:
+    """The reward model's tokenizer: `reward_tokenizer` (loaded when it is a name or folder), else the one saved
+    with the reward model (by the name it was given as, or the folder it was loaded from), else `None`.
+
+    Examples:
+
+    ```python
+    >>> from transformers import GPT2Config
+    >>> from hf_rgtg import AutoModelForPrefixReward
+    >>> from hf_rgtg.auto import resolve_reward_tokenizer
+
+    >>> rm = AutoModelForPrefixReward.from_config(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2))
+    >>> resolve_reward_tokenizer(rm) is None  # built from a configuration: no tokenizer anywhere
+    True
+    ```
+    """
+    if isinstance(reward_tokenizer, PreTrainedTokenizerBase):
+        return reward_tokenizer
+    if reward_tokenizer is not None:
+        if not isinstance(reward_tokenizer, (str, os.PathLike)):
+            raise TypeError(
+                f"`reward_tokenizer` has to be a tokenizer or the name/folder of one, got "
+                f"{type(reward_tokenizer).__name__}."
+            )
+        try:
+            return AutoTokenizer.from_pretrained(os.path.expanduser(os.fspath(reward_tokenizer)))
+        except (OSError, ValueError) as error:
+            raise OSError(
+                f"Could not load `reward_tokenizer` {os.fspath(reward_tokenizer)!r}: {error}"
+            ) from error
+    if isinstance(reward_model, (str, os.PathLike)):
+        source = os.path.expanduser(os.fspath(reward_model))
+    else:
+        source = getattr(reward_model, "name_or_path", "") or ""
+        if not os.path.isdir(source):
+            return None  # an object's Hub name may be anyone's; only a folder it was loaded from is its own
+    if os.path.isdir(source) and not any(
+        os.path.exists(os.path.join(source, name)) for name in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # a reward model saved without a tokenizer, or a Hub id not in the cache
+
+
+__all__ = [
+    "AutoModelForPrefixReward",
+    "looks_like_local_path",
+    "resolve_reward_model",
+    "resolve_reward_tokenizer",
+]

@@ -142,8 +142,9 @@ class RewardGuidanceConfig:
         record_candidates (`bool`, defaults to `False`): keep every step's k candidates and their rewards in the
             trace.
         scorer (`str`, defaults to `"auto"`): `"cached"` (KV-cached, decoder reward models), `"reference"`
-            (re-encode every prefix), another kind registered with [`~scoring.register_scorer`], or `"auto"`
-            (cached when the reward model allows it).
+            (re-encode every prefix); for a reward model with another tokenizer, `"bridged"` (KV-cached through
+            text) or `"text"` (re-encode every candidate's text); another kind registered with
+            [`~scoring.register_scorer`]; or `"auto"` (the fastest exact kind for the reward model).
 
     Examples:
 
@@ -199,7 +200,8 @@ class RewardGuidanceConfig:
                 )
         if not isinstance(self.scorer, str) or not self.scorer:
             raise ValueError(
-                f"`scorer` (={self.scorer!r}) has to be the name of a scorer kind: 'auto', 'cached' or 'reference'."
+                f"`scorer` (={self.scorer!r}) has to be the name of a scorer kind: 'auto', 'cached', 'reference', "
+                "'bridged' or 'text'."
             )
 
     @classmethod

@@ -27,7 +27,8 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.utils import GENERATION_MODES_MAPPING
 
-from .compat import dropped_generate_streamer, generation_special_tokens
+from .auto import resolve_reward_tokenizer
+from .compat import dropped_generate_streamer, dropped_generate_tokenizer, generation_special_tokens
 from .configuration import RewardGuidanceConfig
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
@@ -91,9 +92,11 @@ def guidance_for_call(
     reward_guidance: RewardGuidance | None,
     options: dict[str, Any],
     generation_config: Any,
+    tokenizers: dict[str, Any] | None = None,
 ) -> RewardGuidance:
-    """The [`RewardGuidance`] of one call: the one given, or one built from `reward_model` and the options, with
-    the EOS and pad ids `generate()` settled on."""
+    """The [`RewardGuidance`] of one call: the one given, or one built from `reward_model`, the options and the
+    `tokenizers` (`RewardGuidance`'s `tokenizer`, `reward_tokenizer`, `reward_prompt_template`), with the EOS and
+    pad ids `generate()` settled on."""
     if reward_guidance is None:
         if reward_model is None:
             raise ValueError(
@@ -101,20 +104,37 @@ def guidance_for_call(
             )
         eos, pad = generation_special_tokens(generation_config)
         return RewardGuidance(
-            reward_model, eos_token_id=eos, pad_token_id=None if pad is None else int(pad), **options
+            reward_model,
+            **(tokenizers or {}),
+            eos_token_id=eos,
+            pad_token_id=None if pad is None else int(pad),
+            **options,
         )
     if not isinstance(reward_guidance, RewardGuidance):
         raise TypeError(
             f"`reward_guidance` has to be a RewardGuidance, got {type(reward_guidance).__name__}. Build one with "
             "`RewardGuidance(reward_model, tokenizer, ...)`, or pass `reward_model=` instead."
         )
-    if reward_model is not None or options:
+    given_tokenizers = sorted(name for name, value in (tokenizers or {}).items() if value is not None)
+    given_tokenizers = [name for name in given_tokenizers if name != "tokenizer"]
+    if reward_model is not None or options or given_tokenizers:
         names = RewardGuidanceConfig.generate_names()
         given = ["reward_model"] * (reward_model is not None) + sorted(names[name] for name in options)
+        given += given_tokenizers
         raise ValueError(
             f"`reward_guidance` already holds the reward model and the settings; do not also pass {given}."
         )
     return reward_guidance
+
+
+def language_tokenizer(model: PreTrainedModel, reward_tokenizer: Any) -> Any:
+    """The language model's tokenizer for this call, to compare with the reward model's: the `tokenizer=` given to
+    `generate()`, else, when the reward model's is known, the one saved with the language model (by its name or
+    folder); `None` when neither is known."""
+    given = dropped_generate_tokenizer()
+    if given is not None or reward_tokenizer is None:
+        return given
+    return resolve_reward_tokenizer(model.name_or_path)
 
 
 def decoding_method(generation_config: Any, streamer: Any) -> str:
@@ -160,6 +180,9 @@ def reward_guided_generate(
     reward_model: PrefixRewardModel | str | None = None,
     reward_guidance: RewardGuidance | None = None,
     guided_streamer=None,
+    reward_tokenizer=None,
+    reward_prompts=None,
+    reward_prompt_template: str | None = None,
     **kwargs,
 ):
     r"""
@@ -173,6 +196,13 @@ def reward_guided_generate(
     Args:
         reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
         reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
+        reward_tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*): the reward model's tokenizer, when it
+            is not the language model's (see [`RewardGuidance`]); the language model's is the `tokenizer=` given to
+            `generate()`, else the one saved with the model.
+        reward_prompts (list of `str` or of chat messages, *optional*): the prompts as text, for a reward model
+            with another tokenizer (see [`RewardGuidance.generate_kwargs`]).
+        reward_prompt_template (`str`, *optional*): the prompt's format for such a reward model without a chat
+            template.
         guided_streamer (`BaseStreamer`, *optional*): another name for the streamer; pass `streamer=` to
             `generate()` as usual. transformers 5 drops `streamer`, `tokenizer` and `assistant_model` on the way
             to a callable `custom_generate` (it keeps only the callable's own arguments), after handing the
@@ -203,13 +233,20 @@ def reward_guided_generate(
     ```
     """
     options = guidance_options(kwargs)
-    guidance = guidance_for_call(reward_model, reward_guidance, options, generation_config)
+    if reward_model is not None:
+        reward_tokenizer = resolve_reward_tokenizer(reward_model, reward_tokenizer)
+    tokenizers = {
+        "tokenizer": language_tokenizer(model, reward_tokenizer),
+        "reward_tokenizer": reward_tokenizer,
+        "reward_prompt_template": reward_prompt_template,
+    }
+    guidance = guidance_for_call(reward_model, reward_guidance, options, generation_config, tokenizers)
     attention_mask = kwargs.get("attention_mask")
     guidance.check_language_model(model, input_ids)
     check_positions(guidance, input_ids, generation_config, attention_mask)
     if attention_mask is None:  # `generate()` drops an all-ones mask; nothing is padding then
         attention_mask = torch.ones_like(input_ids)
-    guidance.tracker.prepare(attention_mask)
+    guidance.tracker.prepare(attention_mask, reward_prompts)
     processors = list(logits_processor)
     position = next(
         (i for i, p in enumerate(processors) if isinstance(p, AFTER_CUSTOM_PROCESSORS)), len(processors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,16 +13,19 @@ import torch
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
-from .auto import resolve_reward_model
+from .auto import resolve_reward_model, resolve_reward_tokenizer
+from .bridging import text_bridge
 from .configuration import RewardGuidanceConfig
 from .modeling import PrefixRewardModel
 from .processing import RewardGuidedLogitsProcessor
-from .redistribution import score_sequences
-from .scoring import make_scorer
+from .redistribution import score_sequences, through_first_eos
+from .scoring import make_scorer, whole_text_rewards
 from .stopping import reward_stopping_criteria
-from .tokenization import check_tokenizer, special_token_ids
-from .trace import GuidanceTrace
+from .tokenization import Prompt, check_tokenizer, special_token_ids
+from .trace import GuidanceTrace, output_sequences
 from .tracking import RowTracker, require_prompt_ids
+
+logger = logging.getLogger(__name__)
 
 
 def guidance_config(config: RewardGuidanceConfig | None, settings: dict[str, Any]) -> RewardGuidanceConfig:
@@ -53,9 +57,16 @@ class RewardGuidance:
 
     Args:
         reward_model ([`PrefixRewardModel`] or `str`): the reward model, or a name/path to load with
-            [`AutoModelForPrefixReward`]. It must share the language model's tokenizer.
-        tokenizer (`PreTrainedTokenizerBase`, *optional*): the shared tokenizer; its EOS and pad ids are used when
-            `eos_token_id`/`pad_token_id` are not given.
+            [`AutoModelForPrefixReward`].
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): the language model's tokenizer; its EOS and pad ids are
+            used when `eos_token_id`/`pad_token_id` are not given.
+        reward_tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*): the reward model's tokenizer (or its
+            name/folder); by default the one saved with the reward model, when it was loaded by name or from a
+            folder. When its vocabulary is the language model's (compared token by token, not by size), the reward
+            model reads the language model's ids; otherwise each candidate is decoded to text and re-encoded with
+            it (see "Choosing a reward model" in the docs), which needs `tokenizer` too.
+        reward_prompt_template (`str`, *optional*): how a reward model with another tokenizer and no chat template
+            sees the prompt, e.g. `"Question: {prompt}\nAnswer: "` (see [`~bridging.TextBridge`]).
         config ([`RewardGuidanceConfig`], *optional*): the settings; or give them as keyword arguments (`beta`,
             `top_k`, and every other field of [`RewardGuidanceConfig`]).
         eos_token_id (`int` or list of `int`, *optional*): the language model's end-of-sequence ids.
@@ -85,6 +96,8 @@ class RewardGuidance:
         reward_model: PrefixRewardModel | str,
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
+        reward_tokenizer: PreTrainedTokenizerBase | str | None = None,
+        reward_prompt_template: str | None = None,
         config: RewardGuidanceConfig | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
@@ -93,7 +106,15 @@ class RewardGuidance:
         self.config = guidance_config(config, config_kwargs)
         check_tokenizer(tokenizer)
         self.reward_model = resolve_reward_model(reward_model)
-        self.scorer = make_scorer(self.reward_model, self.config.scorer)
+        reward_tokenizer = resolve_reward_tokenizer(reward_model, reward_tokenizer)
+        if tokenizer is not None and reward_tokenizer is None:
+            logger.warning(
+                "The reward model's tokenizer is unknown, so the reward model is taken to read the language model's "
+                "token ids. Pass `reward_tokenizer=` to have that checked (token by token, not by vocabulary size) "
+                "and, should the two differ, the text bridged between them."
+            )
+        self.bridge = text_bridge(tokenizer, reward_tokenizer, reward_prompt_template)
+        self.scorer = make_scorer(self.reward_model, self.config.scorer, self.bridge)
         self.scorer.check_candidates(self.config.top_k)
         self.eos_token_id, self.pad_token_id = special_token_ids(
             tokenizer, eos_token_id, pad_token_id, default_eos_token_id=self.scorer.default_eos_token_id
@@ -139,15 +160,20 @@ class RewardGuidance:
         )
         self.scorer.check_candidates(self.config.top_k, lm_vocab)
 
-    def generate_kwargs(self, attention_mask: torch.Tensor | None = None) -> dict[str, Any]:
+    def generate_kwargs(
+        self, attention_mask: torch.Tensor | None = None, prompts: Sequence[Prompt] | None = None
+    ) -> dict[str, Any]:
         """`{"logits_processor": ..., "stopping_criteria": ...}` for `model.generate(**inputs, **kwargs)`.
 
         Args:
             attention_mask (`torch.Tensor`, *optional*): the prompts' attention mask. Without it, the prompts' left
                 padding is recognised as their leading run of pad tokens, which is wrong only when a prompt really
                 starts with the pad token (a tokenizer whose BOS is its pad token); pass the mask then.
+            prompts (list of `str` or of chat messages, *optional*): the batch's prompts as text, one per prompt
+                row of `input_ids`, for a reward model with another tokenizer, which then sees them in its own
+                format. Without them it sees the prompts' tokens decoded, a chat template's markup included.
         """
-        self.tracker.prepare(attention_mask)
+        self.tracker.prepare(attention_mask, prompts)
         return {
             "logits_processor": LogitsProcessorList([self.logits_processor]),
             "stopping_criteria": StoppingCriteriaList(self.stopping_criteria),
@@ -159,6 +185,7 @@ class RewardGuidance:
         prompt_length: int,
         prompt_attention_mask: torch.Tensor | None = None,
         batch_size: int = 32,
+        prompts: Sequence[Prompt] | None = None,
     ) -> torch.Tensor:
         """The reward of each sequence `generate()` returned, read at its last real token.
 
@@ -172,10 +199,16 @@ class RewardGuidance:
             prompt_attention_mask (`torch.Tensor`, *optional*): the prompts' mask, `(rows, prompt_length)` or
                 `(batch, prompt_length)` when each prompt was expanded into several rows.
             batch_size (`int`, *optional*, defaults to 32): rows per reward-model forward.
+            prompts (list of `str` or of chat messages, *optional*): for a reward model with another tokenizer, the
+                prompts as text (as given to `generate_kwargs`); without them, the prompt tokens are decoded.
 
         Returns:
             `torch.FloatTensor` of shape `(rows,)`.
         """
+        if self.bridge is not None:
+            return self._bridged_rewards(
+                output_sequences(sequences), prompt_length, prompt_attention_mask, prompts
+            )
         return score_sequences(
             self.reward_model,
             sequences,
@@ -185,6 +218,31 @@ class RewardGuidance:
             pad_token_id=self.pad_token_id,
             batch_size=batch_size,
         )
+
+    def _bridged_rewards(
+        self,
+        sequences: torch.Tensor,
+        prompt_length: int,
+        prompt_attention_mask: torch.Tensor | None,
+        prompts: Sequence[Prompt] | None,
+    ) -> torch.Tensor:
+        """Each sequence's reward through the bridge: its response's text (through its first EOS) re-encoded after
+        its prompt in the reward model's format."""
+        prompt_ids = sequences[:, :prompt_length]
+        mask = prompt_attention_mask if prompt_attention_mask is not None else torch.ones_like(prompt_ids)
+        mask = mask.repeat_interleave(len(sequences) // len(mask), dim=0)
+        bridge = self.bridge
+        rows = []
+        for index, (prompt, row) in enumerate(
+            zip(
+                bridge.prompts_of(prompt_ids, mask, prompts),
+                sequences[:, prompt_length:].tolist(),
+                strict=True,
+            )
+        ):
+            response = bridge.response_ids(through_first_eos(row, self.eos_token_id))
+            rows.append(bridge.prompt_ids(prompt, index) + response)
+        return whole_text_rewards(self.reward_model, rows)
 
 
 __all__ = ["RewardGuidance", "guidance_config"]

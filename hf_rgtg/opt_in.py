@@ -31,7 +31,7 @@ def _guided_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             )
     stop_strings = kwargs.pop("stop_strings", None)
     if stop_strings is not None:
-        tokenizer = kwargs.pop("tokenizer", None)
+        tokenizer = kwargs.get("tokenizer")  # kept: it is also the language model's, to compare with the RM's
         if tokenizer is None:
             raise ValueError("`stop_strings` needs the model's tokenizer: pass `tokenizer=` as well.")
         kwargs["stopping_criteria"] = StoppingCriteriaList(

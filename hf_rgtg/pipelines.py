@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, Pipeline, TextGenerationPipeline
+from transformers import AutoModelForCausalLM, Pipeline, PreTrainedTokenizerBase, TextGenerationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .auto import AutoModelForPrefixReward, resolve_reward_model
+from .auto import AutoModelForPrefixReward, resolve_reward_model, resolve_reward_tokenizer
 from .configuration import RewardGuidanceConfig
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
@@ -70,9 +70,20 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
     ```
     """
 
-    def __init__(self, *args: Any, reward_model: PrefixRewardModel | str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        reward_model: PrefixRewardModel | str | None = None,
+        reward_tokenizer: PreTrainedTokenizerBase | str | None = None,
+        reward_prompt_template: str | None = None,
+        **kwargs: Any,
+    ):
         self._guidances: dict[tuple, RewardGuidance] = {}
         self._default_reward_model = None if reward_model is None else resolve_reward_model(reward_model)
+        self._reward_tokenizer = resolve_reward_tokenizer(
+            reward_model if reward_model is not None else self._default_reward_model, reward_tokenizer
+        )
+        self._reward_prompt_template = reward_prompt_template
         # Taken before the base class sees them: it would hand `top_k` and `max_time` to `generate()` as its own.
         self._default_options = {name: kwargs.pop(name) for name in GUIDANCE_OPTIONS if name in kwargs}
         super().__init__(*args, **kwargs)
@@ -100,7 +111,20 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         if key not in self._guidances:
             config = self.model.generation_config
             eos, pad = special_token_ids(self.tokenizer, config.eos_token_id, config.pad_token_id)
-            self._guidances[key] = RewardGuidance(reward_model, eos_token_id=eos, pad_token_id=pad, **options)
+            reward_tokenizer = (
+                self._reward_tokenizer
+                if reward_model is self._default_reward_model
+                else resolve_reward_tokenizer(reward_model)
+            )
+            self._guidances[key] = RewardGuidance(
+                reward_model,
+                self.tokenizer,
+                reward_tokenizer=reward_tokenizer,
+                reward_prompt_template=self._reward_prompt_template,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **options,
+            )
         return self._guidances[key]
 
     def _forward(self, model_inputs, **generate_kwargs):
@@ -125,6 +149,7 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         guidance = self._guidance(reward_model, options)
         guidance.check_language_model(self.model, model_inputs["input_ids"])
         mask = model_inputs.get("attention_mask")
+        prompts = _prompts_of(model_inputs.get("prompt_text"))
         if not guide:
             model_outputs = super()._forward(model_inputs, **generate_kwargs)
         elif not guidance.config.needs_rewards_while_decoding:
@@ -133,7 +158,7 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
             top_k = {"top_k": guidance.config.top_k} if generate_kwargs.get("do_sample", True) else {}
             model_outputs = super()._forward(model_inputs, **generate_kwargs, **top_k)
         else:
-            guided = guidance.generate_kwargs(attention_mask=mask)
+            guided = guidance.generate_kwargs(attention_mask=mask, prompts=prompts)
             for name in ("logits_processor", "stopping_criteria"):
                 given = generate_kwargs.pop(name, None)
                 if given:
@@ -144,10 +169,12 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         flat = sequences.reshape(-1, length)
         input_ids = model_outputs["input_ids"]
         width = input_ids.shape[1]
-        rewards = guidance.sequence_rewards(flat, width, prompt_attention_mask=mask)
+        rewards = guidance.sequence_rewards(flat, width, prompt_attention_mask=mask, prompts=prompts)
         model_outputs["reward"] = rewards.reshape(prompts, per_prompt)
         if with_tokens:
-            model_outputs["token_rewards"] = self._token_rewards(guidance, flat, input_ids, mask, per_prompt)
+            model_outputs["token_rewards"] = self._token_rewards(
+                guidance, flat, input_ids, mask, per_prompt, prompts
+            )
         if with_trace:
             model_outputs["trace"] = self._traces(guidance.trace, flat, width, per_prompt)
         return model_outputs
@@ -164,18 +191,26 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         ]
         return [rows[i : i + per_prompt] for i in range(0, len(rows), per_prompt)]
 
-    def _token_rewards(self, guidance, flat, input_ids, mask, per_prompt) -> list[list[dict[str, Any]]]:
-        """Each generated sequence's token rewards, through its first EOS, grouped by prompt."""
+    def _token_rewards(
+        self, guidance, flat, input_ids, mask, per_prompt, prompts
+    ) -> list[list[dict[str, Any]]]:
+        """Each generated sequence's token rewards, through its first EOS, grouped by prompt: over the language
+        model's tokens, or, for a reward model with another tokenizer, over its own tokens of the response's text."""
         width = input_ids.shape[1]
         mask = torch.ones_like(input_ids) if mask is None else mask
-        prompt_ids = [ids[row_mask.bool()].tolist() for ids, row_mask in zip(input_ids, mask, strict=True)]
         responses = [through_first_eos(row, guidance.eos_token_id) for row in flat[:, width:].tolist()]
-        results = token_rewards_of_ids(
-            guidance.reward_model,
-            self.tokenizer,
-            [prompt_ids[i // per_prompt] for i in range(len(flat))],
-            responses,
-        )
+        bridge = guidance.bridge
+        if bridge is None:
+            prompt_ids = [
+                ids[row_mask.bool()].tolist() for ids, row_mask in zip(input_ids, mask, strict=True)
+            ]
+            per_row = [prompt_ids[i // per_prompt] for i in range(len(flat))]
+            results = token_rewards_of_ids(guidance.reward_model, self.tokenizer, per_row, responses)
+        else:
+            texts = bridge.prompts_of(input_ids, mask, prompts)
+            per_row = [texts[i // per_prompt] for i in range(len(flat))]
+            responses = [bridge.response_text(response) for response in responses]
+            results = token_rewards(guidance.reward_model, bridge.reward_tokenizer, per_row, responses)
         grouped = [dataclasses.asdict(result) for result in results]
         return [grouped[i : i + per_prompt] for i in range(0, len(grouped), per_prompt)]
 
@@ -193,6 +228,15 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
                     per_prompt = per_prompt[0] if isinstance(per_prompt[0], list) else per_prompt
                     record[name] = per_prompt[index]
         return records
+
+
+def _prompts_of(prompt_text: Any) -> list | None:
+    """The pipeline's prompts as text or chat messages, one per prompt of the batch (`None` if unknown)."""
+    if prompt_text is None:
+        return None
+    texts = prompt_text if isinstance(prompt_text, list) else [prompt_text]
+    prompts = [getattr(text, "messages", text) for text in texts]
+    return prompts if all(isinstance(prompt, (str, list)) for prompt in prompts) else None
 
 
 class TokenRewardsPipeline(Pipeline):

@@ -117,7 +117,7 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         step = self.tracker.commit(input_ids)
         if step is None:
             mask = self.tracker.prompt_mask(input_ids)
-            prompt_rewards = self.scorer.reset(input_ids, mask, self.config.top_k)
+            prompt_rewards = self.scorer.reset(input_ids, mask, self.config.top_k, self.tracker.prompts)
             self.tracker.start(input_ids, prompt_rewards)
             return True
         self.scorer.advance(step.tokens, step.parents, step.chosen)

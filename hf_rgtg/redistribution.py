@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from .modeling import PrefixRewardModel
-from .tokenization import special_token_ids
+from .tokenization import Prompt, reward_prompt_ids, special_token_ids
 from .trace import output_sequences
 from .tracking import leading_padding_mask
 from .validation import checked_positive_int, checked_prompt_length, checked_token_id, checked_token_ids
@@ -246,7 +246,6 @@ def sequence_reward(
 
 
 #: A prompt: plain text, or chat messages (`[{"role": ..., "content": ...}, ...]`) for the tokenizer's template.
-Prompt = str | Sequence[Mapping[str, str]]
 
 
 @dataclass
@@ -295,20 +294,6 @@ class TokenRewards:
         """The token rewards of `record`, a dict of their fields as the pipelines give them (its `"total"` and
         `"reward"`, which the fields determine, are passed over)."""
         return cls(**{item.name: record[item.name] for item in dataclasses.fields(cls)})
-
-
-def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, index: int) -> list[int]:
-    """The prompt's token ids as training tokenizes them: plain text with the tokenizer's special tokens, or chat
-    messages through the chat template with its generation prompt."""
-    if isinstance(prompt, str):
-        return tokenizer(prompt)["input_ids"]
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"Prompt {index} is a list of chat messages, but the tokenizer has no chat template. Give the prompt as "
-            "text, or set `tokenizer.chat_template`."
-        )
-    text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _response_tokens(
@@ -588,7 +573,7 @@ def token_rewards(
     pieces = []
     for index, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         ids, tokens, offsets = _response_tokens(tokenizer, response)
-        pieces.append((_prompt_ids(tokenizer, prompt, index), ids, tokens, offsets))
+        pieces.append((reward_prompt_ids(tokenizer, prompt, index), ids, tokens, offsets))
     results = _scored(reward_model, tokenizer, pieces, batch_size, padding_side)
     return results[0] if one else results
 

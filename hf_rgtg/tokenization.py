@@ -4,8 +4,10 @@ ids of guided decoding."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -13,6 +15,9 @@ from transformers import PreTrainedTokenizerBase
 from .validation import checked_token_id, checked_token_ids
 
 logger = logging.getLogger(__name__)
+
+#: A prompt: text, or chat messages (`{"role": ..., "content": ...}` dictionaries).
+Prompt = str | Sequence[Mapping[str, str]]
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -150,4 +155,79 @@ def special_token_ids(
     return checked_token_ids("eos_token_id", eos_token_id), checked_token_id("pad_token_id", pad_token_id)
 
 
-__all__ = ["check_tokenizer", "encode_prompt", "ensure_pad_token", "special_token_ids"]
+def reward_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, index: int = 0) -> list[int]:
+    """A prompt's token ids as a reward model reads them, the one rule training, scoring and guided decoding share:
+    plain text with the tokenizer's special tokens (`[CLS] prompt [SEP]` for BERT), or chat messages through the
+    chat template with its generation prompt. The response's tokens follow, without special tokens.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): the reward model's tokenizer.
+        prompt (`str` or list of chat messages): the prompt.
+        index (`int`, *optional*, defaults to 0): the prompt's index, for the error message.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from hf_rgtg.tokenization import reward_prompt_ids
+
+    >>> backend = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "there": 2}, unk_token="[UNK]"))
+    >>> backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    >>> reward_prompt_ids(PreTrainedTokenizerFast(tokenizer_object=backend), "hello there")
+    [1, 2]
+    ```
+    """
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"Prompt {index} is a list of chat messages, but the tokenizer has no chat template. Give the prompt as "
+            "text, or set `tokenizer.chat_template`."
+        )
+    text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def vocabulary_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what a tokenizer's ids mean: its token-to-id map (added tokens included) and which tokens are
+    special. Two tokenizers with the same fingerprint give every id the same token; the same vocabulary *size*
+    says nothing of the kind.
+
+    Examples:
+
+    ```python
+    >>> from tokenizers import Tokenizer, models
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> from hf_rgtg.tokenization import vocabulary_fingerprint
+
+    >>> def word_level(vocab):
+    ...     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="a")))
+    >>> vocabulary_fingerprint(word_level({"a": 0, "b": 1})) == vocabulary_fingerprint(word_level({"a": 0, "b": 1}))
+    True
+    >>> vocabulary_fingerprint(word_level({"a": 0, "b": 1})) == vocabulary_fingerprint(word_level({"b": 0, "a": 1}))
+    False
+    ```
+    """
+    special = {
+        str(token): tokenizer.convert_tokens_to_ids(str(token)) for token in tokenizer.all_special_tokens
+    }
+    content = json.dumps(
+        {
+            "vocab": sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]),
+            "special": sorted(special.items()),
+        },
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+__all__ = [
+    "Prompt",
+    "check_tokenizer",
+    "encode_prompt",
+    "ensure_pad_token",
+    "reward_prompt_ids",
+    "special_token_ids",
+    "vocabulary_fingerprint",
+]

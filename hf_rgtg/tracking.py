@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .tokenization import Prompt
 from .trace import GuidanceTrace
 from .validation import checked_token_id, checked_token_ids
 
@@ -98,8 +99,12 @@ class RowTracker:
             return self.pad_token_id
         return min(self.eos_token_ids) if self.eos_token_ids else None
 
-    def prepare(self, attention_mask: torch.Tensor | None = None) -> None:
-        """Forget everything and expect a new `generate()` call; `attention_mask` is its prompts' mask."""
+    def prepare(
+        self, attention_mask: torch.Tensor | None = None, prompts: Sequence[Prompt] | None = None
+    ) -> None:
+        """Forget everything and expect a new `generate()` call; `attention_mask` is its prompts' mask, `prompts`
+        its prompts as text (for a scorer that reads text)."""
+        self.prompts = None if prompts is None else list(prompts)
         self.trace = GuidanceTrace(record_candidates=self.record_candidates)
         self.reward_calls = 0
         self.start_time: float | None = None

@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from huggingface_hub import constants as hub_constants  # noqa: E402
-from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers  # noqa: E402
 from tokenizers import models as tokenizer_models  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
@@ -124,20 +124,63 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on a few sentences: deterministic and instant, no download."""
+def _byte_level_bpe(vocab_size: int, eos: str, corpus: list[str]) -> Tokenizer:
     tokenizer = Tokenizer(tokenizer_models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=["<|endoftext|>"],
+        vocab_size=vocab_size,
+        special_tokens=[eos],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer.train_from_iterator(corpus * 4, trainer=trainer)
+    return tokenizer
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a few sentences: deterministic and instant, no download."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+        tokenizer_object=_byte_level_bpe(VOCAB_SIZE, "<|endoftext|>", _CORPUS),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+    )
+
+
+#: Text another tokenizer is trained on: other words, accents, Chinese, emoji and runs of whitespace.
+_OTHER_CORPUS = [
+    "Il était une fois un petit robot heureux qui aimait aider.",
+    "数据 模型 奖励 你好 世界 语言",
+    "Emoji 😀 party 🎉 time! Great 👍 work.",
+    "  spaced   out   text\n\nnew lines\tand tabs",
+    "naïve café résumé über straße",
+    "don't won't it's we're they'll I'd",
+    *_CORPUS[::-1],
+]
+
+
+def build_other_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    """A tokenizer that is not `build_tokenizer()`'s, trained on other text: `"byte-level"` (GPT-2 style BPE, 300
+    tokens), `"metaspace"` (Llama-2 style: "▁" for spaces, byte fallback, no pre-tokenizer at inference) or
+    `"same-size"` (byte-level with exactly `build_tokenizer()`'s vocabulary size and other tokens)."""
+    if kind == "metaspace":
+        backend = Tokenizer(tokenizer_models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+        specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+        trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=specials, show_progress=False)
+        # Trained on words, as sentencepiece splits by whitespace; read without a pre-tokenizer, as Llama-2's is.
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+        backend.train_from_iterator(_OTHER_CORPUS * 4, trainer=trainer)
+        backend.pre_tokenizer = None
+        return PreTrainedTokenizerFast(
+            tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+        )
+    size = {"byte-level": 300, "same-size": VOCAB_SIZE}[kind]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe(size, "<|eos|>", _OTHER_CORPUS), eos_token="<|eos|>"
     )
 
 

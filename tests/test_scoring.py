@@ -114,7 +114,8 @@ def test_registering_something_that_is_not_a_scorer_is_refused():
 def test_an_unknown_kind_names_the_kinds():
     _, rm = models("gpt2")
     with pytest.raises(
-        ValueError, match=r"`scorer` \(='fast'\) has to be one of \['auto', 'cached', 'reference'\]"
+        ValueError,
+        match=r"`scorer` \(='fast'\) has to be one of \['auto', 'cached', 'reference', 'bridged', 'text'\]",
     ):
         RewardGuidance(rm, scorer="fast")
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from ..modeling import PrefixRewardModel
+from ..tokenization import Prompt
 
 
 class TopKError(ValueError):
@@ -66,6 +67,9 @@ class CandidateScorer(ABC):
     #: How the fallback log line of `scorer="auto"` describes this kind, after "Scoring candidates with the ...".
     description: str = "scorer"
 
+    #: Whether the scorer reads text and is built with a `TextBridge` (a reward model with another tokenizer).
+    reads_text: bool = False
+
     #: Whether `input_ids` and `attention_mask` are kept up to date after `reset`. Scorers with their own record of
     #: the prefixes (a cache) set it to `False`, and both are dropped once `_reset` has read them.
     keeps_inputs: bool = True
@@ -82,6 +86,7 @@ class CandidateScorer(ABC):
         self.input_ids: torch.Tensor | None = None
         self.attention_mask: torch.Tensor | None = None
         self.max_candidates: int | None = None
+        self.prompts: Sequence[Prompt] | None = None
         self.prompt_width = 0  # the prompts' width, padding included
         self.longest_prompt = 0  # the real tokens of the longest prompt
         self.length = 0  # the rows' width, padding included: `prompt_width` plus the tokens appended since
@@ -124,10 +129,10 @@ class CandidateScorer(ABC):
             )
         if rm_vocab != vocab_size:
             raise ValueError(
-                f"The language model scores {vocab_size} tokens but the reward model's vocabulary has {rm_vocab}: the "
-                "reward model has to share the language model's tokenizer and vocabulary size. Tokenizer bridging "
-                "(a reward model with another tokenizer) is not supported yet: use a reward model trained on the "
-                "language model's tokenizer, e.g. one built with `AutoModelForPrefixReward.from_pretrained(<the LM>)`."
+                f"The language model scores {vocab_size} tokens but the reward model's vocabulary has {rm_vocab}: "
+                "they do not share a tokenizer. Pass both tokenizers, `tokenizer=` (the language model's) and "
+                "`reward_tokenizer=` (the reward model's), and each candidate is decoded to text and re-encoded for "
+                "the reward model."
             )
 
     def check_token_ids(self, name: str, token_ids: Sequence[int]) -> None:
@@ -147,13 +152,19 @@ class CandidateScorer(ABC):
         return self.max_positions is None or next_position <= self.max_positions
 
     def reset(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_candidates: int | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_candidates: int | None = None,
+        prompts: Sequence[Prompt] | None = None,
     ) -> torch.Tensor:
         """Start over with new prompts; returns the reward of each prompt, shape `(rows,)`.
 
         `max_candidates`, the most candidates `score` will get per row if known, lets a scorer size its buffers
-        once; `score` accepts any number.
+        once; `score` accepts any number. `prompts`, the batch's prompts as text or chat messages, are for scorers
+        that read text (a reward model with another tokenizer); the others read `input_ids`.
         """
+        self.prompts = prompts
         self.input_ids = input_ids.to(self.device)
         self.attention_mask = attention_mask.to(self.device, torch.long)
         self.max_candidates = max_candidates

@@ -116,6 +116,33 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
+def prefill_buffer(
+    reward_model: PrefixRewardModel,
+    decoder: IncrementalDecoder,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    limit: int | None = None,
+) -> tuple[KVBuffer, torch.Tensor]:
+    """Run left-padded prompts through `decoder` into a new buffer; return it with the prompts' rewards `(rows,)`.
+
+    The buffer is filled directly, without a transformers cache to copy from (which would hold the prompts' keys
+    and values twice). `limit` is the most positions the buffer will hold, if known (see [`KVBuffer`]).
+    """
+    rows, width = input_ids.shape
+    device = input_ids.device
+    positions = position_ids_from_attention_mask(attention_mask, width)
+    like = torch.empty(0, dtype=reward_model.dtype, device=device)
+    buffer = KVBuffer.empty(decoder.num_layers, rows, *decoder.kv_shape, width, like, limit)
+    # Causal attention to the real tokens; a padding position sees itself only, so no row is empty.
+    index = torch.arange(width, device=device)
+    allowed = (index[None, :] <= index[:, None]) & attention_mask.bool()[:, None, :]
+    allowed |= torch.eye(width, dtype=torch.bool, device=device)
+    hidden = decoder(input_ids, positions, allowed[:, None], buffer)
+    buffer.commit(width)
+    last = last_token_index(attention_mask, rows, width).to(device)
+    return buffer, reward_model.score(hidden[torch.arange(rows, device=device), last]).squeeze(-1).float()
+
+
 class CachedScorer(CandidateScorer):
     """Scores k candidates per row with one reward-model forward of k tokens on top of the prefix's cache.
 
@@ -227,30 +254,12 @@ class CachedScorer(CandidateScorer):
         return rewards
 
     def _prefill(self) -> torch.Tensor:
-        """Run the prompts through the incremental decoder into a new buffer; return their rewards.
-
-        The buffer is filled directly, without a transformers cache to copy from (which would hold the prompts'
-        keys and values twice).
-        """
-        ids, attention = self.input_ids, self.attention_mask
-        rows, width = ids.shape
-        positions = position_ids_from_attention_mask(attention, width)
+        """Run the prompts through the incremental decoder into a new buffer; return their rewards."""
         self.reward_model.check_length(self.longest_prompt)
-        decoder = self.decoder
-        like = torch.empty(0, dtype=self.reward_model.dtype, device=self.device)
-        self.buffer = KVBuffer.empty(
-            decoder.num_layers, rows, *decoder.kv_shape, width, like, self._most_positions()
+        self.buffer, rewards = prefill_buffer(
+            self.reward_model, self.decoder, self.input_ids, self.attention_mask, self._most_positions()
         )
-        # Causal attention to the real tokens; a padding position sees itself only, so no row is empty.
-        index = torch.arange(width, device=self.device)
-        allowed = (index[None, :] <= index[:, None]) & attention.bool()[:, None, :]
-        allowed |= torch.eye(width, dtype=torch.bool, device=self.device)
-        hidden = decoder(ids, positions, allowed[:, None], self.buffer)
-        self.buffer.commit(width)
-        last = last_token_index(attention, rows, width).to(self.device)
-        return (
-            self.reward_model.score(hidden[torch.arange(rows, device=self.device), last]).squeeze(-1).float()
-        )
+        return rewards
 
     def _most_positions(self) -> int | None:
         """The most buffer positions decoding can use, when the reward model's maximum length and the number of
@@ -364,4 +373,4 @@ class CachedScorer(CandidateScorer):
                 setattr(layer, name, tensor[:, :, : length + 1])
 
 
-__all__ = ["CACHE_EXACT_MODEL_TYPES", "STATIC_ROPE_TYPES", "CachedScorer"]
+__all__ = ["CACHE_EXACT_MODEL_TYPES", "STATIC_ROPE_TYPES", "CachedScorer", "prefill_buffer"]

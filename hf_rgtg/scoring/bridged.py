@@ -1,0 +1,199 @@
+"""The bridged scorer: a decoder reward model with another tokenizer, its keys and values cached up to the last
+token of the text that can no longer change, and the k candidates' unstable tails scored in one forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..bridging import BridgedText, TextBridge
+from ..incremental import IncrementalDecoder
+from ..modeling import PrefixRewardModel
+from .cached import CachedScorer, prefill_buffer
+from .text import TextScorerBase
+
+
+@dataclass
+class _Step:
+    """What one row feeds the reward model at one step: its pending stable tokens, then the candidates' tails as a
+    token trie (candidates that share tokens share nodes), and where each candidate's reward is read."""
+
+    pending: list[int]
+    #: Each trie node: `(token, parent node or -1, attach depth, index in its tail)`.
+    nodes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: Each candidate: `("node", index)`, read at a trie node, or `("depth", d)`, the reward of the prompt and the
+    #: first `d` stable tokens (a candidate that adds no text).
+    readouts: list[tuple[str, int]] = field(default_factory=list)
+    longest: int = 0  # the most reward-model tokens of a candidate, prompt included
+
+
+class BridgedScorer(TextScorerBase):
+    """Scores k candidates per row for a decoder reward model whose tokenizer is not the language model's.
+
+    Each row's response is followed as text ([`~hf_rgtg.bridging.BridgedText`]): the reward model's tokens that no
+    continuation is expected to change are encoded once into a key/value buffer; at every step each candidate's
+    text is re-tokenised from there (a few tokens: the last word and the candidate), and the k tails go through
+    one forward as a token trie on top of the buffer, each token attending to its row's stable prefix and to its
+    own ancestors. The stable tokens found after the last step are fed in the same forward. It agrees with
+    [`TextScorer`], which re-encodes every candidate's whole text.
+
+    Needs a decoder reward model that the cached scorer is exact on and the incremental decoder runs (GPT-2 and
+    the Llama family: Llama, Mistral, Qwen2); `scorer="auto"` takes the text scorer otherwise.
+
+    Args:
+        reward_model ([`PrefixRewardModel`]): a decoder prefix reward model.
+        bridge ([`~hf_rgtg.bridging.TextBridge`]): the two tokenizers.
+    """
+
+    description = (
+        "bridged scorer, which caches the reward model's keys and values of the text's stable tokens"
+    )
+    keeps_inputs = False
+
+    @classmethod
+    def unsupported_reason(cls, reward_model: PrefixRewardModel) -> str | None:
+        """Why `reward_model` cannot be scored on a cache through text (`None` when it can)."""
+        model_type = reward_model.config.text_config.model_type
+        if not reward_model.supports_incremental_scoring:
+            return (
+                f"BridgedScorer needs a decoder reward model; {model_type!r} is an encoder, whose every position "
+                "sees the whole text, so each candidate's text is re-encoded whole at every step (quadratic in the "
+                "length)."
+            )
+        reason = CachedScorer.unsupported_reason(reward_model)
+        if reason is not None:
+            return f"BridgedScorer caches as CachedScorer does: {reason}"
+        if IncrementalDecoder.for_backbone(reward_model.backbone, reward_model.head_depth) is None:
+            return f"BridgedScorer runs on the incremental decoder, which has no family for {model_type!r}."
+        return None
+
+    def __init__(self, reward_model: PrefixRewardModel, bridge: TextBridge):
+        super().__init__(reward_model, bridge)
+        reason = self.unsupported_reason(reward_model)
+        if reason is not None:
+            raise ValueError(f'{reason} Use `scorer="text"`, which re-encodes every candidate\'s text.')
+        self.decoder = IncrementalDecoder.for_backbone(reward_model.backbone, reward_model.head_depth)
+
+    @torch.no_grad()
+    def _reset(self) -> torch.Tensor:
+        self._reset_prompts()
+        prompts = self.reward_prompt_ids
+        width = max(len(ids) for ids in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        self.buffer, rewards = prefill_buffer(
+            self.reward_model, self.decoder, ids.to(self.device), mask.to(self.device)
+        )
+        self.valid = mask.bool().to(self.device)  # (rows, buffer length): the columns each row attends to
+        self.texts = [BridgedText(self.bridge) for _ in prompts]
+        self.columns: list[list[int]] = [[] for _ in prompts]  # the buffer column of each cached stable token
+        self.depth_rewards = [[reward] for reward in rewards.tolist()]  # after 0, 1, ... cached stable tokens
+        return rewards
+
+    def _plan(self, row: int, tokens: list[int]) -> _Step:
+        text = self.texts[row]
+        step = _Step(pending=text.stable[len(self.columns[row]) :])
+        trie: dict[tuple[int, tuple[int, ...]], int] = {}
+        prompt = len(self.reward_prompt_ids[row])
+        for token in tokens:
+            candidate = text.text_with(token)
+            depth = text.depth_for(candidate)
+            tail = text.tokens_after(candidate, depth)[0]
+            step.longest = max(step.longest, prompt + depth + len(tail))
+            parent = -1
+            for index in range(len(tail)):
+                key = (depth, tuple(tail[: index + 1]))
+                node = trie.get(key)
+                if node is None:
+                    node = trie[key] = len(step.nodes)
+                    step.nodes.append((tail[index], parent, depth, index))
+                parent = node
+            step.readouts.append(("node", parent) if tail else ("depth", depth))
+        return step
+
+    def _inputs(self, steps: list[_Step]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The forward's token ids and positions `(rows, n)` and its boolean mask `(rows, 1, n, length + n)`:
+        pending tokens in the first slots (as many as the row with the most), trie nodes after them."""
+        width = self.buffer.length
+        pending_slots = max(len(step.pending) for step in steps)
+        n = pending_slots + max(len(step.nodes) for step in steps)
+        ids = torch.zeros((len(steps), n), dtype=torch.long)
+        positions = torch.zeros((len(steps), n), dtype=torch.long)
+        mask = torch.zeros((len(steps), 1, n, width + n), dtype=torch.bool)
+        mask[:, 0, torch.arange(n), width + torch.arange(n)] = True  # every slot sees itself
+        for row, step in enumerate(steps):
+            valid = self.valid[row].cpu()
+            cached, prompt = len(self.columns[row]), len(self.reward_prompt_ids[row])
+            for slot, token in enumerate(step.pending):
+                ids[row, slot], positions[row, slot] = token, prompt + cached + slot
+                mask[row, 0, slot, :width] = valid
+                mask[row, 0, slot, width : width + slot] = True
+            for node, (token, parent, depth, index) in enumerate(step.nodes):
+                slot = pending_slots + node
+                ids[row, slot], positions[row, slot] = token, prompt + depth + index
+                context = mask[row, 0, slot]
+                context[:width] = valid
+                if depth < cached:
+                    context[self.columns[row][depth:]] = False
+                context[width : width + max(0, depth - cached)] = True
+                while parent >= 0:
+                    context[width + pending_slots + parent] = True
+                    parent = step.nodes[parent][1]
+        return ids.to(self.device), positions.to(self.device), mask.to(self.device), pending_slots
+
+    @torch.no_grad()
+    def score(self, candidates: torch.Tensor) -> torch.Tensor:
+        steps = [self._plan(row, tokens) for row, tokens in enumerate(candidates.tolist())]
+        self.longest_reward_input = max(step.longest for step in steps)
+        self.reward_model.check_length(self.longest_reward_input)
+        ids, positions, mask, pending_slots = self._inputs(steps)
+        width = self.buffer.length
+        hidden = self.decoder(ids, positions, mask, self.buffer)
+        rewards = self.reward_model.score(hidden).squeeze(-1).float()
+        self.buffer.commit(pending_slots)
+        written = torch.zeros((len(steps), pending_slots), dtype=torch.bool, device=self.device)
+        per_slot = rewards.tolist()
+        result = []
+        for row, step in enumerate(steps):
+            cached = len(self.columns[row])
+            depth_rewards = self.depth_rewards[row]
+            result.append(
+                [
+                    per_slot[row][pending_slots + at]
+                    if kind == "node"
+                    else (depth_rewards[at] if at <= cached else per_slot[row][at - cached - 1])
+                    for kind, at in step.readouts
+                ]
+            )
+            written[row, : len(step.pending)] = True
+            self.columns[row] += range(width, width + len(step.pending))
+            depth_rewards += per_slot[row][: len(step.pending)]
+        self.valid = torch.cat([self.valid, written], dim=1)
+        return torch.tensor(result, device=self.device)
+
+    def _advance(
+        self, tokens: torch.Tensor, parents: torch.Tensor | None, chosen: torch.Tensor | None
+    ) -> None:
+        if parents is not None:
+            order = parents.tolist()
+            self.texts = [self.texts[i].copy() for i in order]
+            self.columns = [list(self.columns[i]) for i in order]
+            self.depth_rewards = [list(self.depth_rewards[i]) for i in order]
+            self.reward_prompt_ids = [self.reward_prompt_ids[i] for i in order]
+            self.valid = self.valid.index_select(0, parents)
+            self.buffer.reorder(parents)
+        for row, token in enumerate(tokens.tolist()):
+            depth = self.texts[row].append(token)
+            columns = self.columns[row]
+            if depth < len(
+                columns
+            ):  # the decoded text changed before its end: forget the tokens it invalidated
+                self.valid[row, columns[depth:]] = False
+                del columns[depth:], self.depth_rewards[row][depth + 1 :]
+
+
+__all__ = ["BridgedScorer"]
