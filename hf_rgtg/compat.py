@@ -289,18 +289,6 @@ def dropped_generate_streamer() -> Any:
     return _running_generate_local("streamer")
 
 
-def dropped_generate_tokenizer() -> Any:
-    """The `tokenizer=` of the `generate()` call that is running a callable `custom_generate`, read from inside that
-    callable; `None` if there is none.
-
-    Private because: `generate()` takes `tokenizer` out of its keyword arguments into its local
-    `generation_mode_kwargs` (`_extract_generation_mode_kwargs`) before it calls the callable, and hands it only to
-    its own decoding loops; the same in transformers 5.18 and 5.24. Read as [`dropped_generate_streamer`] reads the
-    streamer.
-    """
-    return (_running_generate_local("generation_mode_kwargs") or {}).get("tokenizer")
-
-
 def _running_generate_local(name: str) -> Any:
     """The local `name` of the innermost frame running `GenerationMixin.generate` with a callable
     `custom_generate` (its undecorated function, through `inspect.unwrap`); `None` without one."""
@@ -361,7 +349,6 @@ def release_load_reports(reports: list[logging.LogRecord]) -> None:
 
 __all__ += [
     "dropped_generate_streamer",
-    "dropped_generate_tokenizer",
     "generation_special_tokens",
     "held_load_reports",
     "keep_own_weight_names",

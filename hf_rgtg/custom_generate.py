@@ -28,7 +28,7 @@ from transformers.generation.logits_process import (
 from transformers.generation.utils import GENERATION_MODES_MAPPING
 
 from .auto import resolve_reward_tokenizer
-from .compat import dropped_generate_streamer, dropped_generate_tokenizer, generation_special_tokens
+from .compat import dropped_generate_streamer, generation_special_tokens
 from .configuration import RewardGuidanceConfig
 from .generation import RewardGuidance
 from .modeling import PrefixRewardModel
@@ -127,11 +127,10 @@ def guidance_for_call(
     return reward_guidance
 
 
-def language_tokenizer(model: PreTrainedModel, reward_tokenizer: Any) -> Any:
-    """The language model's tokenizer for this call, to compare with the reward model's: the `tokenizer=` given to
-    `generate()`, else, when the reward model's is known, the one saved with the language model (by its name or
-    folder); `None` when neither is known."""
-    given = dropped_generate_tokenizer()
+def language_tokenizer(model: PreTrainedModel, given: Any, reward_tokenizer: Any) -> Any:
+    """The language model's tokenizer for this call, to compare with the reward model's: the one `given`, else,
+    when the reward model's is known, the one saved with the language model (by its name or folder); `None` when
+    neither is known."""
     if given is not None or reward_tokenizer is None:
         return given
     return resolve_reward_tokenizer(model.name_or_path)
@@ -180,6 +179,7 @@ def reward_guided_generate(
     reward_model: PrefixRewardModel | str | None = None,
     reward_guidance: RewardGuidance | None = None,
     guided_streamer=None,
+    guided_tokenizer=None,
     reward_tokenizer=None,
     reward_prompts=None,
     reward_prompt_template: str | None = None,
@@ -196,9 +196,13 @@ def reward_guided_generate(
     Args:
         reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
         reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
+        guided_tokenizer (`PreTrainedTokenizerBase`, *optional*): the language model's tokenizer, to compare with
+            the reward model's. `generate()` takes `tokenizer=` out of its arguments before it calls a callable
+            `custom_generate`, so it goes by this name here ([`enable_reward_guided_generate`] passes the
+            `tokenizer=` of `generate()` on under it); without it, the one saved with the model is loaded when the
+            reward model's tokenizer is known.
         reward_tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*): the reward model's tokenizer, when it
-            is not the language model's (see [`RewardGuidance`]); the language model's is the `tokenizer=` given to
-            `generate()`, else the one saved with the model.
+            is not the language model's (see [`RewardGuidance`]); by default the one saved with it.
         reward_prompts (list of `str` or of chat messages, *optional*): the prompts as text, for a reward model
             with another tokenizer (see [`RewardGuidance.generate_kwargs`]).
         reward_prompt_template (`str`, *optional*): the prompt's format for such a reward model without a chat
@@ -236,7 +240,7 @@ def reward_guided_generate(
     if reward_model is not None:
         reward_tokenizer = resolve_reward_tokenizer(reward_model, reward_tokenizer)
     tokenizers = {
-        "tokenizer": language_tokenizer(model, reward_tokenizer),
+        "tokenizer": language_tokenizer(model, guided_tokenizer, reward_tokenizer),
         "reward_tokenizer": reward_tokenizer,
         "reward_prompt_template": reward_prompt_template,
     }

@@ -31,7 +31,7 @@ def _guided_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             )
     stop_strings = kwargs.pop("stop_strings", None)
     if stop_strings is not None:
-        tokenizer = kwargs.get("tokenizer")  # kept: it is also the language model's, to compare with the RM's
+        tokenizer = kwargs.get("tokenizer")
         if tokenizer is None:
             raise ValueError("`stop_strings` needs the model's tokenizer: pass `tokenizer=` as well.")
         kwargs["stopping_criteria"] = StoppingCriteriaList(
@@ -40,6 +40,9 @@ def _guided_generate_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
                 StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings),
             ]
         )
+    if kwargs.get("tokenizer") is not None:
+        # `generate()` would drop it on the way to the callable; it is the language model's, to compare with the RM's.
+        kwargs["guided_tokenizer"] = kwargs.pop("tokenizer")
     return {**kwargs, "custom_generate": reward_guided_generate}
 
 

@@ -149,7 +149,7 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         guidance = self._guidance(reward_model, options)
         guidance.check_language_model(self.model, model_inputs["input_ids"])
         mask = model_inputs.get("attention_mask")
-        prompts = _prompts_of(model_inputs.get("prompt_text"))
+        prompt_texts = _prompts_of(model_inputs.get("prompt_text"))
         if not guide:
             model_outputs = super()._forward(model_inputs, **generate_kwargs)
         elif not guidance.config.needs_rewards_while_decoding:
@@ -158,7 +158,7 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
             top_k = {"top_k": guidance.config.top_k} if generate_kwargs.get("do_sample", True) else {}
             model_outputs = super()._forward(model_inputs, **generate_kwargs, **top_k)
         else:
-            guided = guidance.generate_kwargs(attention_mask=mask, prompts=prompts)
+            guided = guidance.generate_kwargs(attention_mask=mask, prompts=prompt_texts)
             for name in ("logits_processor", "stopping_criteria"):
                 given = generate_kwargs.pop(name, None)
                 if given:
@@ -169,11 +169,11 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         flat = sequences.reshape(-1, length)
         input_ids = model_outputs["input_ids"]
         width = input_ids.shape[1]
-        rewards = guidance.sequence_rewards(flat, width, prompt_attention_mask=mask, prompts=prompts)
+        rewards = guidance.sequence_rewards(flat, width, prompt_attention_mask=mask, prompts=prompt_texts)
         model_outputs["reward"] = rewards.reshape(prompts, per_prompt)
         if with_tokens:
             model_outputs["token_rewards"] = self._token_rewards(
-                guidance, flat, input_ids, mask, per_prompt, prompts
+                guidance, flat, input_ids, mask, per_prompt, prompt_texts
             )
         if with_trace:
             model_outputs["trace"] = self._traces(guidance.trace, flat, width, per_prompt)

@@ -15,6 +15,7 @@ from conftest import (
     tiny_config,
 )
 
+import hf_rgtg.pipelines  # noqa: F401  (registers the tasks)
 from hf_rgtg import PrefixRewardConfig, PrefixRewardModel, RewardGuidance
 from hf_rgtg.bridging import BridgedText, TextBridge, text_bridge
 from hf_rgtg.scoring import BridgedScorer, TextScorer, make_scorer
@@ -274,3 +275,49 @@ def test_an_encoder_reward_model_with_its_own_tokenizer_re_encodes_each_text_and
         with torch.no_grad():
             expected = encoder(torch.tensor([ids])).reward.item()
         assert step.reward == pytest.approx(expected, abs=1e-4)
+
+
+def test_every_way_into_generate_bridges_alike(hub_cache, restore_generate):
+    """Way 1, `generate(reward_model=...)`, `custom_generate=`, and the pipeline give one output; the reward
+    model's tokenizer comes from the Hub id it was published under."""
+    from transformers import pipeline
+
+    from hf_rgtg import enable_reward_guided_generate, reward_guided_generate
+
+    tokenizer, reward_tokenizer = build_tokenizer(), other_tokenizer("metaspace")
+    tokenizer.pad_token = tokenizer.eos_token
+    lm = tiny_causal_lm("llama", seed=1, pad_token_id=tokenizer.pad_token_id)
+    rm = rm_for("llama", "metaspace")
+    repo = hub_cache(rm, "org/bridged-rm", tokenizer=reward_tokenizer)
+    prompt = PROMPT_TEXTS[0]
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    settings = {"max_new_tokens": 8, "do_sample": False, "top_k": 5}
+    guidance = RewardGuidance(repo, tokenizer, top_k=5)
+    assert isinstance(guidance.scorer, BridgedScorer)
+    expected = lm.generate(
+        ids, max_new_tokens=8, do_sample=False, **guidance.generate_kwargs(prompts=[prompt])
+    )
+    way3 = lm.generate(
+        ids,
+        custom_generate=reward_guided_generate,
+        reward_model=repo,
+        guided_tokenizer=tokenizer,
+        reward_prompts=[prompt],
+        **settings,
+    )
+    enable_reward_guided_generate()
+    way2 = lm.generate(ids, reward_model=repo, tokenizer=tokenizer, reward_prompts=[prompt], **settings)
+    assert torch.equal(way2, expected) and torch.equal(way3, expected)
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=repo, top_k=5
+    )
+    record = generator(
+        prompt, max_new_tokens=8, do_sample=False, return_full_text=False, return_token_rewards=True
+    )[0]
+    assert record["generated_text"] == tokenizer.decode(expected[0, ids.shape[1] :], skip_special_tokens=True)
+    # The reward is the reward model's own reading of the text, and its token rewards are over its own tokens.
+    assert record["reward"] == pytest.approx(
+        guidance.sequence_rewards(expected, ids.shape[1], prompts=[prompt]).item(), abs=1e-5
+    )
+    response_ids = reward_tokenizer(record["generated_text"], add_special_tokens=False)["input_ids"]
+    assert record["token_rewards"]["token_ids"] == response_ids

@@ -138,7 +138,7 @@ def test_reward_model_with_another_vocabulary_is_rejected():
     ).eval()
     ids, mask = left_padded()
     guidance = RewardGuidance(rm, top_k=3, pad_token_id=PAD)
-    with pytest.raises(ValueError, match="Tokenizer bridging.*not supported yet"):
+    with pytest.raises(ValueError, match="do not share a tokenizer.*`reward_tokenizer=`"):
         lm.generate(
             ids, attention_mask=mask, max_new_tokens=2, pad_token_id=PAD, **guidance.generate_kwargs()
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    ARCHITECTURES,
     CHAT_TEMPLATE,
     PAD,
     VOCAB_SIZE,
@@ -276,3 +277,42 @@ def test_token_texts_show_a_split_character_whole_on_the_token_that_completes_it
     assert "".join(texts) == "Café 😀 ok" and "\ufffd" not in "".join(texts)
     assert "\ufffd" in "".join(tokenizer.decode([token]) for token in ids)  # what decoding one by one shows
     assert "é" in texts and "😀" in texts
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_classifier_padded_with_its_eos_is_scored_at_each_rows_last_real_token(arch, tmp_path):
+    """Reward models from elsewhere often pad with their EOS (RLHFlow #49): each sequence's score is read at its
+    own last real token, in `score_sequences` and in guided decoding alike."""
+    from hf_rgtg import AutoModelForPrefixReward, RewardGuidance
+
+    eos = 3
+    classifier = tiny_sequence_classifier(arch, seed=4, pad_token_id=eos, eos_token_id=eos)
+    classifier.save_pretrained(tmp_path)
+    rm = AutoModelForPrefixReward.from_pretrained(tmp_path).eval()
+    ids, mask = left_padded()
+    lm = tiny_causal_lm(arch, seed=1, pad_token_id=PAD, eos_token_id=eos)
+    guidance = RewardGuidance(rm, eos_token_id=eos, pad_token_id=PAD, record_candidates=True, top_k=4)
+    out = lm.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=6,
+        min_new_tokens=2,
+        do_sample=False,
+        pad_token_id=eos,
+        eos_token_id=eos,
+        **guidance.generate_kwargs(attention_mask=mask),
+    )
+    rewards = guidance.sequence_rewards(out, ids.shape[1], prompt_attention_mask=mask)
+    for row, (sequence, prompt_mask) in enumerate(zip(out.tolist(), mask.tolist(), strict=True)):
+        real = [
+            t
+            for t, m in zip(sequence, prompt_mask + [1] * (len(sequence) - len(prompt_mask)), strict=True)
+            if m
+        ]
+        response = real[sum(prompt_mask) :]
+        kept = real[: sum(prompt_mask) + (response.index(eos) + 1 if eos in response else len(response))]
+        with torch.no_grad():
+            expected = classifier(torch.tensor([kept])).logits[0, 0].item()
+        assert rewards[row].item() == pytest.approx(expected, abs=1e-4)
+        steps = guidance.trace.steps(sequence, ids.shape[1])
+        assert steps[len(kept) - sum(prompt_mask) - 1].reward == pytest.approx(expected, abs=1e-4)
