@@ -34,6 +34,10 @@ ANCHOR_TOKENS = 2
 #: `TextBridge.last_word_start`): text without spaces would otherwise never become stable.
 LONG_WORD = 16
 
+#: The most replacement characters held back at the end of a text: a UTF-8 character has at most 3 bytes before
+#: its last one, and a decoder gives at most one replacement character per byte.
+MAX_HELD_BACK = 3
+
 #: A held-back incomplete character: what decoding gives for the first bytes of a multi-byte UTF-8 sequence.
 REPLACEMENT = "\ufffd"
 
@@ -97,11 +101,14 @@ class TextBridge:
 
     def response_text(self, token_ids: Sequence[int]) -> str:
         """The text of the language model's response tokens, without special tokens; an incomplete character at
-        the end (the first bytes of a multi-byte character) is held back until its last byte arrives."""
+        the end (the first bytes of a multi-byte character, decoded as replacement characters) is held back until
+        its last byte arrives: at most [`MAX_HELD_BACK`] replacement characters."""
         text = self.language_tokenizer.decode(
             list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
-        return text.rstrip(REPLACEMENT)
+        # At most a character's worth: bytes that can never form one (invalid UTF-8) become text as they are.
+        held = min(len(text) - len(text.rstrip(REPLACEMENT)), MAX_HELD_BACK)
+        return text[: len(text) - held]
 
     def response_ids(self, token_ids: Sequence[int]) -> list[int]:
         """The reward model's tokens of the language model's response tokens: their text, re-encoded whole."""
@@ -138,11 +145,18 @@ class TextBridge:
         if missing:
             if len(self._cache) > 1 << 16:
                 self._cache.clear()
-            encoded = self.reward_tokenizer(missing, add_special_tokens=False, return_offsets_mapping=True)
-            for text, ids, offsets in zip(
-                missing, encoded["input_ids"], encoded["offset_mapping"], strict=True
+            # The Rust tokenizer directly: what `reward_tokenizer(texts, add_special_tokens=False)` runs, without
+            # its Python layer, which would cost more than the tokenization of a short window.
+            backend = self.reward_tokenizer.backend_tokenizer
+            for text, encoding in zip(
+                missing, backend.encode_batch(missing, add_special_tokens=False), strict=True
             ):
-                self._cache[text] = (ids, [start for start, _ in offsets], [end for _, end in offsets])
+                offsets = encoding.offsets
+                self._cache[text] = (
+                    encoding.ids,
+                    [start for start, _ in offsets],
+                    [end for _, end in offsets],
+                )
         return [self._cache[text] for text in texts]
 
     def last_word_start(self, text: str) -> int:
@@ -255,6 +269,12 @@ class BridgedText:
                 )
             anchors *= 2
 
+    def prefetch(self, texts: Sequence[str], depth: int) -> None:
+        """Tokenise, in one batch, the windows [`tokens_after`] will first try for `texts` at `depth`."""
+        first = depth - ANCHOR_TOKENS
+        offset = self.stable_ends[first - 1] if first > 0 else 0
+        self.bridge.encode_spans([text[offset:] for text in texts])
+
     def append(self, token_id: int) -> int:
         """Append a language-model token; returns how many stable tokens remain valid (fewer than before only when
         the decoded text changed before its end, which prefix-consistent decoders never do). New stable tokens are
@@ -274,6 +294,8 @@ class BridgedText:
         limit = self.bridge.last_word_start(self.text)
         cuts = [0] + [i for i in range(1, len(tail)) if ends[i - 1] <= min(limit, starts[i])]
         keep = cuts[-1]
+        if keep:
+            self.prefetch([self.text + probe for probe in PROBES], depth)
         for probe in PROBES:
             if keep == 0:
                 return
@@ -316,4 +338,12 @@ def text_bridge(
     return TextBridge(language_tokenizer, reward_tokenizer, prompt_template)
 
 
-__all__ = ["ANCHOR_TOKENS", "LONG_WORD", "PROBES", "BridgedText", "TextBridge", "text_bridge"]
+__all__ = [
+    "ANCHOR_TOKENS",
+    "LONG_WORD",
+    "MAX_HELD_BACK",
+    "PROBES",
+    "BridgedText",
+    "TextBridge",
+    "text_bridge",
+]

@@ -168,7 +168,7 @@ def test_bridged_scorer_follows_multi_byte_and_whitespace_text_exactly(arch, kin
         fast.reset(ids, mask, prompts=prompts), slow.reset(ids, mask, prompts=prompts), atol=1e-5
     )
     generator = torch.Generator().manual_seed(0)
-    for step, token in enumerate(response):
+    for step, token in enumerate(response[:48]):
         if not fast.candidates_fit():
             break
         others = torch.randint(len(tokenizer), (2, 4), generator=generator)
@@ -178,7 +178,7 @@ def test_bridged_scorer_follows_multi_byte_and_whitespace_text_exactly(arch, kin
         fast.advance(candidates[:, 0], None, chosen)
         slow.advance(candidates[:, 0], None, chosen)
     # Most of the text became stable: the cache holds it, only the last word is re-tokenised.
-    assert step > 40
+    assert step == 47
     whole = len(bridge.response_ids(response[:step]))
     assert whole - 12 <= len(fast.texts[0].stable) < whole
 

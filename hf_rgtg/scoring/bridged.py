@@ -16,14 +16,14 @@ from .text import TextScorerBase
 
 @dataclass
 class _Step:
-    """What one row feeds the reward model at one step: its pending stable tokens, then the candidates' tails as a
-    token trie (candidates that share tokens share nodes), and where each candidate's reward is read."""
+    """What one row feeds the reward model at one step: its text's tokens the buffer does not hold yet (`pending`),
+    then the candidates' own tokens as a trie, and where each candidate's reward is read."""
 
     pending: list[int]
     #: Each trie node: `(token, parent node or -1, attach depth, index in its tail)`.
     nodes: list[tuple[int, int, int, int]] = field(default_factory=list)
     #: Each candidate: `("node", index)`, read at a trie node, or `("depth", d)`, the reward of the prompt and the
-    #: first `d` stable tokens (a candidate that adds no text).
+    #: text's first `d` tokens (a candidate that adds no tokens of its own).
     readouts: list[tuple[str, int]] = field(default_factory=list)
     longest: int = 0  # the most reward-model tokens of a candidate, prompt included
 
@@ -31,12 +31,13 @@ class _Step:
 class BridgedScorer(TextScorerBase):
     """Scores k candidates per row for a decoder reward model whose tokenizer is not the language model's.
 
-    Each row's response is followed as text ([`~hf_rgtg.bridging.BridgedText`]): the reward model's tokens that no
-    continuation is expected to change are encoded once into a key/value buffer; at every step each candidate's
-    text is re-tokenised from there (a few tokens: the last word and the candidate), and the k tails go through
-    one forward as a token trie on top of the buffer, each token attending to its row's stable prefix and to its
-    own ancestors. The stable tokens found after the last step are fed in the same forward. It agrees with
-    [`TextScorer`], which re-encodes every candidate's whole text.
+    Each row's response is followed as text ([`~hf_rgtg.bridging.BridgedText`]), and the reward model's tokens of
+    that text are kept in a key/value buffer. At every step the text's unstable end (its last word) and each
+    candidate's text are re-tokenised from a small window; the tokens the buffer already holds are reused, the
+    ones where the text's tokenization changed (a word went on, a space joined it) are masked out for good, and
+    the text's new tokens and the k candidates' own tokens go through one forward, the candidates as a token trie
+    (those that share tokens share nodes), each token attending to what its row's text keeps of the buffer and to
+    its own ancestors. It agrees with [`TextScorer`], which re-encodes every candidate's whole text.
 
     Needs a decoder reward model that the cached scorer is exact on and the incremental decoder runs (GPT-2 and
     the Llama family: Llama, Mistral, Qwen2); `scorer="auto"` takes the text scorer otherwise.
@@ -90,19 +91,28 @@ class BridgedScorer(TextScorerBase):
         )
         self.valid = mask.bool().to(self.device)  # (rows, buffer length): the columns each row attends to
         self.texts = [BridgedText(self.bridge) for _ in prompts]
-        self.columns: list[list[int]] = [[] for _ in prompts]  # the buffer column of each cached stable token
+        self.cached: list[list[int]] = [[] for _ in prompts]  # each row's response tokens in the buffer
+        self.columns: list[list[int]] = [[] for _ in prompts]  # and the buffer column of each
         self.depth_rewards = [[reward] for reward in rewards.tolist()]  # after 0, 1, ... cached stable tokens
         return rewards
 
     def _plan(self, row: int, tokens: list[int]) -> _Step:
+        """The row's step: the reward model's tokens of its text (`target`, the stable ones and the re-tokenised
+        tail) after those already in the buffer, and each candidate's tokens after the ones it shares with
+        `target`, as a trie."""
         text = self.texts[row]
-        step = _Step(pending=text.stable[len(self.columns[row]) :])
+        target = text.stable + text.tokens_after(text.text, len(text.stable))[0]
+        self._keep(row, _shared_length(self.cached[row], target))
+        step = _Step(pending=target[len(self.cached[row]) :])
         trie: dict[tuple[int, tuple[int, ...]], int] = {}
         prompt = len(self.reward_prompt_ids[row])
-        for token in tokens:
-            candidate = text.text_with(token)
+        candidates = [text.text_with(token) for token in tokens]
+        text.prefetch(candidates, len(text.stable))
+        for candidate in candidates:
             depth = text.depth_for(candidate)
-            tail = text.tokens_after(candidate, depth)[0]
+            tokens_of = text.tokens_after(candidate, depth)[0]
+            shared = _shared_length(tokens_of, target[depth:])
+            depth, tail = depth + shared, tokens_of[shared:]
             step.longest = max(step.longest, prompt + depth + len(tail))
             parent = -1
             for index in range(len(tail)):
@@ -114,6 +124,14 @@ class BridgedScorer(TextScorerBase):
                 parent = node
             step.readouts.append(("node", parent) if tail else ("depth", depth))
         return step
+
+    def _keep(self, row: int, count: int) -> None:
+        """Keep the first `count` of the row's tokens in the buffer; the columns of the others are masked out for
+        good (the text's tokenization changed there: a word went on, or a space joined it)."""
+        columns = self.columns[row]
+        if count < len(columns):
+            self.valid[row, columns[count:]] = False
+            del columns[count:], self.cached[row][count:], self.depth_rewards[row][count + 1 :]
 
     def _inputs(self, steps: list[_Step]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """The forward's token ids and positions `(rows, n)` and its boolean mask `(rows, 1, n, length + n)`:
@@ -170,6 +188,7 @@ class BridgedScorer(TextScorerBase):
                 ]
             )
             written[row, : len(step.pending)] = True
+            self.cached[row] += step.pending
             self.columns[row] += range(width, width + len(step.pending))
             depth_rewards += per_slot[row][: len(step.pending)]
         self.valid = torch.cat([self.valid, written], dim=1)
@@ -182,18 +201,24 @@ class BridgedScorer(TextScorerBase):
             order = parents.tolist()
             self.texts = [self.texts[i].copy() for i in order]
             self.columns = [list(self.columns[i]) for i in order]
+            self.cached = [list(self.cached[i]) for i in order]
             self.depth_rewards = [list(self.depth_rewards[i]) for i in order]
             self.reward_prompt_ids = [self.reward_prompt_ids[i] for i in order]
             self.valid = self.valid.index_select(0, parents)
             self.buffer.reorder(parents)
         for row, token in enumerate(tokens.tolist()):
-            depth = self.texts[row].append(token)
-            columns = self.columns[row]
-            if depth < len(
-                columns
-            ):  # the decoded text changed before its end: forget the tokens it invalidated
-                self.valid[row, columns[depth:]] = False
-                del columns[depth:], self.depth_rewards[row][depth + 1 :]
+            self.texts[row].append(token)
+
+
+def _shared_length(first: list[int], second: list[int]) -> int:
+    """How many tokens two lists share from their start."""
+    count = min(len(first), len(second))
+    if first[:count] == second[:count]:
+        return count
+    shared = 0
+    while first[shared] == second[shared]:
+        shared += 1
+    return shared
 
 
 __all__ = ["BridgedScorer"]
