@@ -29,8 +29,7 @@ from transformers.generation.utils import GENERATION_MODES_MAPPING
 
 from .compat import dropped_generate_streamer, generation_special_tokens
 from .configuration import RewardGuidanceConfig
-from .generation import RewardGuidance
-from .modeling import PrefixRewardModel
+from .generation import RewardGuidance, RewardModels
 from .validation import check_streamer, positions_problem
 
 # Processors that `generate()` places after user-given ones; the guidance processor goes before them.
@@ -58,9 +57,10 @@ def check_positions(
         return
     prompt_tokens = int(attention_mask.sum(-1).max()) if attention_mask is not None else input_ids.shape[1]
     new_tokens = generation_config.max_length - input_ids.shape[1]
-    max_positions = guidance.scorer.max_positions
+    scorers = guidance.scorers
+    max_positions = scorers.max_positions
     # Even a call that generates nothing scores its first candidates one position after the prompt.
-    problem = positions_problem(prompt_tokens, max(new_tokens, 1), max_positions, "the reward model")
+    problem = positions_problem(prompt_tokens, max(new_tokens, 1), max_positions, scorers.positions_holder)
     if problem is None:
         return
     problem = f"{problem[0].upper()}{problem[1:]} (`max_position_embeddings`)"
@@ -87,7 +87,7 @@ def guidance_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def guidance_for_call(
-    reward_model: PrefixRewardModel | str | None,
+    reward_model: RewardModels | None,
     reward_guidance: RewardGuidance | None,
     options: dict[str, Any],
     generation_config: Any,
@@ -157,7 +157,7 @@ def reward_guided_generate(
     generation_config,
     synced_gpus: bool = False,
     streamer=None,
-    reward_model: PrefixRewardModel | str | None = None,
+    reward_model: RewardModels | None = None,
     reward_guidance: RewardGuidance | None = None,
     guided_streamer=None,
     **kwargs,
@@ -171,7 +171,8 @@ def reward_guided_generate(
     greedy/sampling or beam-search loop.
 
     Args:
-        reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
+        reward_model ([`PrefixRewardModel`] or `str`, or a list of them): the reward model, or several, one per
+            objective, with `beta=[...]` (one per reward model, or one for all); or give `reward_guidance`.
         reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
         guided_streamer (`BaseStreamer`, *optional*): another name for the streamer; pass `streamer=` to
             `generate()` as usual. transformers 5 drops `streamer`, `tokenizer` and `assistant_model` on the way

@@ -17,7 +17,8 @@ from .configuration import RewardGuidanceConfig
 from .modeling import PrefixRewardModel
 from .processing import RewardGuidedLogitsProcessor
 from .redistribution import score_sequences
-from .scoring import make_scorer
+from .scorer_set import ScorerSet, reward_model_name
+from .scoring import CandidateScorer, make_scorer
 from .stopping import reward_stopping_criteria
 from .tokenization import check_tokenizer, special_token_ids
 from .trace import GuidanceTrace
@@ -46,14 +47,53 @@ def guidance_config(config: RewardGuidanceConfig | None, settings: dict[str, Any
     return config if config is not None else RewardGuidanceConfig(**settings)
 
 
+#: What `reward_model=` takes: one reward model (or its name or folder), or a list of them.
+RewardModels = PrefixRewardModel | str | Sequence[PrefixRewardModel | str]
+
+
+def resolve_reward_models(reward_model: RewardModels) -> tuple[PrefixRewardModel, ...]:
+    """The reward models of `reward_model=`: one (a model, a name or a folder) or a list or tuple of them, each
+    resolved with [`resolve_reward_model`]. With several, a refusal names the one at fault (`reward_model[1]`)."""
+    if not isinstance(reward_model, (list, tuple)):
+        return (resolve_reward_model(reward_model),)
+    if not reward_model:
+        raise ValueError(
+            "`reward_model` is an empty list: give a reward model, or a list of them with one `beta` each (or one "
+            "`beta` for all), e.g. `reward_model=[rm1, rm2], beta=[1.0, 0.5]`."
+        )
+    models = []
+    for index, item in enumerate(reward_model):
+        try:
+            models.append(resolve_reward_model(item))
+        except (ValueError, OSError) as error:
+            raise type(error)(f"{reward_model_name(index, len(reward_model))}: {error}") from error
+    return tuple(models)
+
+
+def scorer_for(reward_model: PrefixRewardModel, kind: str) -> CandidateScorer:
+    """The scorer of one reward model: the one place where guidance builds a scorer, once per reward model (with
+    several, each gets its own, of the same `kind`)."""
+    return make_scorer(reward_model, kind)
+
+
 class RewardGuidance:
     r"""
-    Builds the [`RewardGuidedLogitsProcessor`] and the stopping criteria for `generate()`, over one scorer and one
-    row tracker, and reads the results afterwards.
+    Builds the [`RewardGuidedLogitsProcessor`] and the stopping criteria for `generate()`, over one scorer per
+    reward model and one row tracker, and reads the results afterwards.
+
+    Several reward models (`reward_model=[rm1, rm2]`, multi-objective guidance as in GenARM and controlled decoding)
+    score every candidate side by side, each with its own scorer, and the candidate's score is
+    `log p + sum_i beta_i * transform_i(r_i)`: `beta`, `reward_transform` and `standardize_rewards` take one value
+    per reward model, or one for all. What reads rewards back reports their combination `sum_i beta_i * r_i` of
+    the raw rewards ([`RewardGuidanceConfig.combine_rewards`]; the trace's `reward`, `reward_threshold`,
+    [`~RewardGuidance.sequence_rewards`]) and each reward model's own (`sequence_rewards(..., per_model=True)`,
+    the trace's `rewards_per_model`). With one reward model,
+    everything is as it has always been: the reward is that model's.
 
     Args:
-        reward_model ([`PrefixRewardModel`] or `str`): the reward model, or a name/path to load with
-            [`AutoModelForPrefixReward`]. It must share the language model's tokenizer.
+        reward_model ([`PrefixRewardModel`] or `str`, or a list of them): the reward model, or a name/path to load
+            with [`AutoModelForPrefixReward`]; or a list of them, one per objective. Each must share the language
+            model's tokenizer.
         tokenizer (`PreTrainedTokenizerBase`, *optional*): the shared tokenizer; its EOS and pad ids are used when
             `eos_token_id`/`pad_token_id` are not given.
         config ([`RewardGuidanceConfig`], *optional*): the settings; or give them as keyword arguments (`beta`,
@@ -77,12 +117,25 @@ class RewardGuidance:
     >>> out = lm.generate(prompt, max_new_tokens=5, do_sample=True, **guidance.generate_kwargs())
     >>> guidance.sequence_rewards(out, prompt_length=3).shape
     torch.Size([1])
+
+    Two reward models, the second weighed half as much as the first:
+
+    >>> rm2 = AutoModelForPrefixReward.from_config(config).eval()
+    >>> both = RewardGuidance([rm, rm2], beta=[1.0, 0.5], top_k=8, eos_token_id=0, pad_token_id=0)
+    >>> out = lm.generate(prompt, max_new_tokens=5, do_sample=False, **both.generate_kwargs())
+    >>> per_model = both.sequence_rewards(out, prompt_length=3, per_model=True)  # (rows, reward models)
+    >>> per_model.shape
+    torch.Size([1, 2])
+    >>> torch.allclose(both.sequence_rewards(out, prompt_length=3), per_model[:, 0] + 0.5 * per_model[:, 1])
+    True
+    >>> len(both.trace.steps(out[0], prompt_length=3)[0].rewards_per_model)
+    2
     ```
     """
 
     def __init__(
         self,
-        reward_model: PrefixRewardModel | str,
+        reward_model: RewardModels,
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
         config: RewardGuidanceConfig | None = None,
@@ -92,22 +145,43 @@ class RewardGuidance:
     ):
         self.config = guidance_config(config, config_kwargs)
         check_tokenizer(tokenizer)
-        self.reward_model = resolve_reward_model(reward_model)
-        self.scorer = make_scorer(self.reward_model, self.config.scorer)
-        self.scorer.check_candidates(self.config.top_k)
+        #: Every reward model, in the order given (one, without a list).
+        self.reward_models = resolve_reward_models(reward_model)
+        self.config.check_num_models(len(self.reward_models))
+        #: One scorer per reward model, driven together.
+        self.scorers = ScorerSet([scorer_for(model, self.config.scorer) for model in self.reward_models])
+        self.scorers.check_candidates(self.config.top_k)
         self.eos_token_id, self.pad_token_id = special_token_ids(
-            tokenizer, eos_token_id, pad_token_id, default_eos_token_id=self.scorer.default_eos_token_id
+            tokenizer, eos_token_id, pad_token_id, default_eos_token_id=self.scorers.default_eos_token_id
         )
-        self.scorer.check_token_ids("eos_token_id", self.eos_token_id or [])
-        self.scorer.check_token_ids("pad_token_id", [] if self.pad_token_id is None else [self.pad_token_id])
+        self.scorers.check_token_ids("eos_token_id", self.eos_token_id or [])
+        self.scorers.check_token_ids("pad_token_id", [] if self.pad_token_id is None else [self.pad_token_id])
         self.tracker = RowTracker(
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
             reward_threshold=self.config.reward_threshold,
             record_candidates=self.config.record_candidates,
         )
-        self.logits_processor = RewardGuidedLogitsProcessor(self.scorer, self.tracker, self.config)
-        self.stopping_criteria = reward_stopping_criteria(self.tracker, self.scorer, self.config)
+        self.logits_processor = RewardGuidedLogitsProcessor(self.scorers, self.tracker, self.config)
+        self.stopping_criteria = reward_stopping_criteria(self.tracker, self.scorers, self.config)
+
+    def _the_one(self, what: str, items: Sequence[Any]) -> Any:
+        if len(items) > 1:
+            raise ValueError(
+                f"This RewardGuidance has {len(items)} reward models, so it has no single `{what}`: read "
+                f"`{what}s` (one per reward model), and `sequence_rewards(..., per_model=True)` for each one's rewards."
+            )
+        return items[0]
+
+    @property
+    def reward_model(self) -> PrefixRewardModel:
+        """The reward model, when there is one (with several, read `reward_models`)."""
+        return self._the_one("reward_model", self.reward_models)
+
+    @property
+    def scorer(self) -> CandidateScorer:
+        """The reward model's scorer, when there is one reward model (with several, read `scorers`)."""
+        return self._the_one("scorer", self.scorers.scorers)
 
     @property
     def state(self) -> RowTracker:
@@ -137,7 +211,7 @@ class RewardGuidance:
         lm_vocab = (
             getattr(output_embeddings, "out_features", None) or model.config.get_text_config().vocab_size
         )
-        self.scorer.check_candidates(self.config.top_k, lm_vocab)
+        self.scorers.check_candidates(self.config.top_k, lm_vocab)
 
     def generate_kwargs(self, attention_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """`{"logits_processor": ..., "stopping_criteria": ...}` for `model.generate(**inputs, **kwargs)`.
@@ -159,8 +233,11 @@ class RewardGuidance:
         prompt_length: int,
         prompt_attention_mask: torch.Tensor | None = None,
         batch_size: int = 32,
+        per_model: bool = False,
     ) -> torch.Tensor:
-        """The reward of each sequence `generate()` returned, read at its last real token.
+        """The reward of each sequence `generate()` returned, read at its last real token; with several reward
+        models, their combination `sum_i beta_i * r_i` ([`RewardGuidanceConfig.combine_rewards`]), or with
+        `per_model=True` each one's.
 
         The prompt's left padding is masked (from `prompt_attention_mask` or the pad id), and so is everything
         after a sequence's first end-of-sequence token (the padding `generate()` appends to finished rows).
@@ -172,19 +249,33 @@ class RewardGuidance:
             prompt_attention_mask (`torch.Tensor`, *optional*): the prompts' mask, `(rows, prompt_length)` or
                 `(batch, prompt_length)` when each prompt was expanded into several rows.
             batch_size (`int`, *optional*, defaults to 32): rows per reward-model forward.
+            per_model (`bool`, *optional*, defaults to `False`): return every reward model's reward instead of
+                their combination.
 
         Returns:
-            `torch.FloatTensor` of shape `(rows,)`.
+            `torch.FloatTensor` of shape `(rows,)`, or `(rows, reward models)` with `per_model=True` (in the order
+            of `reward_model=[...]`).
         """
-        return score_sequences(
-            self.reward_model,
-            sequences,
-            prompt_length,
-            prompt_attention_mask=prompt_attention_mask,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id,
-            batch_size=batch_size,
-        )
+        rewards = [
+            score_sequences(
+                model,
+                sequences,
+                prompt_length,
+                prompt_attention_mask=prompt_attention_mask,
+                eos_token_id=self.eos_token_id,
+                pad_token_id=self.pad_token_id,
+                batch_size=batch_size,
+            ).float()
+            for model in self.reward_models
+        ]
+        rewards = torch.stack(rewards, dim=-1)
+        return rewards if per_model else self.config.combine_rewards(rewards)
 
 
-__all__ = ["RewardGuidance", "guidance_config"]
+__all__ = [
+    "RewardGuidance",
+    "RewardModels",
+    "guidance_config",
+    "resolve_reward_models",
+    "scorer_for",
+]
