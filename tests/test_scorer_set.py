@@ -253,11 +253,12 @@ def test_each_reward_model_has_its_own_transform_and_standardisation():
     combined = top + 2.0 * rewards[0].sigmoid() - 0.5 * second
     expected = torch.full_like(scores, float("-inf")).scatter(1, candidates, combined)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
-    # The trace keeps the raw rewards, combined with the betas alone.
-    raw = 2.0 * rewards[0] - 0.5 * rewards[1]
-    torch.testing.assert_close(
-        torch.tensor(guidance.tracker._candidate_rewards), raw, atol=1e-4, rtol=0, check_dtype=False
-    )
+    # The trace keeps the raw rewards, combined with the betas alone, and each reward model's.
+    roots = [guidance.trace.roots[tuple(row)] for row in ids.tolist()]
+    recorded = torch.tensor([guidance.trace.candidates[root][1] for root in roots])
+    torch.testing.assert_close(recorded, 2.0 * rewards[0] - 0.5 * rewards[1], atol=1e-4, rtol=0)
+    per_model = torch.tensor([guidance.trace.candidates_per_model[root] for root in roots])
+    torch.testing.assert_close(per_model, torch.stack(rewards, dim=-1), atol=1e-4, rtol=0)
 
 
 def test_one_transform_or_flag_applies_to_every_reward_model():
