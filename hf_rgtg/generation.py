@@ -87,8 +87,8 @@ class RewardGuidance:
     per reward model, or one for all. What reads rewards back reports their combination `sum_i beta_i * r_i` of
     the raw rewards ([`RewardGuidanceConfig.combine_rewards`]; the trace's `reward`, `reward_threshold`,
     [`~RewardGuidance.sequence_rewards`]) and each reward model's own (`sequence_rewards(..., per_model=True)`,
-    the trace's `rewards_per_model`). With one reward model,
-    everything is as it has always been: the reward is that model's.
+    the trace's `rewards_per_model`). With one reward model, everything is as it has always been: the reward is
+    that model's.
 
     Args:
         reward_model ([`PrefixRewardModel`] or `str`, or a list of them): the reward model, or a name/path to load
