@@ -38,6 +38,10 @@ LONG_WORD = 16
 #: its last one, and a decoder gives at most one replacement character per byte.
 MAX_HELD_BACK = 3
 
+#: How many tokenised windows a bridge remembers before it forgets them all: a step asks for about
+#: `rows * (top_k + len(PROBES))` windows, and only the last steps' come back.
+MEMO_SIZE = 4096
+
 #: A held-back incomplete character: what decoding gives for the first bytes of a multi-byte UTF-8 sequence.
 REPLACEMENT = "\ufffd"
 
@@ -143,7 +147,7 @@ class TextBridge:
         text; memoised, since decoding asks for the same short windows again and again."""
         missing = [text for text in dict.fromkeys(texts) if text not in self._cache]
         if missing:
-            if len(self._cache) > 1 << 16:
+            if len(self._cache) > MEMO_SIZE:
                 self._cache.clear()
             # The Rust tokenizer directly: what `reward_tokenizer(texts, add_special_tokens=False)` runs, without
             # its Python layer, which would cost more than the tokenization of a short window.

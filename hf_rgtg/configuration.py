@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
@@ -114,6 +114,46 @@ REWARD_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 #: The metadata key of a `RewardGuidanceConfig` field whose `generate()` keyword differs from the field's name.
 GENERATE_NAME = "generate_name"
 
+#: The settings of `RewardGuidanceConfig` that take one value per reward model (or one value for all of them).
+PER_MODEL_SETTINGS = ("beta", "reward_transform", "standardize_rewards")
+
+
+def per_model_setting(name: str, value: Any, check: Callable[[str, Any], Any]) -> Any:
+    """`value` checked by `check(name, value)`, or, for a list or tuple (one value per reward model), each item
+    checked as `name[i]`: returns the checked value, or a list of them. An empty list, and every invalid item at
+    once, are refused by name."""
+    if not isinstance(value, (list, tuple)):
+        return check(name, value)
+    if not value:
+        raise ValueError(
+            f"`{name}` is an empty list: give one value per reward model, or a single value for all of them."
+        )
+    checked, problems = [], []
+    for index, item in enumerate(value):
+        try:
+            checked.append(check(f"{name}[{index}]", item))
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise ValueError(
+            f"`{name}` (={list(value)!r}) holds one value per reward model: {' '.join(problems)}"
+        )
+    return checked
+
+
+def _checked_transform(name: str, value: Any) -> str | Callable[[torch.Tensor], torch.Tensor]:
+    if not callable(value) and (not isinstance(value, str) or value not in REWARD_TRANSFORMS):
+        raise ValueError(
+            f"`{name}` (={value!r}) has to be one of {sorted(REWARD_TRANSFORMS)} or a function of a tensor."
+        )
+    return value
+
+
+def _checked_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` (={value!r}) has to be True or False.")
+    return value
+
 
 @dataclass
 class RewardGuidanceConfig:
@@ -124,17 +164,26 @@ class RewardGuidanceConfig:
     [`~RewardGuidanceConfig.generate_names`] says otherwise: `scorer` is `reward_scorer` there, and `max_time` is
     `reward_max_time`, because `generate()` keeps `max_time` for its own time limit.
 
+    With several reward models (`reward_model=[rm1, rm2]`), the candidates' scores are
+    `log p + sum_i beta_i * transform_i(r_i)`: `beta`, `reward_transform` and `standardize_rewards` each take one
+    value per reward model (a list, in the reward models' order) or a single value for all of them.
+
     Attributes:
-        beta (`float`, defaults to 1.0): weight of the reward against the language model's log-probability. The
-            PARGS paper uses 1 for greedy decoding and 2 for sampling.
+        beta (`float` or list of `float`, defaults to 1.0): weight of the reward against the language model's
+            log-probability; one per reward model, or one for all. The PARGS paper uses 1 for greedy decoding and
+            2 for sampling.
         top_k (`int`, defaults to 10): how many of the language model's best tokens are scored at each step.
         score_with (`str`, defaults to `"logprobs"`): `"logprobs"` combines the reward with
             `log_softmax(scores)`; `"logits"` with the raw scores, as ARGS does.
-        reward_transform (`str` or callable, defaults to `"identity"`): applied to the rewards before use:
-            `"identity"`, `"clamp"` (to [0, 1], as RAD does), `"sigmoid"`, or a function of a tensor.
-        standardize_rewards (`bool`, defaults to `False`): standardise the rewards within each row's k candidates
-            (zero mean, unit variance) before weighting them.
-        reward_threshold (`float`, *optional*): stop a sequence once its prefix reward reaches this value.
+        reward_transform (`str` or callable, or a list of them, defaults to `"identity"`): applied to the rewards
+            before use: `"identity"`, `"clamp"` (to [0, 1], as RAD does), `"sigmoid"`, or a function of a tensor;
+            one per reward model, or one for all.
+        standardize_rewards (`bool` or list of `bool`, defaults to `False`): standardise the rewards within each
+            row's k candidates (zero mean, unit variance) before weighting them; one per reward model, or one for
+            all.
+        reward_threshold (`float`, *optional*): stop a sequence once its prefix reward reaches this value. With
+            several reward models it reads their combination `sum_i beta_i * r_i` of the raw rewards (see
+            [`~RewardGuidanceConfig.combine_rewards`]).
         max_reward_calls (`int`, *optional*): stop every sequence once the reward model has scored this many steps
             (one call scores the k candidates of every row).
         max_time (`float`, *optional*): stop every sequence once this many seconds have passed since the first
@@ -153,14 +202,19 @@ class RewardGuidanceConfig:
     >>> config = RewardGuidanceConfig(beta=2.0, top_k=10)
     >>> config.generate_names()["scorer"], config.generate_names()["beta"]
     ('reward_scorer', 'beta')
+    >>> two = RewardGuidanceConfig(beta=[1.0, 0.5], reward_transform="sigmoid")
+    >>> two.per_model("beta", 2), two.per_model("reward_transform", 2)
+    ([1.0, 0.5], ['sigmoid', 'sigmoid'])
     ```
     """
 
-    beta: float = 1.0
+    beta: float | Sequence[float] = 1.0
     top_k: int = 10
     score_with: str = "logprobs"
-    reward_transform: str | Callable[[torch.Tensor], torch.Tensor] = "identity"
-    standardize_rewards: bool = False
+    reward_transform: (
+        str | Callable[[torch.Tensor], torch.Tensor] | Sequence[str | Callable[[torch.Tensor], torch.Tensor]]
+    ) = "identity"
+    standardize_rewards: bool | Sequence[bool] = False
     reward_threshold: float | None = None
     max_reward_calls: int | None = None
     max_time: float | None = field(default=None, metadata={GENERATE_NAME: "reward_max_time"})
@@ -168,20 +222,19 @@ class RewardGuidanceConfig:
     scorer: str = field(default="auto", metadata={GENERATE_NAME: "reward_scorer"})
 
     def __post_init__(self):
-        self.beta = checked_finite("beta", self.beta, "e.g. `beta=1.0`")
+        self.beta = per_model_setting(
+            "beta", self.beta, lambda name, value: checked_finite(name, value, "e.g. `beta=1.0`")
+        )
         self.top_k = checked_positive_int("top_k", self.top_k, "e.g. `top_k=10`")
         if self.score_with not in ("logprobs", "logits"):
             raise ValueError(f"`score_with` (={self.score_with!r}) has to be 'logprobs' or 'logits'.")
-        if not callable(self.reward_transform) and (
-            not isinstance(self.reward_transform, str) or self.reward_transform not in REWARD_TRANSFORMS
-        ):
-            raise ValueError(
-                f"`reward_transform` (={self.reward_transform!r}) has to be one of {sorted(REWARD_TRANSFORMS)} or a "
-                "function of a tensor."
-            )
-        for name in ("standardize_rewards", "record_candidates"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` (={getattr(self, name)!r}) has to be True or False.")
+        self.reward_transform = per_model_setting(
+            "reward_transform", self.reward_transform, _checked_transform
+        )
+        self.standardize_rewards = per_model_setting(
+            "standardize_rewards", self.standardize_rewards, _checked_flag
+        )
+        _checked_flag("record_candidates", self.record_candidates)
         if self.reward_threshold is not None:
             self.reward_threshold = checked_finite(
                 "reward_threshold", self.reward_threshold, "e.g. `reward_threshold=2.0`, or None"
@@ -211,25 +264,82 @@ class RewardGuidanceConfig:
 
     @property
     def needs_rewards_while_decoding(self) -> bool:
-        """Whether decoding has to score candidates at all: `False` when the rewards weigh nothing (`beta` 0), no
-        stopping rule reads them and the trace need not record them. Decoding is then the language model's own
-        top-k decoding, and callers may run it without the reward model (which can still score the result)."""
+        """Whether decoding has to score candidates at all: `False` when the rewards weigh nothing (`beta` 0, or
+        every `beta` 0 with several reward models), no stopping rule reads them and the trace need not record
+        them. Decoding is then the language model's own top-k decoding, and callers may run it without the reward
+        models (which can still score the result)."""
+        betas = self.beta if isinstance(self.beta, list) else [self.beta]
         return bool(
-            self.beta != 0
+            any(beta != 0 for beta in betas)
             or self.record_candidates
             or any(
                 limit is not None for limit in (self.reward_threshold, self.max_reward_calls, self.max_time)
             )
         )
 
-    def transform(self, rewards: torch.Tensor) -> torch.Tensor:
-        """`rewards` through `reward_transform`."""
-        fn = (
-            self.reward_transform
-            if callable(self.reward_transform)
-            else REWARD_TRANSFORMS[self.reward_transform]
-        )
-        return fn(rewards)
+    def per_model(self, name: str, num_models: int) -> list[Any]:
+        """The setting `name` (one of [`PER_MODEL_SETTINGS`]) of each of `num_models` reward models: a single value
+        repeated, or the list given, which has to hold one value per reward model.
+
+        Raises:
+            `ValueError`: naming the setting, both lengths and the fix, for a list of another length.
+        """
+        value = getattr(self, name)
+        if not isinstance(value, list):
+            return [value] * num_models
+        if len(value) != num_models:
+            values = f"{len(value)} value{'s' if len(value) != 1 else ''}"
+            models = f"{num_models} reward model{'s' if num_models != 1 else ''}"
+            raise ValueError(
+                f"`{name}` (={value!r}) has {values} for {models}: give one value per reward model (a list of "
+                f"{num_models}), or a single value for all of them."
+            )
+        return list(value)
+
+    def check_num_models(self, num_models: int) -> None:
+        """Refuse a per-model setting ([`PER_MODEL_SETTINGS`]) whose list does not hold `num_models` values."""
+        for name in PER_MODEL_SETTINGS:
+            self.per_model(name, num_models)
+
+    def transform(self, rewards: torch.Tensor, model: int = 0) -> torch.Tensor:
+        """`rewards` through `reward_transform` (of the reward model at index `model`, when there is one per
+        reward model)."""
+        transform = self.reward_transform
+        if isinstance(transform, list):
+            transform = transform[model]
+        return (transform if callable(transform) else REWARD_TRANSFORMS[transform])(rewards)
+
+    def combine_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """The reward that the trace records, `reward_threshold` reads and the pipelines report, from the raw
+        rewards of each reward model, `rewards` `(..., num_models)`: for one reward model its own reward; for
+        several, `sum_i beta_i * r_i` (before any `reward_transform` or standardisation, which shape only the
+        candidates' scores).
+
+        Examples:
+
+        ```python
+        >>> import torch
+        >>> from hf_rgtg import RewardGuidanceConfig
+        >>> RewardGuidanceConfig(beta=[1.0, 0.5]).combine_rewards(torch.tensor([[2.0, -1.0]])).tolist()
+        [1.5]
+        >>> RewardGuidanceConfig(beta=2.0).combine_rewards(torch.tensor([[2.0]])).tolist()  # one model: r itself
+        [2.0]
+        ```
+        """
+        if rewards.shape[-1] == 1:
+            return rewards[..., 0]
+        betas = self.per_model("beta", rewards.shape[-1])
+        combined = betas[0] * rewards[..., 0]
+        for index in range(1, len(betas)):
+            combined = combined + betas[index] * rewards[..., index]
+        return combined
 
 
-__all__ = ["GENERATE_NAME", "REWARD_TRANSFORMS", "PrefixRewardConfig", "RewardGuidanceConfig"]
+__all__ = [
+    "GENERATE_NAME",
+    "PER_MODEL_SETTINGS",
+    "REWARD_TRANSFORMS",
+    "PrefixRewardConfig",
+    "RewardGuidanceConfig",
+    "per_model_setting",
+]

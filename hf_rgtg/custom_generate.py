@@ -30,8 +30,7 @@ from transformers.generation.utils import GENERATION_MODES_MAPPING
 from .auto import resolve_reward_tokenizer
 from .compat import dropped_generate_streamer, generation_special_tokens
 from .configuration import RewardGuidanceConfig
-from .generation import RewardGuidance
-from .modeling import PrefixRewardModel
+from .generation import RewardGuidance, RewardModels, reward_tokenizers
 from .validation import check_streamer, positions_problem
 
 # Processors that `generate()` places after user-given ones; the guidance processor goes before them.
@@ -59,9 +58,10 @@ def check_positions(
         return
     prompt_tokens = int(attention_mask.sum(-1).max()) if attention_mask is not None else input_ids.shape[1]
     new_tokens = generation_config.max_length - input_ids.shape[1]
-    max_positions = guidance.scorer.max_positions
+    scorers = guidance.scorers
+    max_positions = scorers.max_positions
     # Even a call that generates nothing scores its first candidates one position after the prompt.
-    problem = positions_problem(prompt_tokens, max(new_tokens, 1), max_positions, "the reward model")
+    problem = positions_problem(prompt_tokens, max(new_tokens, 1), max_positions, scorers.positions_holder)
     if problem is None:
         return
     problem = f"{problem[0].upper()}{problem[1:]} (`max_position_embeddings`)"
@@ -88,7 +88,7 @@ def guidance_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def guidance_for_call(
-    reward_model: PrefixRewardModel | str | None,
+    reward_model: RewardModels | None,
     reward_guidance: RewardGuidance | None,
     options: dict[str, Any],
     generation_config: Any,
@@ -127,11 +127,11 @@ def guidance_for_call(
     return reward_guidance
 
 
-def language_tokenizer(model: PreTrainedModel, given: Any, reward_tokenizer: Any) -> Any:
-    """The language model's tokenizer for this call, to compare with the reward model's: the one `given`, else,
-    when the reward model's is known, the one saved with the language model (by its name or folder); `None` when
+def language_tokenizer(model: PreTrainedModel, given: Any, reward_tokenizers: list[Any]) -> Any:
+    """The language model's tokenizer for this call, to compare with the reward models': the one `given`, else,
+    when a reward model's is known, the one saved with the language model (by its name or folder); `None` when
     neither is known."""
-    if given is not None or reward_tokenizer is None:
+    if given is not None or all(tokenizer is None for tokenizer in reward_tokenizers):
         return given
     return resolve_reward_tokenizer(model.name_or_path)
 
@@ -176,7 +176,7 @@ def reward_guided_generate(
     generation_config,
     synced_gpus: bool = False,
     streamer=None,
-    reward_model: PrefixRewardModel | str | None = None,
+    reward_model: RewardModels | None = None,
     reward_guidance: RewardGuidance | None = None,
     guided_streamer=None,
     guided_tokenizer=None,
@@ -194,15 +194,17 @@ def reward_guided_generate(
     greedy/sampling or beam-search loop.
 
     Args:
-        reward_model ([`PrefixRewardModel`] or `str`): the reward model (or give `reward_guidance`).
+        reward_model ([`PrefixRewardModel`] or `str`, or a list of them): the reward model, or several, one per
+            objective, with `beta=[...]` (one per reward model, or one for all); or give `reward_guidance`.
         reward_guidance ([`RewardGuidance`]): a ready façade, to read its trace afterwards.
         guided_tokenizer (`PreTrainedTokenizerBase`, *optional*): the language model's tokenizer, to compare with
             the reward model's. `generate()` takes `tokenizer=` out of its arguments before it calls a callable
             `custom_generate`, so it goes by this name here ([`enable_reward_guided_generate`] passes the
             `tokenizer=` of `generate()` on under it); without it, the one saved with the model is loaded when the
             reward model's tokenizer is known.
-        reward_tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*): the reward model's tokenizer, when it
-            is not the language model's (see [`RewardGuidance`]); by default the one saved with it.
+        reward_tokenizer (`PreTrainedTokenizerBase` or `str`, or a list of them, *optional*): the reward model's
+            tokenizer (one per reward model), when it is not the language model's (see [`RewardGuidance`]); by
+            default the one saved with it.
         reward_prompts (list of `str` or of chat messages, *optional*): the prompts as text, for a reward model
             with another tokenizer (see [`RewardGuidance.generate_kwargs`]).
         reward_prompt_template (`str`, *optional*): the prompt's format for such a reward model without a chat
@@ -238,9 +240,14 @@ def reward_guided_generate(
     """
     options = guidance_options(kwargs)
     if reward_model is not None:
-        reward_tokenizer = resolve_reward_tokenizer(reward_model, reward_tokenizer)
+        count = len(reward_model) if isinstance(reward_model, (list, tuple)) else 1
+        reward_tokenizer = reward_tokenizers(reward_model, reward_tokenizer, count)
     tokenizers = {
-        "tokenizer": language_tokenizer(model, guided_tokenizer, reward_tokenizer),
+        "tokenizer": language_tokenizer(
+            model,
+            guided_tokenizer,
+            reward_tokenizer if isinstance(reward_tokenizer, list) else [reward_tokenizer],
+        ),
         "reward_tokenizer": reward_tokenizer,
         "reward_prompt_template": reward_prompt_template,
     }

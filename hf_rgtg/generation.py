@@ -14,12 +14,13 @@ from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokeniz
 from transformers.utils import ModelOutput
 
 from .auto import resolve_reward_model, resolve_reward_tokenizer
-from .bridging import text_bridge
+from .bridging import TextBridge, text_bridge
 from .configuration import RewardGuidanceConfig
 from .modeling import PrefixRewardModel
 from .processing import RewardGuidedLogitsProcessor
 from .redistribution import score_sequences, through_first_eos
-from .scoring import make_scorer, whole_text_rewards
+from .scorer_set import ScorerSet, reward_model_name
+from .scoring import CandidateScorer, make_scorer, whole_text_rewards
 from .stopping import reward_stopping_criteria
 from .tokenization import Prompt, check_tokenizer, special_token_ids
 from .trace import GuidanceTrace, output_sequences
@@ -50,21 +51,109 @@ def guidance_config(config: RewardGuidanceConfig | None, settings: dict[str, Any
     return config if config is not None else RewardGuidanceConfig(**settings)
 
 
+#: What `reward_model=` takes: one reward model (or its name or folder), or a list of them.
+RewardModels = PrefixRewardModel | str | Sequence[PrefixRewardModel | str]
+
+
+def resolve_reward_models(reward_model: RewardModels) -> tuple[PrefixRewardModel, ...]:
+    """The reward models of `reward_model=`: one (a model, a name or a folder) or a list or tuple of them, each
+    resolved with [`resolve_reward_model`]. With several, a refusal names the one at fault (`reward_model[1]`)."""
+    if not isinstance(reward_model, (list, tuple)):
+        return (resolve_reward_model(reward_model),)
+    if not reward_model:
+        raise ValueError(
+            "`reward_model` is an empty list: give a reward model, or a list of them with one `beta` each (or one "
+            "`beta` for all), e.g. `reward_model=[rm1, rm2], beta=[1.0, 0.5]`."
+        )
+    models = []
+    for index, item in enumerate(reward_model):
+        try:
+            models.append(resolve_reward_model(item))
+        except (ValueError, OSError) as error:
+            raise type(error)(f"{reward_model_name(index, len(reward_model))}: {error}") from error
+    return tuple(models)
+
+
+def scorer_for(
+    reward_model: PrefixRewardModel, kind: str, bridge: TextBridge | None = None
+) -> CandidateScorer:
+    """The scorer of one reward model: the one place where guidance builds a scorer, once per reward model (with
+    several, each gets its own, of the same `kind`), reading text through `bridge` when it has another tokenizer
+    than the language model."""
+    return make_scorer(reward_model, kind, bridge)
+
+
+def reward_tokenizers(
+    given: RewardModels, reward_tokenizer: Any, count: int
+) -> list[PreTrainedTokenizerBase | None]:
+    """Each of the `count` reward models' tokenizer: `reward_tokenizer` (one for all, or one per reward model, each
+    a tokenizer, a name or `None`), else the one saved with the reward model as `given` (a name or a folder), else
+    `None`."""
+    givens = list(given) if isinstance(given, (list, tuple)) else [given]
+    tokenizers = (
+        list(reward_tokenizer) if isinstance(reward_tokenizer, (list, tuple)) else [reward_tokenizer] * count
+    )
+    if len(tokenizers) != count:
+        raise ValueError(
+            f"`reward_tokenizer` has {len(tokenizers)} tokenizers for {count} reward models; give one per reward "
+            "model, in the same order (None for one whose saved tokenizer is to be used)."
+        )
+    return [
+        resolve_reward_tokenizer(source, tokenizer)
+        for source, tokenizer in zip(givens, tokenizers, strict=True)
+    ]
+
+
+def reward_bridges(
+    given: RewardModels,
+    reward_models: Sequence[PrefixRewardModel],
+    tokenizer: PreTrainedTokenizerBase | None,
+    reward_tokenizer: Any,
+    prompt_template: str | None,
+) -> list[TextBridge | None]:
+    """Each reward model's [`~bridging.text_bridge`] to the language model's `tokenizer`, from its
+    [`reward_tokenizers`]. Warns once for each reward model whose tokenizer is unknown while the language model's
+    is given."""
+    count = len(reward_models)
+    tokenizers = reward_tokenizers(given, reward_tokenizer, count)
+    bridges = []
+    for index, resolved in enumerate(tokenizers):
+        if tokenizer is not None and resolved is None:
+            name = "the reward model" if count == 1 else f"`reward_model[{index}]`"
+            logger.warning(
+                f"The tokenizer of {name} is unknown, so it is taken to read the language model's token ids. Pass "
+                "`reward_tokenizer=` to have that checked (token by token, not by vocabulary size) and, should the "
+                "two differ, the text bridged between them."
+            )
+        bridges.append(text_bridge(tokenizer, resolved, prompt_template))
+    return bridges
+
+
 class RewardGuidance:
     r"""
-    Builds the [`RewardGuidedLogitsProcessor`] and the stopping criteria for `generate()`, over one scorer and one
-    row tracker, and reads the results afterwards.
+    Builds the [`RewardGuidedLogitsProcessor`] and the stopping criteria for `generate()`, over one scorer per
+    reward model and one row tracker, and reads the results afterwards.
+
+    Several reward models (`reward_model=[rm1, rm2]`, multi-objective guidance as in GenARM and controlled decoding)
+    score every candidate side by side, each with its own scorer, and the candidate's score is
+    `log p + sum_i beta_i * transform_i(r_i)`: `beta`, `reward_transform` and `standardize_rewards` take one value
+    per reward model, or one for all. What reads rewards back reports their combination `sum_i beta_i * r_i` of
+    the raw rewards ([`RewardGuidanceConfig.combine_rewards`]; the trace's `reward`, `reward_threshold`,
+    [`~RewardGuidance.sequence_rewards`]) and each reward model's own (`sequence_rewards(..., per_model=True)`,
+    the trace's `rewards_per_model`). With one reward model, everything is as it has always been: the reward is
+    that model's.
 
     Args:
-        reward_model ([`PrefixRewardModel`] or `str`): the reward model, or a name/path to load with
-            [`AutoModelForPrefixReward`].
+        reward_model ([`PrefixRewardModel`] or `str`, or a list of them): the reward model, or a name/path to load
+            with [`AutoModelForPrefixReward`]; or a list of them, one per objective.
         tokenizer (`PreTrainedTokenizerBase`, *optional*): the language model's tokenizer; its EOS and pad ids are
             used when `eos_token_id`/`pad_token_id` are not given.
-        reward_tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*): the reward model's tokenizer (or its
-            name/folder); by default the one saved with the reward model, when it was loaded by name or from a
-            folder. When its vocabulary is the language model's (compared token by token, not by size), the reward
-            model reads the language model's ids; otherwise each candidate is decoded to text and re-encoded with
-            it (see "Choosing a reward model" in the docs), which needs `tokenizer` too.
+        reward_tokenizer (`PreTrainedTokenizerBase` or `str`, or a list of them, *optional*): the reward model's
+            tokenizer (or its name/folder), one per reward model; by default the one saved with the reward model,
+            when it was loaded by name or from a folder. When its vocabulary is the language model's (compared
+            token by token, not by size), the reward model reads the language model's ids; otherwise each
+            candidate is decoded to text and re-encoded with it (see "Choosing a reward model" in the docs), which
+            needs `tokenizer` too.
         reward_prompt_template (`str`, *optional*): how a reward model with another tokenizer and no chat template
             sees the prompt, e.g. `"Question: {prompt}\nAnswer: "` (see [`~bridging.TextBridge`]).
         config ([`RewardGuidanceConfig`], *optional*): the settings; or give them as keyword arguments (`beta`,
@@ -88,12 +177,25 @@ class RewardGuidance:
     >>> out = lm.generate(prompt, max_new_tokens=5, do_sample=True, **guidance.generate_kwargs())
     >>> guidance.sequence_rewards(out, prompt_length=3).shape
     torch.Size([1])
+
+    Two reward models, the second weighed half as much as the first:
+
+    >>> rm2 = AutoModelForPrefixReward.from_config(config).eval()
+    >>> both = RewardGuidance([rm, rm2], beta=[1.0, 0.5], top_k=8, eos_token_id=0, pad_token_id=0)
+    >>> out = lm.generate(prompt, max_new_tokens=5, do_sample=False, **both.generate_kwargs())
+    >>> per_model = both.sequence_rewards(out, prompt_length=3, per_model=True)  # (rows, reward models)
+    >>> per_model.shape
+    torch.Size([1, 2])
+    >>> torch.allclose(both.sequence_rewards(out, prompt_length=3), per_model[:, 0] + 0.5 * per_model[:, 1])
+    True
+    >>> len(both.trace.steps(out[0], prompt_length=3)[0].rewards_per_model)
+    2
     ```
     """
 
     def __init__(
         self,
-        reward_model: PrefixRewardModel | str,
+        reward_model: RewardModels,
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
         reward_tokenizer: PreTrainedTokenizerBase | str | None = None,
@@ -105,30 +207,58 @@ class RewardGuidance:
     ):
         self.config = guidance_config(config, config_kwargs)
         check_tokenizer(tokenizer)
-        self.reward_model = resolve_reward_model(reward_model)
-        reward_tokenizer = resolve_reward_tokenizer(reward_model, reward_tokenizer)
-        if tokenizer is not None and reward_tokenizer is None:
-            logger.warning(
-                "The reward model's tokenizer is unknown, so the reward model is taken to read the language model's "
-                "token ids. Pass `reward_tokenizer=` to have that checked (token by token, not by vocabulary size) "
-                "and, should the two differ, the text bridged between them."
-            )
-        self.bridge = text_bridge(tokenizer, reward_tokenizer, reward_prompt_template)
-        self.scorer = make_scorer(self.reward_model, self.config.scorer, self.bridge)
-        self.scorer.check_candidates(self.config.top_k)
-        self.eos_token_id, self.pad_token_id = special_token_ids(
-            tokenizer, eos_token_id, pad_token_id, default_eos_token_id=self.scorer.default_eos_token_id
+        #: Every reward model, in the order given (one, without a list).
+        self.reward_models = resolve_reward_models(reward_model)
+        self.config.check_num_models(len(self.reward_models))
+        #: How each reward model reads the language model's output: `None` (its ids) or a `TextBridge`.
+        self.bridges = reward_bridges(
+            reward_model, self.reward_models, tokenizer, reward_tokenizer, reward_prompt_template
         )
-        self.scorer.check_token_ids("eos_token_id", self.eos_token_id or [])
-        self.scorer.check_token_ids("pad_token_id", [] if self.pad_token_id is None else [self.pad_token_id])
+        #: One scorer per reward model, driven together.
+        self.scorers = ScorerSet(
+            [
+                scorer_for(model, self.config.scorer, bridge)
+                for model, bridge in zip(self.reward_models, self.bridges, strict=True)
+            ]
+        )
+        self.scorers.check_candidates(self.config.top_k)
+        self.eos_token_id, self.pad_token_id = special_token_ids(
+            tokenizer, eos_token_id, pad_token_id, default_eos_token_id=self.scorers.default_eos_token_id
+        )
+        self.scorers.check_token_ids("eos_token_id", self.eos_token_id or [])
+        self.scorers.check_token_ids("pad_token_id", [] if self.pad_token_id is None else [self.pad_token_id])
         self.tracker = RowTracker(
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
             reward_threshold=self.config.reward_threshold,
             record_candidates=self.config.record_candidates,
         )
-        self.logits_processor = RewardGuidedLogitsProcessor(self.scorer, self.tracker, self.config)
-        self.stopping_criteria = reward_stopping_criteria(self.tracker, self.scorer, self.config)
+        self.logits_processor = RewardGuidedLogitsProcessor(self.scorers, self.tracker, self.config)
+        self.stopping_criteria = reward_stopping_criteria(self.tracker, self.scorers, self.config)
+
+    def _the_one(self, what: str, items: Sequence[Any]) -> Any:
+        if len(items) > 1:
+            raise ValueError(
+                f"This RewardGuidance has {len(items)} reward models, so it has no single `{what}`: read "
+                f"`{what}s` (one per reward model), and `sequence_rewards(..., per_model=True)` for each one's rewards."
+            )
+        return items[0]
+
+    @property
+    def reward_model(self) -> PrefixRewardModel:
+        """The reward model, when there is one (with several, read `reward_models`)."""
+        return self._the_one("reward_model", self.reward_models)
+
+    @property
+    def scorer(self) -> CandidateScorer:
+        """The reward model's scorer, when there is one reward model (with several, read `scorers`)."""
+        return self._the_one("scorer", self.scorers.scorers)
+
+    @property
+    def bridge(self) -> TextBridge | None:
+        """How the reward model reads the language model's output, when there is one reward model (with several,
+        read `bridges`): `None` for its ids, else the [`~bridging.TextBridge`] of the two tokenizers."""
+        return self._the_one("bridge", self.bridges)
 
     @property
     def state(self) -> RowTracker:
@@ -158,7 +288,7 @@ class RewardGuidance:
         lm_vocab = (
             getattr(output_embeddings, "out_features", None) or model.config.get_text_config().vocab_size
         )
-        self.scorer.check_candidates(self.config.top_k, lm_vocab)
+        self.scorers.check_candidates(self.config.top_k, lm_vocab)
 
     def generate_kwargs(
         self, attention_mask: torch.Tensor | None = None, prompts: Sequence[Prompt] | None = None
@@ -185,9 +315,12 @@ class RewardGuidance:
         prompt_length: int,
         prompt_attention_mask: torch.Tensor | None = None,
         batch_size: int = 32,
+        per_model: bool = False,
         prompts: Sequence[Prompt] | None = None,
     ) -> torch.Tensor:
-        """The reward of each sequence `generate()` returned, read at its last real token.
+        """The reward of each sequence `generate()` returned, read at its last real token; with several reward
+        models, their combination `sum_i beta_i * r_i` ([`RewardGuidanceConfig.combine_rewards`]), or with
+        `per_model=True` each one's.
 
         The prompt's left padding is masked (from `prompt_attention_mask` or the pad id), and so is everything
         after a sequence's first end-of-sequence token (the padding `generate()` appends to finished rows).
@@ -199,28 +332,38 @@ class RewardGuidance:
             prompt_attention_mask (`torch.Tensor`, *optional*): the prompts' mask, `(rows, prompt_length)` or
                 `(batch, prompt_length)` when each prompt was expanded into several rows.
             batch_size (`int`, *optional*, defaults to 32): rows per reward-model forward.
+            per_model (`bool`, *optional*, defaults to `False`): return every reward model's reward instead of
+                their combination.
             prompts (list of `str` or of chat messages, *optional*): for a reward model with another tokenizer, the
                 prompts as text (as given to `generate_kwargs`); without them, the prompt tokens are decoded.
 
         Returns:
-            `torch.FloatTensor` of shape `(rows,)`.
+            `torch.FloatTensor` of shape `(rows,)`, or `(rows, reward models)` with `per_model=True` (in the order
+            of `reward_model=[...]`).
         """
-        if self.bridge is not None:
-            return self._bridged_rewards(
-                output_sequences(sequences), prompt_length, prompt_attention_mask, prompts
+        rewards = [
+            score_sequences(
+                model,
+                sequences,
+                prompt_length,
+                prompt_attention_mask=prompt_attention_mask,
+                eos_token_id=self.eos_token_id,
+                pad_token_id=self.pad_token_id,
+                batch_size=batch_size,
+            ).float()
+            if bridge is None
+            else self._bridged_rewards(
+                model, bridge, output_sequences(sequences), prompt_length, prompt_attention_mask, prompts
             )
-        return score_sequences(
-            self.reward_model,
-            sequences,
-            prompt_length,
-            prompt_attention_mask=prompt_attention_mask,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id,
-            batch_size=batch_size,
-        )
+            for model, bridge in zip(self.reward_models, self.bridges, strict=True)
+        ]
+        rewards = torch.stack(rewards, dim=-1)
+        return rewards if per_model else self.config.combine_rewards(rewards)
 
     def _bridged_rewards(
         self,
+        reward_model: PrefixRewardModel,
+        bridge: TextBridge,
         sequences: torch.Tensor,
         prompt_length: int,
         prompt_attention_mask: torch.Tensor | None,
@@ -231,7 +374,6 @@ class RewardGuidance:
         prompt_ids = sequences[:, :prompt_length]
         mask = prompt_attention_mask if prompt_attention_mask is not None else torch.ones_like(prompt_ids)
         mask = mask.repeat_interleave(len(sequences) // len(mask), dim=0)
-        bridge = self.bridge
         rows = []
         for index, (prompt, row) in enumerate(
             zip(
@@ -242,7 +384,15 @@ class RewardGuidance:
         ):
             response = bridge.response_ids(through_first_eos(row, self.eos_token_id))
             rows.append(bridge.prompt_ids(prompt, index) + response)
-        return whole_text_rewards(self.reward_model, rows)
+        return whole_text_rewards(reward_model, rows)
 
 
-__all__ = ["RewardGuidance", "guidance_config"]
+__all__ = [
+    "RewardGuidance",
+    "RewardModels",
+    "guidance_config",
+    "resolve_reward_models",
+    "reward_bridges",
+    "reward_tokenizers",
+    "scorer_for",
+]

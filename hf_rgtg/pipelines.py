@@ -8,18 +8,18 @@ imports it when transformers is already imported (see the package's docstring).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, Pipeline, PreTrainedTokenizerBase, TextGenerationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .auto import AutoModelForPrefixReward, resolve_reward_model, resolve_reward_tokenizer
+from .auto import AutoModelForPrefixReward
 from .configuration import RewardGuidanceConfig
-from .generation import RewardGuidance
+from .generation import RewardGuidance, RewardModels, resolve_reward_models, reward_tokenizers
 from .modeling import PrefixRewardModel
-from .redistribution import through_first_eos, token_rewards, token_rewards_of_ids
+from .redistribution import through_first_eos, token_rewards, token_rewards_of_ids, weighted_token_rewards
 from .tokenization import special_token_ids
 from .trace import GuidanceTrace
 from .validation import check_streamer
@@ -41,6 +41,13 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
     through the first EOS). `return_trace=True` adds `"trace"`: the `"prompt_reward"` and the `"steps"` (one
     [`StepRecord`] per guided token, with the k candidates it was chosen from), which
     [`~visualization.steps_html`] draws.
+
+    With several reward models (`reward_model=[rm1, rm2]`, `beta=[b1, b2]`; see [`RewardGuidance`]), `"reward"`,
+    `"token_rewards"` and the trace's rewards are their combination `sum_i beta_i * r_i` of the raw rewards, and
+    each result also carries `"rewards_per_model"` (each reward model's sequence reward, in order), with
+    `return_token_rewards=True` `"token_rewards_per_model"` (one [`TokenRewards`] dict per reward model), and with
+    `return_trace=True` the trace's `"prompt_rewards_per_model"`. With one reward model the results are as they
+    have always been.
 
     `guide=False` generates as `"text-generation"` does, with the same settings, and still reports the rewards: the
     unguided run of a comparison. With `beta=0` (and no stopping rule or trace that reads the rewards) the rewards
@@ -73,15 +80,16 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
     def __init__(
         self,
         *args: Any,
-        reward_model: PrefixRewardModel | str | None = None,
-        reward_tokenizer: PreTrainedTokenizerBase | str | None = None,
+        reward_model: RewardModels | None = None,
+        reward_tokenizer: PreTrainedTokenizerBase | str | Sequence[Any] | None = None,
         reward_prompt_template: str | None = None,
         **kwargs: Any,
     ):
         self._guidances: dict[tuple, RewardGuidance] = {}
-        self._default_reward_model = None if reward_model is None else resolve_reward_model(reward_model)
-        self._reward_tokenizer = resolve_reward_tokenizer(
-            reward_model if reward_model is not None else self._default_reward_model, reward_tokenizer
+        #: The reward models' tokenizers, by the model's `id`: given, or saved with the model given by name.
+        self._reward_tokenizers: dict[int, PreTrainedTokenizerBase | None] = {}
+        self._default_reward_model = (
+            None if reward_model is None else self._resolved(reward_model, reward_tokenizer)
         )
         self._reward_prompt_template = reward_prompt_template
         # Taken before the base class sees them: it would hand `top_k` and `max_time` to `generate()` as its own.
@@ -95,7 +103,7 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
         preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
         forward.update(options)
         if reward_model is not None:
-            forward["reward_model"] = resolve_reward_model(reward_model)
+            forward["reward_model"] = self._resolved(reward_model, None)
         for name, value in (("return_token_rewards", return_token_rewards), ("return_trace", return_trace)):
             if value is not None:
                 forward[name] = value
@@ -105,21 +113,29 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
             forward["guide"] = guide
         return preprocess, forward, postprocess
 
-    def _guidance(self, reward_model: PrefixRewardModel, options: dict[str, Any]) -> RewardGuidance:
-        """One [`RewardGuidance`] per reward model and settings, reused across calls."""
-        key = (id(reward_model), tuple(sorted((name, repr(value)) for name, value in options.items())))
+    def _resolved(self, reward_model: RewardModels, reward_tokenizer: Any) -> tuple[PrefixRewardModel, ...]:
+        """The reward models of `reward_model=`, with their tokenizers noted: `reward_tokenizer` (one, or one per
+        reward model), else the one saved with a model given by name or folder."""
+        models = resolve_reward_models(reward_model)
+        for model, tokenizer in zip(
+            models, reward_tokenizers(reward_model, reward_tokenizer, len(models)), strict=True
+        ):
+            self._reward_tokenizers[id(model)] = tokenizer
+        return models
+
+    def _guidance(
+        self, reward_models: tuple[PrefixRewardModel, ...], options: dict[str, Any]
+    ) -> RewardGuidance:
+        """One [`RewardGuidance`] per reward models and settings, reused across calls."""
+        identity = tuple(id(model) for model in reward_models)
+        key = (identity, tuple(sorted((name, repr(value)) for name, value in options.items())))
         if key not in self._guidances:
             config = self.model.generation_config
             eos, pad = special_token_ids(self.tokenizer, config.eos_token_id, config.pad_token_id)
-            reward_tokenizer = (
-                self._reward_tokenizer
-                if reward_model is self._default_reward_model
-                else resolve_reward_tokenizer(reward_model)
-            )
             self._guidances[key] = RewardGuidance(
-                reward_model,
+                reward_models,
                 self.tokenizer,
-                reward_tokenizer=reward_tokenizer,
+                reward_tokenizer=[self._reward_tokenizers.get(id(model)) for model in reward_models],
                 reward_prompt_template=self._reward_prompt_template,
                 eos_token_id=eos,
                 pad_token_id=pad,
@@ -164,69 +180,122 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
                 if given:
                     guided[name] = type(guided[name])([*given, *guided[name]])
             model_outputs = super()._forward(model_inputs, **generate_kwargs, **guided)
+        model_outputs.update(
+            self._results(guidance, model_outputs, mask, prompt_texts, with_tokens, with_trace)
+        )
+        return model_outputs
+
+    def _results(
+        self, guidance, model_outputs, mask, prompt_texts, with_tokens, with_trace
+    ) -> dict[str, Any]:
+        """What the records carry besides the text, grouped by prompt: each sequence's `reward` (with several
+        reward models, their combination, and each one's as `rewards_per_model`), and the token rewards and the
+        trace when asked for."""
         sequences = model_outputs["generated_sequence"]  # (prompts, sequences per prompt, length)
         prompts, per_prompt, length = sequences.shape
         flat = sequences.reshape(-1, length)
         input_ids = model_outputs["input_ids"]
         width = input_ids.shape[1]
-        rewards = guidance.sequence_rewards(flat, width, prompt_attention_mask=mask, prompts=prompt_texts)
-        model_outputs["reward"] = rewards.reshape(prompts, per_prompt)
+        per_model = guidance.sequence_rewards(
+            flat, width, prompt_attention_mask=mask, per_model=True, prompts=prompt_texts
+        )
+        results = {"reward": guidance.config.combine_rewards(per_model).reshape(prompts, per_prompt)}
+        if per_model.shape[-1] > 1:
+            results["rewards_per_model"] = per_model.reshape(prompts, per_prompt, -1)
         if with_tokens:
-            model_outputs["token_rewards"] = self._token_rewards(
-                guidance, flat, input_ids, mask, per_prompt, prompt_texts
-            )
+            results.update(self._token_rewards(guidance, flat, input_ids, mask, per_prompt, prompt_texts))
         if with_trace:
-            model_outputs["trace"] = self._traces(guidance.trace, flat, width, per_prompt)
-        return model_outputs
+            results["trace"] = self._traces(guidance, flat, width, per_prompt)
+        return results
 
     @staticmethod
-    def _traces(trace: GuidanceTrace, flat: torch.Tensor, width: int, per_prompt: int) -> list[list[dict]]:
-        """Each generated sequence's steps and its prompt's reward, grouped by prompt."""
+    def _traces(
+        guidance: RewardGuidance, flat: torch.Tensor, width: int, per_prompt: int
+    ) -> list[list[dict]]:
+        """Each generated sequence's steps and its prompt's reward (and each reward model's, with several),
+        grouped by prompt."""
+        trace: GuidanceTrace = guidance.trace
+        several = len(guidance.reward_models) > 1
         rows = [
             {
                 "prompt_reward": trace.prompt_reward(row, width),
+                **(
+                    {"prompt_rewards_per_model": trace.prompt_rewards_per_model(row, width)}
+                    if several
+                    else {}
+                ),
                 "steps": trace.steps(row, width),
             }
             for row in flat.tolist()
         ]
-        return [rows[i : i + per_prompt] for i in range(0, len(rows), per_prompt)]
+        return _grouped(rows, per_prompt)
 
     def _token_rewards(
-        self, guidance, flat, input_ids, mask, per_prompt, prompts
-    ) -> list[list[dict[str, Any]]]:
-        """Each generated sequence's token rewards, through its first EOS, grouped by prompt: over the language
-        model's tokens, or, for a reward model with another tokenizer, over its own tokens of the response's text."""
+        self, guidance, flat, input_ids, mask, per_prompt, prompt_texts
+    ) -> dict[str, list[list[Any]]]:
+        """Each generated sequence's token rewards, through its first EOS, grouped by prompt: `"token_rewards"`,
+        and with several reward models (whose weighted sum that is) each one's as `"token_rewards_per_model"`. A
+        reward model with another tokenizer gives them over its own tokens of the response's text; then the
+        combination exists only where every reward model has the same tokens."""
         width = input_ids.shape[1]
         mask = torch.ones_like(input_ids) if mask is None else mask
         responses = [through_first_eos(row, guidance.eos_token_id) for row in flat[:, width:].tolist()]
-        bridge = guidance.bridge
+        per_model = [
+            self._model_token_rewards(model, bridge, input_ids, mask, per_prompt, prompt_texts, responses)
+            for model, bridge in zip(guidance.reward_models, guidance.bridges, strict=True)
+        ]
+        if len(per_model) == 1:
+            return {
+                "token_rewards": _grouped([dataclasses.asdict(result) for result in per_model[0]], per_prompt)
+            }
+        betas = guidance.config.per_model("beta", len(per_model))
+        each = list(zip(*per_model, strict=True))  # per sequence, one TokenRewards per reward model
+        outputs = {
+            # A tuple per sequence, which `postprocess` tells from a prompt's list.
+            "token_rewards_per_model": _grouped(
+                [tuple(dataclasses.asdict(result) for result in results) for results in each], per_prompt
+            ),
+        }
+        if all(len({tuple(result.token_ids) for result in results}) == 1 for results in each):
+            combined = [dataclasses.asdict(weighted_token_rewards(results, betas)) for results in each]
+            outputs["token_rewards"] = _grouped(combined, per_prompt)
+        return outputs
+
+    def _model_token_rewards(self, model, bridge, input_ids, mask, per_prompt, prompt_texts, responses):
+        """One reward model's token rewards of every generated sequence: over the language model's tokens, or
+        through its `bridge` over its own tokens of the response's text."""
         if bridge is None:
             prompt_ids = [
                 ids[row_mask.bool()].tolist() for ids, row_mask in zip(input_ids, mask, strict=True)
             ]
-            per_row = [prompt_ids[i // per_prompt] for i in range(len(flat))]
-            results = token_rewards_of_ids(guidance.reward_model, self.tokenizer, per_row, responses)
-        else:
-            texts = bridge.prompts_of(input_ids, mask, prompts)
-            per_row = [texts[i // per_prompt] for i in range(len(flat))]
-            responses = [bridge.response_text(response) for response in responses]
-            results = token_rewards(guidance.reward_model, bridge.reward_tokenizer, per_row, responses)
-        grouped = [dataclasses.asdict(result) for result in results]
-        return [grouped[i : i + per_prompt] for i in range(0, len(grouped), per_prompt)]
+            prompts = [prompt_ids[i // per_prompt] for i in range(len(responses))]
+            return token_rewards_of_ids(model, self.tokenizer, prompts, responses)
+        texts = bridge.prompts_of(input_ids, mask, prompt_texts)
+        prompts = [texts[i // per_prompt] for i in range(len(responses))]
+        return token_rewards(
+            model, bridge.reward_tokenizer, prompts, [bridge.response_text(r) for r in responses]
+        )
 
     def postprocess(self, model_outputs, *args, **kwargs):
         # Taken out before the base class sees them (from 5.24 it would copy tensors into the records itself).
         rewards = model_outputs.pop("reward")[0].tolist()
-        extras = {name: model_outputs.pop(name, None) for name in ("token_rewards", "trace")}
+        per_model = model_outputs.pop("rewards_per_model", None)
+        per_model = None if per_model is None else per_model[0].tolist()
+        names = ("token_rewards", "token_rewards_per_model", "trace")
+        extras = {name: model_outputs.pop(name, None) for name in names}
         records = super().postprocess(model_outputs, *args, **kwargs)
         for index, record in enumerate(records):
             record["reward"] = rewards[index]
+            if per_model is not None:
+                record["rewards_per_model"] = per_model[index]
             for name, per_prompt in extras.items():
                 if per_prompt is not None:
-                    # One prompt's list of per-sequence dicts: a batch of prompts is split into them by the
-                    # pipeline's loader, which indexes lists (a batch of one arrives still wrapped in its list).
+                    # One prompt's list of per-sequence dicts (or tuples of them): a batch of prompts is split into
+                    # them by the pipeline's loader, which indexes lists (a batch of one arrives still wrapped in its
+                    # list).
                     per_prompt = per_prompt[0] if isinstance(per_prompt[0], list) else per_prompt
-                    record[name] = per_prompt[index]
+                    value = per_prompt[index]
+                    record[name] = list(value) if isinstance(value, tuple) else value
         return records
 
 
@@ -237,6 +306,11 @@ def _prompts_of(prompt_text: Any) -> list | None:
     texts = prompt_text if isinstance(prompt_text, list) else [prompt_text]
     prompts = [getattr(text, "messages", text) for text in texts]
     return prompts if all(isinstance(prompt, (str, list)) for prompt in prompts) else None
+
+
+def _grouped(items: list, per_prompt: int) -> list[list]:
+    """`items` (one per generated sequence) in lists of `per_prompt`, one list per prompt."""
+    return [items[i : i + per_prompt] for i in range(0, len(items), per_prompt)]
 
 
 class TokenRewardsPipeline(Pipeline):

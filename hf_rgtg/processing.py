@@ -9,12 +9,14 @@ import torch
 from transformers import LogitsProcessor
 
 from .configuration import RewardGuidanceConfig
+from .scorer_set import ScorerSet
 from .scoring import CandidateScorer
 from .tracking import RowTracker
 
 
-def warn_out_of_positions(scorer: CandidateScorer, new_tokens: int, end_token_id: int | None) -> None:
-    """The warning of a call that asked for more tokens than the reward model has positions for."""
+def warn_out_of_positions(scorers: ScorerSet, new_tokens: int, end_token_id: int | None) -> None:
+    """The warning of a call that asked for more tokens than the reward model (the one with the fewest positions,
+    of several) has positions for."""
     ending = (
         f" Each row ends with one token {end_token_id} (the pad token, else EOS) after them."
         if end_token_id is not None
@@ -22,7 +24,7 @@ def warn_out_of_positions(scorer: CandidateScorer, new_tokens: int, end_token_id
     )
     warnings.warn(
         f"Reward-guided generation stopped after {new_tokens} new tokens: the longest prompt has "
-        f"{scorer.longest_prompt} tokens and the reward model has at most {scorer.max_positions} positions "
+        f"{scorers.longest_prompt} tokens and {scorers.positions_holder} has at most {scorers.max_positions} positions "
         f"(`max_position_embeddings`).{ending} Ask for at most that many new tokens (`max_new_tokens`), shorten "
         "the prompt, or use a reward model with more positions.",
         stacklevel=4,
@@ -52,12 +54,18 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
     scores. Each step it commits what `generate()` appended to the tracker, advances the scorer, and records what
     it scored; the stopping criteria read the same tracker. [`RewardGuidance`] builds the three together.
 
+    With several reward models (a [`~scorer_set.ScorerSet`]), each candidate gets
+    `log p(v) + sum_i beta_i * transform_i(r_i(prefix + v))`, each reward model's rewards transformed (and
+    standardised, if asked) on their own; the tracker records each reward model's raw rewards and their
+    combination [`RewardGuidanceConfig.combine_rewards`].
+
     Asked for a step whose candidates lie past the reward model's positions (it cannot see `max_new_tokens`), it
     keeps what was generated: it warns, ends every row with the tracker's `end_token_id`, and the positions
     criterion stops the call.
 
     Args:
-        scorer ([`~scoring.CandidateScorer`]): what rewards the candidates.
+        scorer ([`~scoring.CandidateScorer`] or [`~scorer_set.ScorerSet`]): what rewards the candidates: the
+            scorer of one reward model, or the scorers of several.
         tracker ([`~tracking.RowTracker`]): the rows' bookkeeping, shared with the stopping criteria.
         config ([`RewardGuidanceConfig`]): the settings.
 
@@ -85,8 +93,11 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
 
     supports_continuous_batching = False
 
-    def __init__(self, scorer: CandidateScorer, tracker: RowTracker, config: RewardGuidanceConfig):
-        self.scorer = scorer
+    def __init__(
+        self, scorer: CandidateScorer | ScorerSet, tracker: RowTracker, config: RewardGuidanceConfig
+    ):
+        self.scorers = ScorerSet.of(scorer)
+        config.check_num_models(len(self.scorers))
         self.tracker = tracker
         self.config = config
         self._checked_vocab_size: int | None = None
@@ -94,7 +105,7 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         config = self.config
         if scores.shape[-1] != self._checked_vocab_size:
-            self.scorer.check_candidates(config.top_k, scores.shape[-1])
+            self.scorers.check_candidates(config.top_k, scores.shape[-1])
             self._checked_vocab_size = scores.shape[-1]
         if not self._begin_step(input_ids):
             ended = torch.full_like(scores, float("-inf"))
@@ -102,14 +113,32 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
             return ended
         base = scores.log_softmax(dim=-1) if config.score_with == "logprobs" else scores
         top_base, candidates = base.topk(config.top_k, dim=-1)
-        rewards = self.scorer.score(candidates).float()
-        self.tracker.record(candidates, rewards)
-        rewards = config.transform(rewards.to(scores.device))
-        if config.standardize_rewards:
-            rewards = standardize(rewards, top_base > float("-inf"))
-        # A candidate an earlier processor forbade keeps its -inf: -inf plus a finite reward is -inf.
-        combined = top_base + config.beta * rewards
+        rewards = self.scorers.score(candidates)  # (rows, k, reward models)
+        self._record(candidates, rewards)
+        combined = self.combine(top_base, rewards)
         return torch.full_like(scores, float("-inf")).scatter_(1, candidates, combined)
+
+    def combine(self, top_base: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        """`top_base + sum_i beta_i * transform_i(r_i)` over the candidates `(rows, k)`, from each reward model's
+        rewards `(rows, k, reward models)`, each standardised on its own if asked. A candidate an earlier processor
+        forbade keeps its -inf: -inf plus a finite reward is -inf."""
+        config, valid = self.config, top_base > float("-inf")
+        count = rewards.shape[-1]
+        combined = top_base
+        for model, (beta, standardized) in enumerate(
+            zip(config.per_model("beta", count), config.per_model("standardize_rewards", count), strict=True)
+        ):
+            weighed = config.transform(rewards[..., model], model)
+            if standardized:
+                weighed = standardize(weighed, valid)
+            combined = combined + beta * weighed
+        return combined
+
+    def _record(self, candidates: torch.Tensor, rewards: torch.Tensor) -> None:
+        """Have the tracker record the candidates' combined rewards, and each reward model's when there are
+        several."""
+        several = rewards.shape[-1] > 1
+        self.tracker.record(candidates, self.config.combine_rewards(rewards), rewards if several else None)
 
     def _begin_step(self, input_ids: torch.Tensor) -> bool:
         """Commit the last step and advance the scorer, or start a new call. Returns whether this step can be
@@ -117,14 +146,17 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         step = self.tracker.commit(input_ids)
         if step is None:
             mask = self.tracker.prompt_mask(input_ids)
-            prompt_rewards = self.scorer.reset(input_ids, mask, self.config.top_k, self.tracker.prompts)
-            self.tracker.start(input_ids, prompt_rewards)
+            rewards = self.scorers.reset(
+                input_ids, mask, self.config.top_k, self.tracker.prompts
+            )  # (rows, reward models)
+            several = rewards.shape[-1] > 1
+            self.tracker.start(input_ids, self.config.combine_rewards(rewards), rewards if several else None)
             return True
-        self.scorer.advance(step.tokens, step.parents, step.chosen)
+        self.scorers.advance(step.tokens, step.parents, step.chosen)
         end_token_id = self.tracker.end_token_id
-        if end_token_id is None or self.scorer.candidates_fit():
+        if end_token_id is None or self.scorers.candidates_fit():
             return True  # without a token to end the rows with, the positions criterion stops them earlier
-        warn_out_of_positions(self.scorer, input_ids.shape[1] - self.scorer.prompt_width, end_token_id)
+        warn_out_of_positions(self.scorers, input_ids.shape[1] - self.scorers.prompt_width, end_token_id)
         self.tracker.out_of_positions = True
         return False
 

@@ -296,6 +296,51 @@ class TokenRewards:
         return cls(**{item.name: record[item.name] for item in dataclasses.fields(cls)})
 
 
+def weighted_token_rewards(results: Sequence[TokenRewards], weights: Sequence[float]) -> TokenRewards:
+    """The token rewards of one response under several reward models, combined as guidance combines their rewards:
+    every reward, credit and the prompt's reward is `sum_i weights[i] * results[i]`'s. The credits are differences
+    of prefix rewards, so the combined credits still sum to the combined `R(x, y) - R(x)`.
+
+    Args:
+        results (list of [`TokenRewards`]): the same response's token rewards under each reward model.
+        weights (list of `float`): one weight per reward model (guidance's `beta`s).
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg import TokenRewards
+    >>> from hf_rgtg.redistribution import weighted_token_rewards
+    >>> a = TokenRewards([7], ["Hi"], [(0, 2)], [1.0], [0.5], prompt_reward=0.5)
+    >>> b = TokenRewards([7], ["Hi"], [(0, 2)], [-1.0], [-0.5], prompt_reward=-0.5)
+    >>> both = weighted_token_rewards([a, b], [1.0, 0.5])
+    >>> both.prefix_rewards, both.rewards, both.prompt_reward
+    ([0.5], [0.25], 0.25)
+    ```
+    """
+    if len(results) != len(weights) or not results:
+        raise ValueError(
+            f"Got {len(results)} token rewards for {len(weights)} weights; give one weight each."
+        )
+
+    def weighted(values: Sequence[float]) -> float:
+        total = weights[0] * values[0]
+        for weight, value in zip(weights[1:], values[1:], strict=True):
+            total += weight * value
+        return total
+
+    first = results[0]
+    return TokenRewards(
+        token_ids=list(first.token_ids),
+        tokens=list(first.tokens),
+        offsets=list(first.offsets),
+        prefix_rewards=[
+            weighted(values) for values in zip(*(r.prefix_rewards for r in results), strict=True)
+        ],
+        rewards=[weighted(values) for values in zip(*(r.rewards for r in results), strict=True)],
+        prompt_reward=weighted([r.prompt_reward for r in results]),
+    )
+
+
 def _response_tokens(
     tokenizer: PreTrainedTokenizerBase, response: str
 ) -> tuple[list[int], list[str], list[tuple[int, int]]]:
@@ -611,6 +656,7 @@ __all__ = [
     "through_first_eos",
     "token_rewards_of_ids",
     "token_texts",
+    "weighted_token_rewards",
     "ScoringSettings",
     "generated_attention_mask",
     "prefix_rewards",

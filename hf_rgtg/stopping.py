@@ -11,6 +11,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .configuration import RewardGuidanceConfig
 from .processing import warn_out_of_positions
+from .scorer_set import ScorerSet
 from .scoring import CandidateScorer
 from .tracking import RowTracker
 
@@ -58,7 +59,8 @@ class RewardStoppingCriteria(StoppingCriteria):
 
 
 class RewardThresholdCriteria(RewardStoppingCriteria):
-    """Stops a sequence once its prefix reward reaches `reward_threshold`.
+    """Stops a sequence once its prefix reward reaches `reward_threshold`: the reward the trace records, which with
+    several reward models is their combination `sum_i beta_i * r_i` of the raw rewards.
 
     Under beam search the criteria see the `2 * num_beams` best continuations rather than the next step's rows;
     their rewards are read from the last step's candidates alike.
@@ -117,7 +119,7 @@ class RewardTimeCriteria(RewardStoppingCriteria):
 
 
 class RewardPositionsCriteria(RewardStoppingCriteria):
-    """Stops every sequence where the reward model's positions end.
+    """Stops every sequence where the reward model's positions end (with several, those of the one with the fewest).
 
     The processor ends the rows when `generate()` asks for a step past the last position (a call that asked for
     exactly what fits has stopped before); this criterion then stops the call. Without a pad or EOS id to end the
@@ -125,15 +127,16 @@ class RewardPositionsCriteria(RewardStoppingCriteria):
 
     Args:
         tracker ([`~tracking.RowTracker`]): the rows' bookkeeping.
-        scorer ([`~scoring.CandidateScorer`]): the scorer, which knows the reward model's positions.
+        scorer ([`~scoring.CandidateScorer`] or [`~scorer_set.ScorerSet`]): the scorer, or the scorers of several
+            reward models, which know the reward models' positions.
     """
 
-    def __init__(self, tracker: RowTracker, scorer: CandidateScorer):
+    def __init__(self, tracker: RowTracker, scorer: CandidateScorer | ScorerSet):
         super().__init__(tracker)
-        self.scorer = scorer
+        self.scorers = ScorerSet.of(scorer)
 
     def stopped(self, input_ids: torch.Tensor) -> torch.Tensor:
-        tracker, scorer = self.tracker, self.scorer
+        tracker, scorer = self.tracker, self.scorers
         if tracker.out_of_positions:
             return self.every_row(input_ids, True)
         if tracker.end_token_id is not None or tracker.start_time is None:
@@ -145,10 +148,11 @@ class RewardPositionsCriteria(RewardStoppingCriteria):
 
 
 def reward_stopping_criteria(
-    tracker: RowTracker, scorer: CandidateScorer, config: RewardGuidanceConfig
+    tracker: RowTracker, scorer: CandidateScorer | ScorerSet, config: RewardGuidanceConfig
 ) -> StoppingCriteriaList:
-    """The stopping criteria `config` asks for, over `tracker` and `scorer`: always the positions criterion, and
-    the threshold, call and time criteria when their settings are given."""
+    """The stopping criteria `config` asks for, over `tracker` and `scorer` (or the scorers of several reward
+    models): always the positions criterion, and the threshold, call and time criteria when their settings are
+    given."""
     criteria = StoppingCriteriaList([RewardPositionsCriteria(tracker, scorer)])
     if config.reward_threshold is not None:
         criteria.append(RewardThresholdCriteria(tracker, config.reward_threshold))

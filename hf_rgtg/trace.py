@@ -15,12 +15,36 @@ from .validation import checked_prompt_length
 
 @dataclass
 class StepRecord:
-    """One generated token of one sequence in a [`GuidanceTrace`]."""
+    """One generated token of one sequence in a [`GuidanceTrace`].
+
+    Args:
+        token (`int`): the token.
+        reward (`float`): the reward of the prefix it ends. With several reward models, their combination
+            `sum_i beta_i * r_i` of the raw rewards (no `reward_transform` or standardisation), which
+            `reward_threshold` reads too ([`RewardGuidanceConfig.combine_rewards`]); with one, its reward.
+        candidates (`list[int]`, *optional*): with `record_candidates=True`, the k candidates it was chosen from.
+        candidate_rewards (`list[float]`, *optional*): their rewards, combined as `reward` is.
+        rewards_per_model (`tuple[float, ...]`, *optional*): each reward model's own reward of the prefix, in the
+            order of `reward_model=[...]`; `(reward,)` with one reward model.
+        candidate_rewards_per_model (`list[tuple[float, ...]]`, *optional*): with `record_candidates=True`, each
+            candidate's `rewards_per_model`.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg import StepRecord
+    >>> step = StepRecord(token=7, reward=1.5, rewards_per_model=(2.0, -1.0))  # beta=[1.0, 0.5]
+    >>> step.reward == 1.0 * step.rewards_per_model[0] + 0.5 * step.rewards_per_model[1]
+    True
+    ```
+    """
 
     token: int
     reward: float
     candidates: list[int] | None = None
     candidate_rewards: list[float] | None = None
+    rewards_per_model: tuple[float, ...] | None = None
+    candidate_rewards_per_model: list[tuple[float, ...]] | None = None
 
 
 @dataclass
@@ -32,6 +56,10 @@ class GuidanceTrace:
     `num_return_sequences` without copying. Read it with [`~GuidanceTrace.steps`] for the sequences `generate()`
     returned. A token `generate()` appended without a later step recording it (the last step, or a beam that
     ended) is read from its parent's candidates.
+
+    With several reward models, a reward is their combination `sum_i beta_i * r_i` of the raw rewards (the one
+    `reward_threshold` reads), and each node also holds every reward model's own reward, which [`StepRecord`]'s
+    `rewards_per_model` and [`~GuidanceTrace.prompt_rewards_per_model`] read back.
 
     Args:
         record_candidates (`bool`, *optional*, defaults to `False`): give each [`StepRecord`] the k candidates it
@@ -46,6 +74,11 @@ class GuidanceTrace:
     >>> trace.add_candidates(root, [7, 8], [1.0, -1.0])
     >>> [(step.token, step.reward) for step in trace.steps([5, 6, 8], prompt_length=2)]
     [(8, -1.0)]
+    >>> two = GuidanceTrace()  # two reward models, beta=[1.0, 0.5]
+    >>> root = two.add_root((5, 6), reward=0.0, rewards_per_model=(0.5, -1.0))
+    >>> two.add_candidates(root, [7, 8], [1.5, 0.0], [(2.0, -1.0), (0.5, -1.0)])
+    >>> [(step.reward, step.rewards_per_model) for step in two.steps([5, 6, 7], prompt_length=2)]
+    [(1.5, (2.0, -1.0))]
     ```
     """
 
@@ -54,36 +87,55 @@ class GuidanceTrace:
     prompt_rewards: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    #: Each node's reward of every reward model, with several; `None` with one.
+    rewards_per_model: list[tuple[float, ...] | None] = field(default_factory=list)
     #: The candidates scored from each node and their rewards (nodes of finished rows have none).
     candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    #: With several reward models, each candidate's reward of every reward model, by node.
+    candidates_per_model: dict[int, list[tuple[float, ...]]] = field(default_factory=dict)
     children: dict[tuple[int, int], int] = field(default_factory=dict)
     roots: dict[tuple[int, ...], int] = field(default_factory=dict)
 
-    def add_root(self, prompt: tuple[int, ...], reward: float) -> int:
-        """The node of `prompt`, added with its `reward` if it is new."""
+    def add_root(
+        self, prompt: tuple[int, ...], reward: float, rewards_per_model: tuple[float, ...] | None = None
+    ) -> int:
+        """The node of `prompt`, added with its `reward` (and each reward model's, with several) if it is new."""
         if prompt not in self.roots:
-            self.roots[prompt] = self._new_node(-1, reward)
+            self.roots[prompt] = self._new_node(-1, reward, rewards_per_model)
             self.prompts.append(prompt)
             self.prompt_rewards.append(reward)
         return self.roots[prompt]
 
-    def _new_node(self, token: int, reward: float) -> int:
+    def _new_node(self, token: int, reward: float, rewards_per_model: tuple[float, ...] | None) -> int:
         self.tokens.append(token)
         self.rewards.append(reward)
+        self.rewards_per_model.append(rewards_per_model)
         return len(self.tokens) - 1
 
-    def child(self, node: int, token: int, reward: float) -> int:
-        """The node of `node`'s prefix extended by `token`, added with its `reward` if it is new."""
+    def child(
+        self, node: int, token: int, reward: float, rewards_per_model: tuple[float, ...] | None = None
+    ) -> int:
+        """The node of `node`'s prefix extended by `token`, added with its `reward` (and each reward model's, with
+        several) if it is new."""
         key = (node, token)
         if key not in self.children:
-            self.children[key] = self._new_node(token, reward)
+            self.children[key] = self._new_node(token, reward, rewards_per_model)
         elif math.isnan(self.rewards[self.children[key]]):
             self.rewards[self.children[key]] = reward
+            self.rewards_per_model[self.children[key]] = rewards_per_model
         return self.children[key]
 
-    def add_candidates(self, node: int, candidates: list[int], rewards: list[float]) -> None:
-        """Record the candidates scored from `node` and their rewards."""
+    def add_candidates(
+        self,
+        node: int,
+        candidates: list[int],
+        rewards: list[float],
+        rewards_per_model: list[tuple[float, ...]] | None = None,
+    ) -> None:
+        """Record the candidates scored from `node` and their rewards (and each reward model's, with several)."""
         self.candidates[node] = (candidates, rewards)
+        if rewards_per_model is not None:
+            self.candidates_per_model[node] = rewards_per_model
 
     def steps(self, sequence: Sequence[int] | torch.Tensor, prompt_length: int) -> list[StepRecord]:
         """The guided steps of one returned sequence: each generated token with its prefix reward.
@@ -103,17 +155,35 @@ class GuidanceTrace:
             parent, node = node, self._step(node, token)
             if node is None:
                 break
-            record = StepRecord(token=token, reward=self.rewards[node])
+            record = StepRecord(
+                token=token, reward=self.rewards[node], rewards_per_model=self._per_model(node)
+            )
             if self.record_candidates and parent in self.candidates:
                 record.candidates, record.candidate_rewards = self.candidates[parent]
+                record.candidate_rewards_per_model = self.candidates_per_model.get(parent) or [
+                    (reward,) for reward in record.candidate_rewards
+                ]
             records.append(record)
         return records
 
+    def _per_model(self, node: int) -> tuple[float, ...]:
+        """Each reward model's reward of `node`: `(reward,)` with one reward model."""
+        per_model = self.rewards_per_model[node]
+        return per_model if per_model is not None else (self.rewards[node],)
+
     def prompt_reward(self, sequence: Sequence[int] | torch.Tensor, prompt_length: int) -> float:
         """The reward of the prompt of one returned sequence (its first `prompt_length` tokens), as guidance
-        scored it before the first step."""
+        scored it before the first step; with several reward models, their combination."""
         ids = sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
         return self.rewards[self._root(ids, prompt_length)]
+
+    def prompt_rewards_per_model(
+        self, sequence: Sequence[int] | torch.Tensor, prompt_length: int
+    ) -> tuple[float, ...]:
+        """Each reward model's reward of the prompt of one returned sequence, in the order of
+        `reward_model=[...]`: `(prompt_reward,)` with one reward model."""
+        ids = sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
+        return self._per_model(self._root(ids, prompt_length))
 
     def _root(self, ids: list[int], prompt_length: int) -> int:
         """The node of the prompt of `ids`, refused when it is not a prompt of the last call."""
@@ -136,11 +206,14 @@ class GuidanceTrace:
         candidates, rewards = self.candidates[node]
         if token not in candidates:
             return None
-        return self.child(node, token, rewards[candidates.index(token)])
+        index = candidates.index(token)
+        per_model = self.candidates_per_model.get(node)
+        return self.child(node, token, rewards[index], None if per_model is None else per_model[index])
 
     def rewards_of(self, sequences: torch.Tensor | ModelOutput, prompt_length: int) -> list[list[float]]:
         """The prefix reward after each generated token, for every returned sequence (`generate()`'s output: the
-        tensor, or the output object of `return_dict_in_generate=True`)."""
+        tensor, or the output object of `return_dict_in_generate=True`); with several reward models, their
+        combination (each one's is in [`~GuidanceTrace.steps`]' `rewards_per_model`)."""
         return [
             [step.reward for step in self.steps(row, prompt_length)] for row in output_sequences(sequences)
         ]

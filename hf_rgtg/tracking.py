@@ -51,6 +51,9 @@ class RowTracker:
     A call starts when the rows do not extend the last step's rows by exactly one token. Rows that produced an
     EOS id, or reached the reward threshold, are finished: their later (padding) tokens stay out of the trace.
 
+    The rewards it is given are the ones the trace records and the threshold reads (with several reward models,
+    their combination); each reward model's own rewards, when given, go into the trace beside them.
+
     Args:
         eos_token_id (`int` or list of `int`, *optional*): the language model's end-of-sequence ids.
         pad_token_id (`int`, *optional*): the padding id, used to infer the prompts' left padding when no
@@ -117,6 +120,9 @@ class RowTracker:
         self._ids: torch.Tensor | None = None  # the rows at the last scoring step
         self._candidates: list[list[int]] | None = None  # (rows, k) scored at that step
         self._candidate_rewards: list[list[float]] | None = None
+        self._candidate_rewards_per_model: list[list[tuple[float, ...]]] | None = (
+            None  # several reward models
+        )
         self._nodes: list[int] = []
 
     def prompt_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -148,29 +154,48 @@ class RowTracker:
             )
         return mask
 
-    def start(self, input_ids: torch.Tensor, prompt_rewards: torch.Tensor) -> None:
-        """Begin a new call with the prompts `input_ids` and their rewards `(rows,)`."""
+    def start(
+        self,
+        input_ids: torch.Tensor,
+        prompt_rewards: torch.Tensor,
+        prompt_rewards_per_model: torch.Tensor | None = None,
+    ) -> None:
+        """Begin a new call with the prompts `input_ids` and their rewards `(rows,)`, and with several reward
+        models each one's, `(rows, reward models)`."""
         self.prepare()  # the prompts' mask applies to one call only
         rewards = prompt_rewards.float().cpu().tolist()
+        per_model = _per_model_tuples(prompt_rewards_per_model, len(rewards))
         self.start_time = time.monotonic()
         self._ids = input_ids
         self.finished = [False] * len(input_ids)
         self.last_rewards = rewards
         self._nodes = [
-            self.trace.add_root(tuple(row), reward)
-            for row, reward in zip(input_ids.tolist(), rewards, strict=True)
+            self.trace.add_root(tuple(row), reward, each)
+            for row, reward, each in zip(input_ids.tolist(), rewards, per_model, strict=True)
         ]
 
-    def record(self, candidates: torch.Tensor, rewards: torch.Tensor) -> None:
-        """Record one scoring step: the `(rows, k)` candidates of the rows last committed and their rewards."""
+    def record(
+        self,
+        candidates: torch.Tensor,
+        rewards: torch.Tensor,
+        rewards_per_model: torch.Tensor | None = None,
+    ) -> None:
+        """Record one scoring step: the `(rows, k)` candidates of the rows last committed and their rewards, and
+        with several reward models each one's, `(rows, k, reward models)`."""
         self.reward_calls += 1
         self._candidates = candidates.tolist()
         self._candidate_rewards = rewards.float().cpu().tolist()
-        for node, finished, row_candidates, row_rewards in zip(
-            self._nodes, self.finished, self._candidates, self._candidate_rewards, strict=True
+        self._candidate_rewards_per_model = (
+            None
+            if rewards_per_model is None
+            else [[tuple(each) for each in row] for row in rewards_per_model.float().cpu().tolist()]
+        )
+        per_model = self._candidate_rewards_per_model or [None] * len(self._candidates)
+        for node, finished, row_candidates, row_rewards, row_per_model in zip(
+            self._nodes, self.finished, self._candidates, self._candidate_rewards, per_model, strict=True
         ):
             if not finished:
-                self.trace.add_candidates(node, row_candidates, row_rewards)
+                self.trace.add_candidates(node, row_candidates, row_rewards, row_per_model)
 
     def parent_rows(self, input_ids: torch.Tensor) -> list[int] | None:
         """The row of the last scoring step that each row of `input_ids` extends by one token, or `None` when some
@@ -202,6 +227,16 @@ class RowTracker:
                 rewards.append(self._candidate_rewards[parent][row_candidates.index(token)])
         return rewards
 
+    def _rewards_per_model(self, parent: int, index: int) -> tuple[float, ...] | None:
+        """Each reward model's reward of candidate `index` of row `parent` (NaN for a token that was no
+        candidate); `None` with one reward model."""
+        per_model = self._candidate_rewards_per_model
+        if per_model is None:
+            return None
+        if index < 0:
+            return (math.nan,) * len(per_model[parent][0])
+        return per_model[parent][index]
+
     def commit(self, input_ids: torch.Tensor) -> CommittedStep | None:
         """Commit the tokens `generate()` appended after the last scoring step to the trace, once per step. Returns
         them for the scorer, or `None` when `input_ids` does not extend that step (a new call)."""
@@ -220,20 +255,28 @@ class RowTracker:
             else:
                 chosen.append(index)
                 reward = self._candidate_rewards[parent][index] if index >= 0 else math.nan
-                node = self.trace.child(node, token, reward)
+                node = self.trace.child(node, token, reward, self._rewards_per_model(parent, index))
                 finished = token in self.eos_token_ids or (threshold is not None and reward >= threshold)
             nodes.append(node)
             finished_rows.append(finished)
             rewards.append(reward)
         self._nodes, self.finished, self.last_rewards = nodes, finished_rows, rewards
         self._ids = input_ids
-        self._candidates = self._candidate_rewards = None
+        self._candidates = self._candidate_rewards = self._candidate_rewards_per_model = None
         in_order = parents == list(range(len(parents)))
         return CommittedStep(
             tokens=input_ids[:, -1],
             parents=None if in_order else torch.tensor(parents, device=input_ids.device),
             chosen=torch.tensor(chosen, device=input_ids.device),
         )
+
+
+def _per_model_tuples(rewards: torch.Tensor | None, rows: int) -> list[tuple[float, ...] | None]:
+    """Each row's rewards of every reward model, `(rows, reward models)`, as tuples; `None` per row without
+    them."""
+    if rewards is None:
+        return [None] * rows
+    return [tuple(row) for row in rewards.float().cpu().tolist()]
 
 
 #: The name `RowTracker` had while it also owned the scorer and the stopping logic; kept for existing imports.

@@ -32,9 +32,10 @@ def rm():
             r"`config` has to be a RewardGuidanceConfig, got dict.*\*\*config",
         ),
         (
-            {"reward_transform": ["clamp"]},
+            {"reward_transform": ["clamp", "cube"]},
             ValueError,
-            r"`reward_transform` \(=\['clamp'\]\) has to be one of",
+            r"`reward_transform` \(=\['clamp', 'cube'\]\) holds one value per reward model: "
+            r"`reward_transform\[1\]` \(='cube'\) has to be one of",
         ),
         (
             {"eos_token_id": 1.5},
@@ -53,6 +54,112 @@ def test_guidance_arguments_are_refused_by_name(rm, kwargs, error, message):
     tokenizer = kwargs.pop("tokenizer", None)
     with pytest.raises(error, match=message):
         RewardGuidance(rm, tokenizer, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def rm2():
+    return tiny_prefix_rm("gpt2", seed=3)
+
+
+@pytest.mark.parametrize(
+    ("models", "kwargs", "message"),
+    [
+        (
+            1,
+            {"beta": [1, 2]},
+            r"`beta` \(=\[1.0, 2.0\]\) has 2 values for 1 reward model: give one value per reward model "
+            r"\(a list of 1\), or a single value for all of them",
+        ),
+        (
+            2,
+            {"reward_transform": ["clamp"]},
+            r"`reward_transform` \(=\['clamp'\]\) has 1 value for 2 reward models: give one value per reward "
+            r"model \(a list of 2\)",
+        ),
+        (2, {"standardize_rewards": [True, False, True]}, r"`standardize_rewards` .* has 3 values for 2"),
+        (2, {"beta": []}, r"`beta` is an empty list: give one value per reward model, or a single value"),
+        (
+            2,
+            {"beta": [1.0, math.nan, "x"]},
+            r"`beta` \(=\[1.0, nan, 'x'\]\) holds one value per reward model: `beta\[1\]` \(=nan\) has to be a "
+            r"finite number.* `beta\[2\]` \(='x'\) has to be a finite number",
+        ),
+        (
+            2,
+            {"standardize_rewards": [True, "yes"]},
+            r"`standardize_rewards\[1\]` \(='yes'\) has to be True or False",
+        ),
+        (
+            0,
+            {},
+            r"`reward_model` is an empty list: give a reward model, or a list of them with one `beta` each",
+        ),
+    ],
+)
+def test_settings_per_reward_model_are_refused_by_name(rm, rm2, models, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RewardGuidance([rm, rm2][:models], **kwargs)
+
+
+def test_a_bad_reward_model_in_a_list_is_named_by_its_index(rm, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"`reward_model\[1\]`: `reward_model` has to be a PrefixRewardModel.*int"
+    ):
+        RewardGuidance([rm, 42])
+    with pytest.raises(ValueError, match=r"`reward_model\[2\]`: `reward_model` .* is not a folder"):
+        RewardGuidance([rm, rm, str(tmp_path / "nowhere")])
+    with pytest.raises(
+        OSError, match=r"`reward_model\[1\]`: Could not load `reward_model` 'no-such-org/no-rm'"
+    ):
+        RewardGuidance([rm, "no-such-org/no-rm"])
+    other = tiny_prefix_rm("gpt2", seed=3)
+    other.resize_token_embeddings(VOCAB_SIZE + 16)
+    guidance = RewardGuidance([rm, other], top_k=3, pad_token_id=PAD)
+    with pytest.raises(
+        ValueError, match=r"`reward_model\[1\]`: The language model scores 384 tokens.*has 400"
+    ):
+        guidance.check_language_model(tiny_causal_lm("gpt2"), torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match=r"`reward_model\[1\]`: `eos_token_id` \(390\) lies outside"):
+        RewardGuidance([other, rm], eos_token_id=390)
+
+
+def test_a_guidance_of_several_reward_models_has_no_single_one(rm, rm2):
+    guidance = RewardGuidance([rm, rm2])
+    assert guidance.reward_models == (rm, rm2) and len(guidance.scorers) == 2
+    for name in ("reward_model", "scorer"):
+        with pytest.raises(
+            ValueError, match=rf"has 2 reward models, so it has no single `{name}`: read `{name}s`"
+        ):
+            getattr(guidance, name)
+
+
+def test_the_processor_refuses_settings_for_another_number_of_reward_models(rm):
+    from hf_rgtg import ReferenceScorer, RewardGuidanceConfig, RewardGuidedLogitsProcessor, RowTracker
+
+    config = RewardGuidanceConfig(beta=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"`beta` \(=\[1.0, 2.0\]\) has 2 values for 1 reward model"):
+        RewardGuidedLogitsProcessor(ReferenceScorer(rm), RowTracker(), config)
+
+
+def test_ways_2_and_3_refuse_settings_for_another_number_of_reward_models(rm, rm2, restore_generate):
+    from hf_rgtg import enable_reward_guided_generate
+
+    lm = tiny_causal_lm("gpt2")
+    ids = torch.tensor([[5, 6, 7]])
+    too_many = r"`beta` \(=\[1.0, 2.0, 3.0\]\) has 3 values for 2 reward models"
+    with pytest.raises(ValueError, match=too_many):
+        lm.generate(
+            ids,
+            max_new_tokens=2,
+            custom_generate=reward_guided_generate,
+            reward_model=[rm, rm2],
+            beta=[1, 2, 3],
+        )
+    enable_reward_guided_generate()
+    with pytest.raises(ValueError, match=too_many):
+        lm.generate(ids, max_new_tokens=2, reward_model=[rm, rm2], beta=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"`reward_model` is an empty list"):
+        lm.generate(ids, max_new_tokens=2, reward_model=[])
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,19 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm, tiny_config, tiny_prefix_rm
+from conftest import (
+    CHAT_TEMPLATE,
+    build_other_tokenizer,
+    build_tokenizer,
+    tiny_causal_lm,
+    tiny_config,
+    tiny_prefix_rm,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
 
 import hf_rgtg.defaults
@@ -28,8 +36,8 @@ PROMPT = "hello there"
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """A tiny LM with its tokenizer (no chat template, no pad token), the same LM with a chat template, and a tiny
-    prefix reward model, saved to folders."""
+    """A tiny LM with its tokenizer (no chat template, no pad token), the same LM with a chat template, and two
+    tiny prefix reward models, saved to folders."""
     root = tmp_path_factory.mktemp("cli-models")
     lm = tiny_causal_lm("llama", seed=0, pad_token_id=0)
     tokenizer = build_tokenizer()
@@ -39,7 +47,8 @@ def folders(tmp_path_factory):
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(root / "chat-lm")
     tiny_prefix_rm("llama", seed=1).save_pretrained(root / "rm")
-    return {name: str(root / name) for name in ("lm", "chat-lm", "rm")}
+    tiny_prefix_rm("llama", seed=3).save_pretrained(root / "rm2")
+    return {name: str(root / name) for name in ("lm", "chat-lm", "rm", "rm2")}
 
 
 def run(capsys, *args):
@@ -322,18 +331,30 @@ def test_packaged_default_reward_model_is_used_when_rm_is_not_given(folders, cap
     rm = AutoModelForPrefixReward.from_pretrained(folders["rm"])
     monkeypatch.setattr(hf_rgtg.defaults, "default_rm_available", lambda: True)
     monkeypatch.setattr(hf_rgtg.defaults, "load_default_rm", lambda: rm)
+    # The default reward model reads the default language model's tokenizer: here the test LM's.
+    monkeypatch.setattr(hf_rgtg.defaults, "default_lm_path", lambda *args, **kwargs: Path(folders["lm"]))
     code, out, _ = run(capsys, PROMPT, "--lm", folders["lm"], "--max-new-tokens", "5")
     assert code == 0
     assert out == reference(folders)["guided_text"] + "\n"
 
 
-def test_default_reward_model_with_another_lm_vocabulary_asks_for_rm(folders, capsys, monkeypatch):
-    other = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("llama", vocab_size=200)))
+def test_the_default_reward_model_guides_another_lm_through_its_own_tokenizer(
+    folders, capsys, monkeypatch, tmp_path
+):
+    """--lm with another vocabulary than the default reward model's: the text is bridged to the default language
+    model's tokenizer, which the default reward model reads."""
+    other_tokenizer = build_other_tokenizer("byte-level")
+    other_tokenizer.save_pretrained(tmp_path / "default-lm")
+    other = PrefixRewardModel(
+        PrefixRewardConfig(text_config=tiny_config("llama", vocab_size=len(other_tokenizer)))
+    )
     monkeypatch.setattr(hf_rgtg.defaults, "default_rm_available", lambda: True)
-    monkeypatch.setattr(hf_rgtg.defaults, "load_default_rm", lambda: other)
-    code, out, err = run(capsys, PROMPT, "--lm", folders["lm"])
-    assert code == 2 and out == "" and err.count("\n") == 1
-    assert "argument --rm: the default reward model reads" in err and "pass --rm" in err
+    monkeypatch.setattr(hf_rgtg.defaults, "load_default_rm", lambda: other.eval())
+    monkeypatch.setattr(hf_rgtg.defaults, "default_lm_path", lambda *args, **kwargs: tmp_path / "default-lm")
+    code, out, err = run(capsys, PROMPT, "--lm", folders["lm"], "--max-new-tokens", "4", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["reward"] is not None
 
 
 def test_missing_default_lm_package_surfaces_the_install_command(folders, capsys, without_smollm2):
@@ -559,3 +580,138 @@ def test_trace_png_without_matplotlib_is_refused_before_loading(
 ):
     code, out, err = run(capsys, PROMPT, *models(folders), "--trace-png", str(tmp_path / "t.png"))
     assert code == 2 and out == "" and "hf_rgtg[plot]" in err
+
+
+def two_rms(folders, *betas):
+    return (
+        "--lm",
+        folders["lm"],
+        "--rm",
+        folders["rm"],
+        "--rm",
+        folders["rm2"],
+        *(f"--beta={b}" for b in betas),
+    )
+
+
+def multi_reference(folders, beta, max_new_tokens=5, top_k=10):
+    """What the CLI should print with both reward models, from the library: the text, each step's combined and
+    per-model prefix rewards, and the sequence's combined and per-model rewards."""
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(folders["lm"]))
+    lm = AutoModelForCausalLM.from_pretrained(folders["lm"]).eval()
+    rms = [AutoModelForPrefixReward.from_pretrained(folders[name]).eval() for name in ("rm", "rm2")]
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    length = inputs["input_ids"].shape[1]
+    guidance = RewardGuidance(rms, tokenizer, beta=beta, top_k=top_k, eos_token_id=0)
+    torch.manual_seed(0)
+    out = lm.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, **guidance.generate_kwargs()
+    )
+    steps = guidance.trace.steps(out[0], prompt_length=length)
+    return {
+        "text": tokenizer.decode(out[0, length:], skip_special_tokens=True),
+        "prefix_rewards": [step.reward for step in steps],
+        "prefix_rewards_per_model": [step.rewards_per_model for step in steps],
+        "reward": guidance.sequence_rewards(out, length)[0].item(),
+        "rewards_per_model": guidance.sequence_rewards(out, length, per_model=True)[0].tolist(),
+    }
+
+
+def test_two_reward_models_guide_as_the_library_does(folders, capsys):
+    code, out, _ = run(capsys, PROMPT, *two_rms(folders, 1, 0.5), "--max-new-tokens", "5")
+    assert code == 0
+    expected = multi_reference(folders, [1.0, 0.5])
+    assert out == expected["text"] + "\n"
+    assert expected["text"] != reference(folders)["guided_text"], "the second reward model should change it"
+    # One --beta weighs both.
+    code, out, _ = run(
+        capsys, PROMPT, *two_rms(folders, 0.5), "--max-new-tokens", "5", "--compare", "--no-stream"
+    )
+    assert code == 0 and "=== guided (beta=0.5, top-k=10) ===" in out
+    assert multi_reference(folders, 0.5)["text"] in lines_of(out)
+
+
+def test_show_rewards_with_two_reward_models_has_a_column_for_each(folders, capsys):
+    code, out, _ = run(capsys, PROMPT, *two_rms(folders, 1, 0.5), "--max-new-tokens", "5", "--show-rewards")
+    assert code == 0
+    expected = multi_reference(folders, [1.0, 0.5])
+    lines = lines_of(out)
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["step", "token"])
+    assert lines[start].split() == ["step", "token", "r_t", "R", "R_1", "R_2"]
+    rows = [line.rsplit(maxsplit=4) for line in lines[start + 1 : start + 6]]
+    assert [float(row[2]) for row in rows] == pytest.approx(expected["prefix_rewards"], abs=1e-4)
+    per_model = [(float(row[3]), float(row[4])) for row in rows]
+    for got, want in zip(per_model, expected["prefix_rewards_per_model"], strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    a, b = expected["rewards_per_model"]
+    assert lines[-1] == f"sequence reward: {expected['reward']:+.4f} = 1 * ({a:+.4f}) + 0.5 * ({b:+.4f})"
+
+
+def test_json_with_two_reward_models_records_each_ones_reward(folders, capsys):
+    code, out, _ = run(
+        capsys,
+        PROMPT,
+        *two_rms(folders, 1, 0.5),
+        "--max-new-tokens",
+        "5",
+        "--json",
+        "--compare",
+        "--show-rewards",
+    )
+    assert code == 0
+    record = json.loads(out)
+    expected = multi_reference(folders, [1.0, 0.5])
+    assert record["response"] == expected["text"]
+    assert record["reward"] == pytest.approx(expected["reward"], abs=1e-4)
+    assert record["rewards_per_model"] == pytest.approx(expected["rewards_per_model"], abs=1e-4)
+    assert len(record["unguided_rewards_per_model"]) == 2
+    assert [len(each) for each in record["token_rewards_per_model"]] == [2]
+    assert record["settings"]["rm"] == [folders["rm"], folders["rm2"]] and record["settings"]["beta"] == [
+        1.0,
+        0.5,
+    ]
+
+
+def test_one_reward_model_keeps_its_json_record(folders, capsys):
+    code, out, _ = run(capsys, PROMPT, *models(folders), "--max-new-tokens", "3", "--json", "--show-rewards")
+    assert code == 0
+    record = json.loads(out)
+    assert sorted(record) == ["prompt", "response", "reward", "settings", "token_rewards"]
+    assert record["settings"]["rm"] == folders["rm"] and record["settings"]["beta"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "rms, betas, mentions",
+    [
+        (
+            2,
+            ["1", "2", "3"],
+            "argument --beta: given 3 times for 2 reward models (--rm): give one --beta per --rm",
+        ),
+        (1, ["1", "2"], "argument --beta: given 2 times for 1 reward model (--rm)"),
+        (
+            2,
+            ["1", "nan"],
+            "argument --beta: `beta` (=[1.0, nan]) holds one value per reward model: `beta[1]` (=nan)",
+        ),
+    ],
+)
+def test_the_betas_of_several_reward_models_are_checked_by_flag(folders, capsys, rms, betas, mentions):
+    rm_flags = ("--rm", folders["rm"], "--rm", folders["rm2"])[: 2 * rms]
+    code, out, err = run(capsys, PROMPT, "--lm", folders["lm"], *rm_flags, *(f"--beta={b}" for b in betas))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert mentions in err, err
+
+
+def test_a_file_with_two_reward_models_resumes_under_the_same_settings(folders, capsys, tmp_path):
+    prompts, output = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text('"hello there"\n"good day"\n')
+    files = ("--input", str(prompts), "--output", str(output), "--max-new-tokens", "3")
+    args = (*two_rms(folders, 1, 0.5), *files)
+    assert run(capsys, *args)[0] == 0
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [len(r["rewards_per_model"]) for r in records] == [2, 2]
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "0 generated now, 2 there before" in out
+    code, _, err = run(capsys, *two_rms(folders, 1, 2), *files)
+    assert code == 2 and "beta was [1.0, 0.5], now [1.0, 2.0]" in err

@@ -11,6 +11,7 @@ from conftest import (
     left_padded,
     models,
     tiny_config,
+    tiny_prefix_rm,
 )
 from transformers import T5ForConditionalGeneration
 
@@ -218,3 +219,35 @@ def test_prompt_plus_new_tokens_beyond_reward_model_positions_fails_before_decod
     with pytest.raises(ValueError, match=r"prompt has 128 tokens.*Shorten the prompt"):
         lm.generate(torch.randint(1, VOCAB_SIZE - 1, (1, 128)), max_new_tokens=1, **guided)
     assert calls == []
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample", "beams"])
+def test_two_reward_models_give_identical_outputs_through_all_three_ways(mode, restore_generate):
+    lm, rm = models("llama")
+    other = tiny_prefix_rm("llama", seed=9)
+    ids, mask = left_padded()
+    common = {
+        "attention_mask": mask,
+        "max_new_tokens": 6,
+        "pad_token_id": PAD,
+        "do_sample": mode == "sample",
+        "num_beams": 3 if mode == "beams" else 1,
+    }
+    settings = {"beta": [1.0, -20.0], "top_k": 5, "reward_transform": ["identity", "sigmoid"]}
+    guidance = RewardGuidance(
+        [rm, other], eos_token_id=lm.generation_config.eos_token_id, pad_token_id=PAD, **settings
+    )
+    torch.manual_seed(4)
+    explicit = lm.generate(ids, **common, **guidance.generate_kwargs())
+    torch.manual_seed(4)
+    custom = lm.generate(
+        ids, **common, custom_generate=reward_guided_generate, reward_model=[rm, other], **settings
+    )
+    enable_reward_guided_generate()
+    torch.manual_seed(4)
+    patched = lm.generate(ids, **common, reward_model=[rm, other], **settings)
+    disable_reward_guided_generate()
+    assert torch.equal(explicit, custom) and torch.equal(explicit, patched)
+    alone = RewardGuidance(rm, eos_token_id=lm.generation_config.eos_token_id, pad_token_id=PAD, top_k=5)
+    torch.manual_seed(4)
+    assert not torch.equal(explicit, lm.generate(ids, **common, **alone.generate_kwargs()))

@@ -27,6 +27,7 @@ MODULES = [
     "hf_rgtg.scoring",
     "hf_rgtg.scoring.base",
     "hf_rgtg.scoring.reference",
+    "hf_rgtg.scorer_set",
     "hf_rgtg.stopping",
     "hf_rgtg.tokenization",
     "hf_rgtg.trace",

@@ -246,3 +246,110 @@ def test_token_rewards_and_traces_survive_batching(lm_rm, tokenizer):
         assert [step.token for step in record["trace"]["steps"]] == [
             step.token for step in alone["trace"]["steps"]
         ]
+
+
+@pytest.fixture
+def second_rm():
+    from conftest import tiny_prefix_rm
+
+    return tiny_prefix_rm("gpt2", seed=9)
+
+
+def test_two_reward_models_equal_way_1_and_report_each_ones_rewards(lm_rm, second_rm, tokenizer):
+    lm, rm = lm_rm
+    settings = {"beta": [2.0, 0.5], "top_k": 4}
+    generator = pipeline(
+        "reward-guided-text-generation",
+        model=lm,
+        tokenizer=tokenizer,
+        reward_model=[rm, second_rm],
+        **settings,
+    )
+    [record] = generator(
+        PROMPTS[0],
+        max_new_tokens=6,
+        do_sample=False,
+        return_full_text=False,
+        return_token_rewards=True,
+        return_trace=True,
+    )
+    text, reward = guided_text(lm, [rm, second_rm], tokenizer, PROMPTS[0], **settings)
+    assert record["generated_text"] == text and record["reward"] == pytest.approx(reward, abs=1e-5)
+    first, second = record["rewards_per_model"]
+    assert record["reward"] == pytest.approx(2.0 * first + 0.5 * second, abs=1e-5)
+    inputs = tokenizer(PROMPTS[0], return_tensors="pt")
+    way_1 = RewardGuidance(
+        [rm, second_rm], tokenizer, eos_token_id=lm.generation_config.eos_token_id, **settings
+    )
+    out = lm.generate(**inputs, max_new_tokens=6, do_sample=False, **way_1.generate_kwargs())
+    per_model = way_1.sequence_rewards(out, inputs["input_ids"].shape[1], per_model=True)[0]
+    assert [first, second] == pytest.approx(per_model.tolist(), abs=1e-5)
+    # Token rewards: each reward model's, and their weighted sum, which telescopes to the combined reward.
+    combined, per_model = record["token_rewards"], record["token_rewards_per_model"]
+    assert [d["prefix_rewards"][-1] for d in per_model] == pytest.approx([first, second], abs=1e-4)
+    assert combined["prefix_rewards"][-1] == pytest.approx(record["reward"], abs=1e-4)
+    assert combined["rewards"] == pytest.approx(
+        [2.0 * a + 0.5 * b for a, b in zip(per_model[0]["rewards"], per_model[1]["rewards"], strict=True)]
+    )
+    assert combined["tokens"] == per_model[0]["tokens"] == per_model[1]["tokens"]
+    # The trace: the combination, and each reward model's.
+    trace = record["trace"]
+    assert len(trace["prompt_rewards_per_model"]) == 2 and len(trace["steps"]) == 6
+    assert trace["steps"][-1].rewards_per_model == pytest.approx((first, second), abs=1e-4)
+    assert trace["steps"][-1].reward == pytest.approx(record["reward"], abs=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_several_reward_models_survive_batching_and_several_return_sequences(
+    lm_rm, second_rm, tokenizer, batch_size
+):
+    lm, rm = lm_rm
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token, tokenizer.padding_side = "<|endoftext|>", "left"
+    generator = pipeline("reward-guided-text-generation", model=lm, tokenizer=tokenizer, top_k=4)
+    torch.manual_seed(0)
+    out = generator(
+        PROMPTS,
+        reward_model=[rm, second_rm],
+        beta=1.0,
+        max_new_tokens=4,
+        do_sample=True,
+        num_return_sequences=2,
+        batch_size=batch_size,
+        return_token_rewards=True,
+    )
+    assert len(out) == 2 and all(len(records) == 2 for records in out)
+    for records in out:
+        for record in records:
+            assert len(record["rewards_per_model"]) == 2
+            assert record["reward"] == pytest.approx(sum(record["rewards_per_model"]), abs=1e-5)
+            per_model = record["token_rewards_per_model"]
+            assert isinstance(per_model, list) and [type(d) for d in per_model] == [dict, dict]
+            assert [d["prefix_rewards"][-1] for d in per_model] == pytest.approx(
+                record["rewards_per_model"], abs=1e-4
+            )
+
+
+def test_one_reward_model_keeps_the_records_it_had(lm_rm, tokenizer):
+    lm, rm = lm_rm
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=rm, top_k=4
+    )
+    [record] = generator(PROMPTS[0], max_new_tokens=3, return_token_rewards=True, return_trace=True)
+    assert sorted(record) == ["generated_text", "reward", "token_rewards", "trace"]
+    assert sorted(record["trace"]) == ["prompt_reward", "steps"]
+
+
+def test_every_beta_0_decodes_without_the_reward_models(lm_rm, second_rm, tokenizer, monkeypatch):
+    lm, rm = lm_rm
+    generator = pipeline(
+        "reward-guided-text-generation", model=lm, tokenizer=tokenizer, reward_model=[rm, second_rm]
+    )
+    guided_steps = []
+    monkeypatch.setattr(
+        hf_rgtg.pipelines.RewardGuidance, "generate_kwargs", lambda *a, **k: guided_steps.append(1)
+    )
+    [record] = generator(PROMPTS[1], max_new_tokens=4, do_sample=False, beta=[0.0, 0.0])
+    assert guided_steps == [] and len(record["rewards_per_model"]) == 2
+    [record] = generator(PROMPTS[1], max_new_tokens=4, do_sample=False, beta=0.0)  # one beta for both
+    assert guided_steps == []

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from .. import defaults
-from ..auto import AutoModelForPrefixReward
+from ..auto import AutoModelForPrefixReward, resolve_reward_tokenizer
 from ..configuration import PrefixRewardConfig, RewardGuidanceConfig
 from ..modeling import PrefixRewardModel
 from ..redistribution import TokenRewards
@@ -27,7 +27,7 @@ from ..visualization import require_matplotlib, steps_html, steps_png
 from . import PROG
 from .devices import DTYPES, resolve_device, resolve_dtype
 from .guided_run import GuidedRun, guided_pipeline, settings_record
-from .loading import check_local_path, checked_tokenizer, load_named, named
+from .loading import DEFAULT_NAME, check_local_path, checked_tokenizer, load_named, named
 from .tables import token_rewards_table
 
 # The PARGS paper's weights of the reward: 1 for greedy decoding, 2 for sampling.
@@ -44,6 +44,7 @@ MISSING_REWARD_MODEL_MESSAGE = (
 EXAMPLES = f"""examples:
   {PROG} generate "Write a haiku about autumn." --show-rewards
   {PROG} generate "Tell me a joke." --sample --num-return-sequences 3 --compare --json
+  {PROG} generate "Tell me a joke." --rm default --rm ./my-rm --beta 1 --beta 0.5 --show-rewards
   {PROG} generate --input prompts.jsonl --output replies.jsonl --batch-size 8
   accelerate launch --multi_gpu --num_processes 2 -m hf_rgtg generate --input prompts.jsonl --output replies.jsonl
 
@@ -69,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
         description=(
             "Continue PROMPT (or every prompt of --input) with a language model whose next-token choice is guided\n"
             "by a prefix reward model: at each step the LM's top-k tokens are re-ranked by\n"
-            "log-probability + beta * reward."
+            "log-probability + beta * reward (with several --rm, log-probability + sum_i beta_i * reward_i)."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -90,9 +91,18 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
     models.add_argument(
         "--rm",
         metavar="NAME",
-        help="Hub id or folder of the prefix reward model, loaded with AutoModelForPrefixReward; it must share the "
-        "language model's tokenizer (default, or 'default': the packaged default reward model, which prefers replies "
-        "of positive sentiment, on the default LM's backbone)",
+        action="append",
+        help="Hub id or folder of the prefix reward model, loaded with AutoModelForPrefixReward, with the tokenizer "
+        "saved with it; when that is not the language model's, each candidate's text is re-encoded for it (default, "
+        "or 'default': the packaged default reward model, which prefers replies of positive sentiment, on the "
+        "default LM's backbone and tokenizer). Repeat it to guide by several reward models at once, their rewards "
+        "weighed by one --beta each (or one for all)",
+    )
+    models.add_argument(
+        "--reward-prompt-template",
+        metavar="TEMPLATE",
+        help="how a reward model with another tokenizer and no chat template sees the prompt, with {prompt} in it, "
+        "e.g. 'Question: {prompt}\nAnswer: ' (default: the prompt as it is, with the tokenizer's special tokens)",
     )
     models.add_argument(
         "--device",
@@ -109,7 +119,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
     guidance.add_argument(
         "--beta",
         type=float,
-        help=f"weight of the reward (default: {GREEDY_BETA}, or {SAMPLING_BETA} with --sample)",
+        action="append",
+        help=f"weight of the reward (default: {GREEDY_BETA}, or {SAMPLING_BETA} with --sample); with several --rm, "
+        "repeat it once per --rm, in the same order, or give it once for all",
     )
     guidance.add_argument(
         "--top-k",
@@ -211,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         `OSError`: when a model or tokenizer cannot be found.
     """
     # Everything that can be checked without the models is checked first, so mistakes fail fast.
-    args.lm, args.rm = named(args.lm), named(args.rm)
+    args.lm, args.rm = named(args.lm), [named(name) for name in args.rm or [None]]
     config = checked_settings(args)
     job = None
     if args.input is not None:
@@ -220,26 +232,27 @@ def run(args: argparse.Namespace) -> int:
         job = FileJob.prepare(args, settings_record(args, config))
     device = job.device if job is not None else resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    load_reward_model = _reward_model_loader(args.rm)
+    loaders = [_reward_model_loader(name) for name in args.rm]
 
     # Seeded before loading too: a reward model built from a causal-LM checkpoint gets a randomly initialised head.
     torch.manual_seed(args.seed)
     lm, tokenizer = _load_language_model(args.lm)
-    reward_model = load_reward_model()
-    if args.rm is None and args.lm is not None:
-        _check_default_rm_fits(reward_model, lm, args.lm)
+    reward_models = [load() for load in loaders]
+    reward_tokenizers = [_reward_tokenizer(name, args.lm, tokenizer) for name in args.rm]
     ensure_pad_token(tokenizer)
-    reward_model = reward_model.to(device, dtype)
-    generator = guided_pipeline(lm.to(device, dtype), reward_model, tokenizer, config)
-    guided_run = GuidedRun(args, generator, config, reward_model)
+    reward_models = [reward_model.to(device, dtype) for reward_model in reward_models]
+    generator = guided_pipeline(
+        lm.to(device, dtype), reward_models, tokenizer, config, reward_tokenizers, args.reward_prompt_template
+    )
+    guided_run = GuidedRun(args, generator, config, reward_models)
     return job.run(guided_run) if job is not None else _run_one(guided_run)
 
 
 def checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
-    """The guidance settings of `args` (`--beta` defaulting by `--sample`), with every other flag that can be
-    refused before any model is loaded checked too; its length is one check per flag."""
-    beta = args.beta if args.beta is not None else (SAMPLING_BETA if args.sample else GREEDY_BETA)
-    config = _guidance_config(beta=beta, top_k=args.top_k)
+    """The guidance settings of `args` (`--beta` defaulting by `--sample`, one per `--rm` or one for all), with
+    every other flag that can be refused before any model is loaded checked too; its length is one check per
+    flag."""
+    config = _guidance_config(beta=_beta(args), top_k=args.top_k)
     if (args.prompt is None) == (args.input is None):
         raise ValueError("give a PROMPT or --input FILE (one of them)")
     if args.input is not None:
@@ -288,6 +301,22 @@ def checked_settings(args: argparse.Namespace) -> RewardGuidanceConfig:
     return config
 
 
+def _beta(args: argparse.Namespace) -> float | list[float]:
+    """The weight of each reward model: `--beta` given once (or not at all: 1, or 2 with `--sample`) weighs every
+    `--rm`; given several times, it needs one per `--rm` (`args.rm` is the list of them)."""
+    if args.beta is None:
+        return SAMPLING_BETA if args.sample else GREEDY_BETA
+    if len(args.beta) == 1:
+        return args.beta[0]
+    if len(args.beta) != len(args.rm):
+        models = f"{len(args.rm)} reward model{'s' if len(args.rm) != 1 else ''}"
+        raise ValueError(
+            f"argument --beta: given {len(args.beta)} times for {models} (--rm): give one --beta per --rm, in the "
+            "same order, or one --beta for all of them"
+        )
+    return list(args.beta)
+
+
 def _run_one(run: GuidedRun) -> int:
     """Generate for PROMPT and print the reply (streamed as it comes, unless several are), or its record."""
     args, tokenizer = run.args, run.generator.tokenizer
@@ -306,7 +335,7 @@ def _run_one(run: GuidedRun) -> int:
             extra["streamer"] = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         [results[label]] = run.call([given], args.seed, **extra)
         if not args.json:
-            _print_records(results[label], label, args, streamed=stream, first=index == 0)
+            _print_records(results[label], label, run, streamed=stream, first=index == 0)
     guided = results[run.label]
     if traced:
         _write_traces(args, guided, tokenizer)
@@ -333,11 +362,11 @@ def _write_traces(args: argparse.Namespace, guided: list[dict], tokenizer: PreTr
         steps_png(steps, prompt_rewards, tokenizer, args.trace_png, labels=labels)
 
 
-def _print_records(
-    records: list[dict], label: str, args: argparse.Namespace, streamed: bool, first: bool
-) -> None:
+def _print_records(records: list[dict], label: str, run: GuidedRun, streamed: bool, first: bool) -> None:
     """Print one run's replies (each under a header when there are several, or with --compare), and with
-    `--show-rewards` their token tables; a streamed reply is already printed, header included."""
+    `--show-rewards` their token tables; a streamed reply is already printed, header included. With several
+    `--rm`, the table has a column per reward model and the sequence reward says how it combines theirs."""
+    args = run.args
     headers = args.compare or len(records) > 1
     for number, record in enumerate(records, start=1):
         if not streamed:
@@ -347,12 +376,24 @@ def _print_records(
             print(record["generated_text"])
         if args.show_rewards:
             credits = TokenRewards.from_dict(record["token_rewards"])
-            print("\n".join(token_rewards_table(credits, summary=False)))
+            per_model = [TokenRewards.from_dict(each) for each in record.get("token_rewards_per_model", [])]
+            print("\n".join(token_rewards_table(credits, summary=False, per_model=per_model)))
         if args.show_rewards or headers:
-            print(f"sequence reward: {record['reward']:+.4f}")
+            print(_sequence_reward_line(record, run.config))
 
 
-def _guidance_config(beta: float, top_k: int) -> RewardGuidanceConfig:
+def _sequence_reward_line(record: dict, config: RewardGuidanceConfig) -> str:
+    """`sequence reward: R`; with several reward models, `R = beta_1 * (R_1) + beta_2 * (R_2) ...`."""
+    line = f"sequence reward: {record['reward']:+.4f}"
+    per_model = record.get("rewards_per_model")
+    if per_model is None:
+        return line
+    betas = config.per_model("beta", len(per_model))
+    terms = " + ".join(f"{beta:g} * ({reward:+.4f})" for beta, reward in zip(betas, per_model, strict=True))
+    return f"{line} = {terms}"
+
+
+def _guidance_config(beta: float | list[float], top_k: int) -> RewardGuidanceConfig:
     """Validate each setting on its own so that the error message can name the flag at fault."""
     for flag, setting in (("--beta", {"beta": beta}), ("--top-k", {"top_k": top_k})):
         try:
@@ -376,15 +417,17 @@ def _reward_model_loader(name: str | None) -> Callable[[], PrefixRewardModel]:
     return lambda: defaults.load_default_rm().eval()
 
 
-def _check_default_rm_fits(reward_model: PrefixRewardModel, lm: PreTrainedModel, lm_name: str) -> None:
-    """The default reward model reads SmolLM2's vocabulary; say so when `--lm` names a model with another one."""
-    rm_vocab = reward_model.vocab_size
-    lm_vocab = lm.config.get_text_config().vocab_size
-    if rm_vocab != lm_vocab:
-        raise ValueError(
-            f"argument --rm: the default reward model reads {defaults.DEFAULT_LM_NAME}'s vocabulary ({rm_vocab} "
-            f"tokens), but --lm {lm_name} has {lm_vocab}; pass --rm <a prefix reward model sharing its tokenizer>"
-        )
+def _reward_tokenizer(
+    name: str | None, lm_name: str | None, lm_tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of the reward model `--rm name`: the one saved with it (`None` if there is none), and for the
+    default reward model the default language model's, on which it was trained. When it is not the language
+    model's, guidance bridges the text between the two."""
+    if name is not None:
+        return resolve_reward_tokenizer(name)
+    if lm_name is None:
+        return lm_tokenizer
+    return load_named("--rm", DEFAULT_NAME, lambda: checked_tokenizer(str(defaults.default_lm_path())))
 
 
 def _load_language_model(name: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -20,11 +20,19 @@ from ..validation import positions_problem
 from .prompt_files import Prompt
 
 
+def rm_names(args: argparse.Namespace) -> list[str]:
+    """The name of each `--rm` (`args.rm` is their list, `None` for the default), `"default"` for the default."""
+    return [name or "default" for name in args.rm]
+
+
 def settings_record(args: argparse.Namespace, config: RewardGuidanceConfig) -> dict[str, Any]:
-    """The settings a record carries, and a resumed `--output` has to share."""
+    """The settings a record carries, and a resumed `--output` has to share: `rm` is the name of the reward
+    model, or the list of them with several `--rm` (and `beta` the list of their weights when several were
+    given)."""
+    names = rm_names(args)
     return {
         "lm": args.lm or defaults.DEFAULT_LM_NAME,
-        "rm": args.rm or "default",
+        "rm": names[0] if len(names) == 1 else names,
         "beta": config.beta,
         "top_k": config.top_k,
         "sample": args.sample,
@@ -43,16 +51,21 @@ def settings_record(args: argparse.Namespace, config: RewardGuidanceConfig) -> d
 
 def guided_pipeline(
     lm: PreTrainedModel,
-    reward_model: PrefixRewardModel,
+    reward_models: list[PrefixRewardModel],
     tokenizer: PreTrainedTokenizerBase,
     config: RewardGuidanceConfig,
+    reward_tokenizers: list[PreTrainedTokenizerBase | None] | None = None,
+    reward_prompt_template: str | None = None,
 ) -> RewardGuidedTextGenerationPipeline:
-    """The "reward-guided-text-generation" pipeline of `lm` steered by `reward_model` with `config`'s settings."""
+    """The "reward-guided-text-generation" pipeline of `lm` steered by `reward_models` (one, or several at once)
+    with `config`'s settings, each reward model reading text through its tokenizer where it is not `tokenizer`."""
     return pipeline(
         "reward-guided-text-generation",
         model=lm,
         tokenizer=tokenizer,
-        reward_model=reward_model,
+        reward_model=reward_models[0] if len(reward_models) == 1 else reward_models,
+        reward_tokenizer=reward_tokenizers,
+        reward_prompt_template=reward_prompt_template,
         beta=config.beta,
         top_k=config.top_k,
     )
@@ -93,12 +106,12 @@ def prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> int:
 @dataclass
 class GuidedRun:
     """What every generation of one `hf-rgtg generate` command shares: its flags, the guided pipeline, the
-    guidance settings and the reward model, and the settings its records carry."""
+    guidance settings and the reward models (one per `--rm`), and the settings its records carry."""
 
     args: argparse.Namespace
     generator: RewardGuidedTextGenerationPipeline
     config: RewardGuidanceConfig
-    reward_model: PrefixRewardModel
+    reward_models: list[PrefixRewardModel]
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -117,9 +130,13 @@ class GuidedRun:
         the flag is named when some new tokens would fit."""
         length = prompt_length(self.generator.tokenizer, given)
         lm_config = self.generator.model.config.get_text_config()
+        several = len(self.reward_models) > 1
         for max_positions, what in (
             (getattr(lm_config, "max_position_embeddings", None), "the language model"),
-            (self.reward_model.max_positions, "the reward model"),
+            *(
+                (model.max_positions, f"the reward model --rm {name}" if several else "the reward model")
+                for model, name in zip(self.reward_models, rm_names(self.args), strict=True)
+            ),
         ):
             problem = positions_problem(length, self.args.max_new_tokens, max_positions, what)
             if problem is None:
@@ -166,20 +183,26 @@ class GuidedRun:
     def record(self, guided: list[dict], unguided: list[dict] | None) -> dict[str, Any]:
         """One prompt's record (without its prompt): the reply and its reward (`responses` and `rewards` with
         `--num-return-sequences` above 1), the unguided ones with `--compare`, the token rewards with
-        `--show-rewards`, and the settings."""
+        `--show-rewards`, and the settings. With several `--rm`, a reward is their weighted sum, and each reward
+        model's comes beside it (`rewards_per_model`, and `token_rewards_per_model` with `--show-rewards`)."""
         record: dict[str, Any] = {}
+        one = self.args.num_return_sequences == 1
         for prefix, records in (("", guided), ("unguided_", unguided)):
             if records is None:
                 continue
             texts, rewards = [r["generated_text"] for r in records], [r["reward"] for r in records]
-            if self.args.num_return_sequences == 1:
+            if one:
                 record.update({f"{prefix}response": texts[0], f"{prefix}reward": rewards[0]})
             else:
                 record.update({f"{prefix}responses": texts, f"{prefix}rewards": rewards})
-            if self.args.show_rewards:
-                record[f"{prefix}token_rewards"] = [r["token_rewards"] for r in records]
+            if "rewards_per_model" in records[0]:
+                per_model = [r["rewards_per_model"] for r in records]
+                record[f"{prefix}rewards_per_model"] = per_model[0] if one else per_model
+            for name in ("token_rewards", "token_rewards_per_model"):
+                if self.args.show_rewards and name in records[0]:
+                    record[f"{prefix}{name}"] = [r[name] for r in records]
         record["settings"] = self.settings
         return record
 
 
-__all__ = ["GuidedRun", "guided_pipeline", "pipeline_input", "prompt_length", "settings_record"]
+__all__ = ["GuidedRun", "guided_pipeline", "pipeline_input", "prompt_length", "rm_names", "settings_record"]
