@@ -10,7 +10,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .configuration import PrefixRewardConfig
+from .configuration import PrefixRewardConfig, is_incrementally_scorable
 
 LIBRARY_NAME = "hf_rgtg"
 TAGS = ["reward-model", "prefix-reward-model", "hf_rgtg"]
@@ -191,12 +191,23 @@ def _description(config: PrefixRewardConfig, base_model: str | None, trained: bo
     layer = (
         "the backbone's final output" if config.head_layer is None else f"hidden layer {config.head_layer}"
     )
+    if config.head_type == "classifier":
+        reads = (
+            " whose reward is its own sequence classifier's pooled logit, read once per sequence: each prefix of a "
+            "response is scored as a sequence of its own. "
+        )
+    elif is_incrementally_scorable(config.text_config):
+        reads = f" with {head} on {layer}, applied at every position, so one forward pass scores every prefix of a response. "
+    else:
+        reads = (
+            f" with {head} on {layer}, read at the last token of each sequence: the backbone is not causal, so each "
+            "prefix of a response is scored as a sequence of its own. "
+        )
     return (
         f"A **prefix reward model** for reward-guided decoding with [hf_rgtg](https://pypi.org/project/hf-rgtg/): "
         f"a {config.text_config.model_type} backbone"
         + (f" (`{base_model}`)" if base_model else "")
-        + f" with {head} on {layer}, applied at every position, so one forward pass scores every prefix of a "
-        "response. "
+        + reads
         + (
             "It was trained as a Bradley-Terry model on partial sequences (PARGS), to score partial answers as "
             "well as whole ones."
