@@ -265,8 +265,15 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
 
     @property
     def max_positions(self) -> int | None:
-        """The backbone's maximum number of positions, if it declares one."""
-        return getattr(self.config.text_config, "max_position_embeddings", None)
+        """The backbone's maximum number of positions, if it declares one. RoBERTa-style embeddings number positions
+        from after their padding index (`padding_idx + 1`), so they hold that many fewer than
+        `max_position_embeddings`."""
+        positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        embeddings = getattr(self.backbone.base_model, "embeddings", None)
+        padding_idx = getattr(embeddings, "padding_idx", None)
+        if positions is None or not isinstance(padding_idx, int):
+            return positions
+        return positions - padding_idx - 1
 
     @property
     def vocab_size(self) -> int:

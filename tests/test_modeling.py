@@ -283,6 +283,23 @@ def test_an_encoder_s_head_reads_each_whole_sequence_at_its_last_token(arch):
     assert out.rewards is None and len(out.hidden_states) == 3
 
 
+def test_roberta_s_positions_start_after_its_padding_index():
+    for head_type, labels in (("per_position", {}), ("classifier", {"num_labels": 1})):
+        config = PrefixRewardConfig(
+            text_config=tiny_config("roberta", pad_token_id=1, **labels), head_type=head_type
+        )
+        model = PrefixRewardModel(config).eval()
+        assert model.max_positions == MAX_POSITIONS - 2
+        model(torch.randint(3, VOCAB_SIZE, (1, MAX_POSITIONS - 2)))
+        with pytest.raises(
+            ValueError, match=f"reaches position {MAX_POSITIONS - 1}, .* at most {MAX_POSITIONS - 2}"
+        ):
+            model(torch.randint(3, VOCAB_SIZE, (1, MAX_POSITIONS - 1)))
+    assert (
+        PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert"))).max_positions == MAX_POSITIONS
+    )
+
+
 def test_left_padding_of_an_encoder_moves_every_per_token_input_along():
     model = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert", pad_token_id=0))).eval()
     rows = random_rows(torch.Generator().manual_seed(8), [5, 3])
