@@ -59,7 +59,8 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
 
     The YAML metadata carries `library_name: hf_rgtg`, the `reward-model` and `prefix-reward-model` tags, the base
     model (its Hub id; a local path is left out), the training data sets and the metrics; the body has a usage
-    snippet (scoring a response, and guided decoding when the base model's Hub id is known), the training data and
+    snippet (scoring a response, and guided decoding when the base model's Hub id is known and it is a causal language
+    model, whose tokenizer the reward model shares; an encoder's base model is not one), the training data and
     settings, and the prefix-accuracy table (or why there is none), as far as `config.training_summary` records
     them.
 
@@ -93,13 +94,21 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
         metrics=["accuracy"] if evaluation else None,
         model_name=repo_id.split("/")[-1] if repo_id else None,
     )
+    # The language model to guide shares the reward model's tokenizer when the base model is a causal one.
+    guided = base_model if is_incrementally_scorable(config.text_config) else None
     sections = [
         f"# {repo_id or 'Prefix reward model'}",
         _description(config, base_model, trained=bool(summary)),
         "## Usage",
-        usage_snippet(repo_id or "<this repo>", base_model, chat=bool(summary.get("chat_template"))),
+        usage_snippet(repo_id or "<this repo>", guided, chat=bool(summary.get("chat_template"))),
     ]
-    if base_model is None:
+    if not is_incrementally_scorable(config.text_config):
+        sections.append(
+            "Its tokenizer is the encoder's own, not a language model's: to guide a language model with it, a "
+            "scorer decodes each candidate continuation and re-encodes the text (the prompt with this tokenizer's "
+            "special tokens, the response without) before reading `rm(input_ids, attention_mask=...).reward`."
+        )
+    elif base_model is None:
         sections.append(
             "To guide decoding with it, load the language model it was trained on (it shares this tokenizer) and "
             "pass `RewardGuidance(rm, tokenizer).generate_kwargs()` to its `generate()`."
