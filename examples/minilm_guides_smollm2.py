@@ -55,8 +55,12 @@ PROMPTS = [
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rm", required=True, help="folder of the MiniLM prefix reward model, with its tokenizer")
-    parser.add_argument("--beta", type=float, default=2.0, help="the guided run's beta (default: 2, PARGS sampling)")
+    parser.add_argument(
+        "--rm", required=True, help="folder of the MiniLM prefix reward model, with its tokenizer"
+    )
+    parser.add_argument(
+        "--beta", type=float, default=2.0, help="the guided run's beta (default: 2, PARGS sampling)"
+    )
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seeds", type=int, default=2, help="sampling seeds per beta (default: 2)")
@@ -64,7 +68,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def replies(generator, beta: float, seed: int, args: argparse.Namespace) -> tuple[list[str], list[float], float]:
+def replies(
+    generator, beta: float, seed: int, args: argparse.Namespace
+) -> tuple[list[str], list[float], float]:
     """Sampled replies to every prompt, their rewards, and the seconds the batch took."""
     set_seed(seed)
     start = time.perf_counter()
@@ -129,11 +135,14 @@ def main() -> None:
         "",
         f"Replies to {len(PROMPTS)} prompts, sampled with `top_k={args.top_k}`, at most {args.max_new_tokens} new "
         f"tokens, {args.seeds} seeds per beta; the reward model `{args.rm}` reads each candidate's text re-encoded "
-        f"with its own tokenizer (`scorer=\"text\"`). torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        f'with its own tokenizer (`scorer="text"`). torch {torch.__version__}, {torch.get_num_threads()} threads.',
         "",
         table,
         "",
-        *(f"- beta {beta:g}: " + " / ".join(f"“{text[:80]}”" for text in texts) for beta, texts in examples.items()),
+        *(
+            f"- beta {beta:g}: " + " / ".join(f"“{text[:80]}”" for text in texts)
+            for beta, texts in examples.items()
+        ),
         "",
     ]
     print(table)

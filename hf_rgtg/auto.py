@@ -11,8 +11,8 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrained
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .compat import held_load_reports, keep_own_weight_names, model_from_config, release_load_reports
-from .configuration import PrefixRewardConfig
-from .modeling import PrefixRewardModel, is_incrementally_scorable
+from .configuration import PrefixRewardConfig, is_incrementally_scorable
+from .modeling import PrefixRewardModel
 
 #: The logger of the one warning that a reward head built over a causal-LM checkpoint is new and untrained; a
 #: caller about to train that head, as `hf-rgtg train` is, may quiet it.
@@ -41,6 +41,15 @@ def looks_like_local_path(name: str) -> bool:
 
 def _is_sequence_classifier(config: PreTrainedConfig) -> bool:
     return any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or []))
+
+
+def wrapping_head_type(config: PreTrainedConfig) -> str:
+    """The `head_type` of a prefix reward model wrapping a checkpoint of this configuration: `"classifier"` for an
+    encoder sequence classifier (its pooled output is the reward), `"per_position"` for everything else (a decoder
+    classifier's `score` head is read at every position; other checkpoints get a new head)."""
+    if _is_sequence_classifier(config) and not is_incrementally_scorable(config):
+        return "classifier"
+    return "per_position"
 
 
 def _base_model_prefix(config: PreTrainedConfig) -> str:
@@ -76,13 +85,7 @@ def _check_backbone_config(config: PreTrainedConfig, name: str) -> None:
             raise ValueError(
                 f"{name!r} is a sequence-classification model with num_labels={config.num_labels}; a reward model "
                 "has exactly one output. Use a reward model saved with `num_labels=1`, or load the backbone from a "
-                "causal-LM checkpoint and train a new head."
-            )
-        if not is_incrementally_scorable(config):
-            raise ValueError(
-                f"{name!r} is an encoder sequence-classification model ({config.model_type}); its pooled "
-                "classifier head cannot be turned into a per-position head. Only decoder reward models "
-                "(`*ForSequenceClassification` on GPT-2, Llama, Qwen2, ...) are supported."
+                "causal-LM (or base-model) checkpoint and train a new head."
             )
 
 
@@ -97,9 +100,11 @@ class AutoModelForPrefixReward:
     1. a saved prefix reward model (`model_type="prefix_reward"`): loaded as is;
     2. any causal-LM (or base-model) checkpoint: the backbone's weights load, the reward head is new and untrained
        (a warning says so);
-    3. a decoder reward model saved as `*ForSequenceClassification` with `num_labels=1`: its `score` head becomes
-       the per-position head, so the last-position reward equals the original model's logit. This is how an
-       ordinary full-sequence reward model scores prefixes (ARGS style).
+    3. a reward model saved as `*ForSequenceClassification` with `num_labels=1`, so that the reward of a whole
+       sequence equals the original model's logit. This is how an ordinary full-sequence reward model scores
+       prefixes (ARGS style). A decoder's `score` head becomes the per-position head. An encoder's (BERT,
+       RoBERTa, DeBERTa-v2, ...) classifier stays whole, pooling included (`head_type="classifier"`): its reward
+       is read once per sequence, and each prefix is scored as a sequence of its own.
 
     Examples:
 
@@ -115,6 +120,18 @@ class AutoModelForPrefixReward:
     >>> classifier.save_pretrained(path)
     >>> rm = AutoModelForPrefixReward.from_pretrained(path).eval()
     >>> input_ids = torch.tensor([[3, 4, 5]])
+    >>> torch.allclose(rm(input_ids).reward, classifier(input_ids).logits[:, 0], atol=1e-5)
+    True
+
+    >>> # An encoder classifier: its own pooled logit is the reward of each whole sequence.
+    >>> from transformers import BertConfig
+    >>> config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    ...                     vocab_size=128, num_labels=1)
+    >>> classifier = AutoModelForSequenceClassification.from_config(config).eval()
+    >>> classifier.save_pretrained(path)
+    >>> rm = AutoModelForPrefixReward.from_pretrained(path).eval()
+    >>> rm.config.head_type, rm.supports_incremental_scoring
+    ('classifier', False)
     >>> torch.allclose(rm(input_ids).reward, classifier(input_ids).logits[:, 0], atol=1e-5)
     True
     ```
@@ -140,7 +157,7 @@ class AutoModelForPrefixReward:
         if not isinstance(config, PrefixRewardConfig):
             _check_backbone_config(config, type(config).__name__)
             head = {key: kwargs.pop(key) for key in _HEAD_KWARGS if key in kwargs}
-            config = PrefixRewardConfig(text_config=config, **head)
+            config = PrefixRewardConfig(text_config=config, head_type=wrapping_head_type(config), **head)
         return model_from_config(PrefixRewardModel, config, **kwargs)
 
     @classmethod
@@ -177,11 +194,16 @@ class AutoModelForPrefixReward:
             return PrefixRewardModel.from_pretrained(
                 pretrained_model_name_or_path, *model_args, config=given or source, **kwargs
             )
-        config, prefix_config = _wrapping_configs(given, source, name, head)
         _check_backbone_config(source, name)
+        config, prefix_config = _wrapping_configs(given, source, name, head)
         is_classifier = _is_sequence_classifier(source)
         return_info = kwargs.pop("output_loading_info", False)
-        key_mapping = {rf"^{_base_model_prefix(config)}\.": "backbone."}
+        key_mapping = (
+            # The classifier is the backbone whole: every weight keeps its name under `backbone.`.
+            {r"^(.)": r"backbone.\1"}
+            if prefix_config.head_type == "classifier"
+            else {rf"^{_base_model_prefix(config)}\.": "backbone."}
+        )
         with held_load_reports() as reports:
             model, info = PrefixRewardModel.from_pretrained(
                 pretrained_model_name_or_path,
@@ -196,7 +218,7 @@ class AutoModelForPrefixReward:
             release_load_reports(reports)
         # The renaming is a loading detail: saving writes the prefix reward model's own key names, not the source's.
         keep_own_weight_names(model)
-        _check_loaded_head(info, name, is_classifier)
+        _check_loaded_head(info, name, is_classifier, model.head_module_names)
         return (model, info) if return_info else model
 
 
@@ -207,7 +229,9 @@ def _wrapping_configs(
     (whose configuration is `source`, or the backbone configuration given): those of the `given` prefix reward
     configuration, or `source` and a new prefix reward configuration with the `head` settings."""
     if not isinstance(given, PrefixRewardConfig):
-        return source, PrefixRewardConfig(text_config=source, base_model_name_or_path=name, **head)
+        return source, PrefixRewardConfig(
+            text_config=source, head_type=wrapping_head_type(source), base_model_name_or_path=name, **head
+        )
     if head:
         raise ValueError(f"Set {sorted(head)} on the `config` you pass, not as keyword arguments as well.")
     if type(given.text_config) is not type(source):
@@ -219,21 +243,25 @@ def _wrapping_configs(
 
 
 def _only_the_head_is_new(info: dict[str, Any]) -> bool:
-    """Whether loading a foreign checkpoint found nothing amiss but the reward head's weights missing."""
+    """Whether loading a foreign checkpoint found nothing amiss but the new reward head's weights missing."""
     return all(key.startswith("score.") for key in info["missing_keys"]) and not any(
         info.get(kind) for kind in ("unexpected_keys", "mismatched_keys", "error_msgs")
     )
 
 
-def _check_loaded_head(info: dict[str, list[str]], name: str, is_classifier: bool) -> None:
+def _check_loaded_head(
+    info: dict[str, list[str]], name: str, is_classifier: bool, head_module_names: list[str]
+) -> None:
     """Refuse a sequence classifier whose head did not become the reward head; warn of a new, untrained head."""
-    head_missing = any(key.startswith("score.") for key in info["missing_keys"])
+    head = tuple(f"{module}." for module in head_module_names)
+    head_missing = any(key.startswith(head) for key in info["missing_keys"])
     if is_classifier:
-        if head_missing or any(key.startswith("score.") for key in info["unexpected_keys"]):
+        if head_missing or any(key.startswith(("score.", *head)) for key in info["unexpected_keys"]):
             raise ValueError(
                 f"{name!r} is a sequence-classification model, but its head could not be used as the reward "
                 f"head (missing: {sorted(info['missing_keys'])}, unexpected: {sorted(info['unexpected_keys'])}). "
-                "Only heads stored as `score.weight` (and `score.bias` with `head_bias=True`) are supported."
+                "Only heads stored as `score.weight` (and `score.bias` with `head_bias=True`) on decoders, and "
+                "the classifier of an encoder's `*ForSequenceClassification` model, are supported."
             )
     elif head_missing:
         new_head_logger.warning(

@@ -127,7 +127,11 @@ class TextBridge:
         )
 
     def prompt_ids(self, prompt: Prompt, index: int = 0) -> list[int]:
-        """The prompt's token ids in the reward model's format."""
+        """The prompt's token ids in the reward model's format. Chat messages for a reward model without a chat
+        template are read as their last user message (a system prompt and earlier turns are left out)."""
+        if not isinstance(prompt, str) and not self._has_chat_template:
+            users = [message["content"] for message in prompt if message.get("role") == "user"]
+            prompt = users[-1] if users else prompt[-1]["content"]
         if isinstance(prompt, str) and self.prompt_template is not None and not self._has_chat_template:
             return self.reward_tokenizer(self.prompt_template.format(prompt=prompt))["input_ids"]
         if isinstance(prompt, str) and self._has_chat_template:

@@ -9,25 +9,67 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
 
 from .validation import checked_finite, checked_positive_int
 
 if TYPE_CHECKING:
     import torch
 
+#: The kinds of reward head of a [`PrefixRewardConfig`]: a head applied at every position of the backbone's hidden
+#: states (`"per_position"`), or the backbone's own sequence-classification output (`"classifier"`).
+HEAD_TYPES = ("per_position", "classifier")
+#: The head settings that only a `"per_position"` head has, with their defaults.
+PER_POSITION_HEAD_DEFAULTS = {"head_layer": None, "head_hidden_size": None, "head_bias": False}
+
+
+def is_incrementally_scorable(config: PreTrainedConfig) -> bool:
+    """Whether a backbone of this configuration is a causal decoder whose keys and values can be cached.
+
+    Decoder-only language models (GPT-2, Llama, Qwen2, ...) are; encoder-only models (BERT, DeBERTa, ...) are not,
+    unless configured as decoders (`is_decoder=True`).
+
+    Examples:
+
+    ```python
+    >>> from transformers import BertConfig, GPT2Config
+    >>> from hf_rgtg.configuration import is_incrementally_scorable
+    >>> is_incrementally_scorable(GPT2Config()), is_incrementally_scorable(BertConfig())
+    (True, False)
+    ```
+    """
+    model_type = config.model_type
+    if getattr(config, "is_encoder_decoder", False) or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return False
+    return model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or bool(getattr(config, "is_decoder", False))
+
 
 class PrefixRewardConfig(PreTrainedConfig):
     r"""
-    Configuration of a [`PrefixRewardModel`]: a decoder (or encoder) backbone with a scalar reward head applied at
-    every position, so that one forward pass scores every prefix of the input.
+    Configuration of a [`PrefixRewardModel`]: a decoder (or encoder) backbone with a scalar reward head. On a
+    causal decoder the head applies at every position, so that one forward pass scores every prefix of the input;
+    on an encoder, whose every position sees the whole input, the reward is read once per sequence and each prefix
+    is a sequence of its own.
 
     The backbone's own configuration is kept whole as the sub-config `text_config`; everything else describes the
     head.
 
     Attributes:
         text_config (`PreTrainedConfig` or `dict`, *optional*):
-            Configuration of the backbone, built with `AutoModel.from_config`. A `dict` needs a `model_type` key.
-            Defaults to a default `LlamaConfig`.
+            Configuration of the backbone, built with `AutoModel.from_config` (with
+            `AutoModelForSequenceClassification.from_config` for `head_type="classifier"`). A `dict` needs a
+            `model_type` key. Defaults to a default `LlamaConfig`.
+        head_type (`str`, *optional*, defaults to `"per_position"`):
+            `"per_position"`: a new head (the settings below) over the backbone's hidden states. `"classifier"`:
+            the reward is logit 0 of the backbone's own `*ForSequenceClassification` model (BERT's pooler and
+            classifier, RoBERTa's classification head, DeBERTa-v2's context pooler and classifier, ...), exactly as
+            that model computes it on the whole input. Only encoder backbones (not causal) with `num_labels=1` take
+            it: a decoder classifier's head is read at every position as a `"per_position"` head instead.
+            `AutoModelForPrefixReward` chooses it for encoder sequence-classification checkpoints.
         head_layer (`int`, *optional*):
             Which hidden state the head reads. `None` (the default) reads the backbone's final output (after its
             final norm), as `*ForSequenceClassification` models do. An integer indexes the backbone's
@@ -65,6 +107,7 @@ class PrefixRewardConfig(PreTrainedConfig):
     sub_configs = {"text_config": AutoConfig}
 
     text_config: dict | PreTrainedConfig | None = None
+    head_type: str = "per_position"
     head_layer: int | None = None
     head_hidden_size: int | None = None
     head_bias: bool = False
@@ -84,6 +127,7 @@ class PrefixRewardConfig(PreTrainedConfig):
                 "A prefix reward model needs a decoder-only backbone (GPT-2, Llama, Qwen2, ...) or, without "
                 "incremental scoring, an encoder-only one (BERT, DeBERTa, ...). Use such a checkpoint instead."
             )
+        self._check_head_type()
         if self.head_hidden_size is not None and self.head_hidden_size < 1:
             raise ValueError(
                 f"`head_hidden_size` (={self.head_hidden_size}) has to be a positive integer, or `None` for a "
@@ -98,6 +142,39 @@ class PrefixRewardConfig(PreTrainedConfig):
             raise ValueError(
                 f"`head_layer` (={self.head_layer}) is out of range for a backbone with {num_layers} layers: use "
                 f"an index in [{-num_layers - 1}, {num_layers}], or `None` for the final output."
+            )
+
+    def _check_head_type(self) -> None:
+        """Refuse a `head_type` that is unknown, or `"classifier"` where the backbone or the head settings do not
+        allow it."""
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(f"`head_type` (={self.head_type!r}) has to be one of {', '.join(HEAD_TYPES)}.")
+        if self.head_type != "classifier":
+            return
+        model_type = self.text_config.model_type
+        if is_incrementally_scorable(self.text_config):
+            raise ValueError(
+                f"`head_type='classifier'` is for encoder backbones, but {model_type} is a causal decoder: keep "
+                "`head_type='per_position'`, whose head is read at every position (a decoder classifier's `score` "
+                "head loads into it as it is)."
+            )
+        if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+            raise ValueError(
+                f"`head_type='classifier'` needs a backbone with a sequence-classification model, and "
+                f"{model_type} has none: use `head_type='per_position'`."
+            )
+        if self.text_config.num_labels != 1:
+            raise ValueError(
+                f"`head_type='classifier'` reads one logit as the reward, but `text_config.num_labels` is "
+                f"{self.text_config.num_labels}: set `num_labels=1` on the backbone's configuration."
+            )
+        changed = [
+            key for key, default in PER_POSITION_HEAD_DEFAULTS.items() if getattr(self, key) != default
+        ]
+        if changed:
+            raise ValueError(
+                f"{', '.join(f'`{key}`' for key in changed)} only apply to `head_type='per_position'`: a "
+                "`'classifier'` head is the backbone's own. Leave them unset."
             )
 
 
@@ -337,9 +414,11 @@ class RewardGuidanceConfig:
 
 __all__ = [
     "GENERATE_NAME",
+    "HEAD_TYPES",
     "PER_MODEL_SETTINGS",
     "REWARD_TRANSFORMS",
     "PrefixRewardConfig",
     "RewardGuidanceConfig",
+    "is_incrementally_scorable",
     "per_model_setting",
 ]

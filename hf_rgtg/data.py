@@ -22,6 +22,8 @@ from .validation import is_integer
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("prompt", "chosen", "rejected")
+#: The batch key of the prefix pairs' weights in [`PrefixRewardCollator`]'s one-sequence-per-prefix layout.
+PREFIX_WEIGHTS = "prefix_weights"
 
 
 @dataclass
@@ -340,24 +342,38 @@ class _PrefixSettings(Protocol):
     min_prefix_length: int
     num_random_prefixes: int
     position_weighting: str
+    encoder_prefixes_per_pair: int
     seed: int
 
 
 @dataclass
 class PrefixRewardCollator:
-    """Batches tokenized pairs for the one-forward all-prefix loss.
+    """Batches tokenized pairs for the prefix Bradley-Terry loss, in one of two layouts.
 
-    For each pair the shorter response is padded with EOS to the longer one's length `L` (as PARGS does), so
+    **One sequence per response** (the default, for causal backbones, whose one forward scores every prefix): for
+    each pair the shorter response is padded with EOS to the longer one's length `L` (as PARGS does), so
     `chosen[:t]` and `rejected[:t]` exist for every `t ≤ L`. Sequences are `prompt + response`, right-padded with
     the pad id. `loss_weights` is non-zero exactly at the positions whose prefix reward enters the loss: position
     `len(prompt) + t - 1` for every selected `t`.
 
+    **One sequence per prefix** (`per_prefix=True`, for encoders, whose every position sees the tokens after it):
+    each selected `t` gives the two sequences `prompt + chosen[:t]` and `prompt + rejected[:t]`, whose rewards are
+    read at their last token; a response shorter than `t` is taken whole (a finished response is scored as it
+    is, as `token_rewards` and guided decoding see it), so no EOS is needed. Sequences are right-padded with the
+    pad id to one width. When more than `max_prefixes_per_pair` lengths are selected, that many are drawn at random
+    (without replacement) from them, and each weighs `selected / drawn` times more, so that the weighting of the
+    one-sequence-per-response loss holds in expectation. `prefix_weights` is each prefix pair's weight,
+    `prefix_pairs` the example it comes from and `prefix_lengths` its `t`.
+
     Args:
         pad_token_id (`int`): padding id.
-        eos_token_id (`int`): the id that pads the shorter response.
+        eos_token_id (`int`, *optional*): the id that pads the shorter response; needed unless `per_prefix`.
         prefix_sampling (`str`, *optional*, defaults to `"all"`): see [`PrefixRewardTrainingConfig`], as for
             `min_prefix_length`, `num_random_prefixes` and `position_weighting`.
         seed (`int`, *optional*, defaults to 0): seeds the random prefix choice.
+        per_prefix (`bool`, *optional*, defaults to `False`): lay each prefix out as a sequence of its own.
+        max_prefixes_per_pair (`int`, *optional*): with `per_prefix`, at most this many prefix lengths per pair
+            (`None`: every selected one); `encoder_prefixes_per_pair` of [`PrefixRewardTrainingConfig`].
 
     Examples:
 
@@ -369,38 +385,67 @@ class PrefixRewardCollator:
     ([[5, 6, 7, 8, 7]], [[5, 6, 3, 9, 9]])
     >>> batch["loss_weights"].tolist()
     [[0.0, 0.0, 1.0, 1.0, 1.0]]
+
+    >>> # One sequence per prefix, `t` = 1, 2, 3: the rejected response (one token) is whole from `t` = 1 on.
+    >>> batch = PrefixRewardCollator(pad_token_id=0, per_prefix=True)(
+    ...     [{"prompt_ids": [5, 6], "chosen_ids": [7, 8, 7], "rejected_ids": [3]}]
+    ... )
+    >>> batch["chosen_input_ids"].tolist(), batch["rejected_input_ids"].tolist()
+    ([[5, 6, 7, 0, 0], [5, 6, 7, 8, 0], [5, 6, 7, 8, 7]], [[5, 6, 3, 0, 0], [5, 6, 3, 0, 0], [5, 6, 3, 0, 0]])
+    >>> batch["prefix_lengths"].tolist(), batch["prefix_weights"].tolist()
+    ([1, 2, 3], [1.0, 1.0, 1.0])
     ```
     """
 
     pad_token_id: int
-    eos_token_id: int
+    eos_token_id: int | None = None
     prefix_sampling: str = "all"
     min_prefix_length: int = 1
     num_random_prefixes: int = 4
     position_weighting: str = "uniform"
     seed: int = 0
+    per_prefix: bool = False
+    max_prefixes_per_pair: int | None = None
 
     def __post_init__(self):
         self._rng = random.Random(self.seed)
+        if self.eos_token_id is None and not self.per_prefix:
+            raise ValueError(
+                "`eos_token_id` is needed to pad the shorter response of each pair (one sequence per response); "
+                "give it, or lay each prefix out as its own sequence with `per_prefix=True`."
+            )
+        if self.max_prefixes_per_pair is not None and (
+            not is_integer(self.max_prefixes_per_pair) or self.max_prefixes_per_pair < 1
+        ):
+            raise ValueError(
+                f"`max_prefixes_per_pair` (={self.max_prefixes_per_pair!r}) has to be a positive integer or None."
+            )
 
     @classmethod
-    def from_config(cls, config: _PrefixSettings, tokenizer: PreTrainedTokenizerBase) -> PrefixRewardCollator:
+    def from_config(
+        cls, config: _PrefixSettings, tokenizer: PreTrainedTokenizerBase, per_prefix: bool = False
+    ) -> PrefixRewardCollator:
         """The collator of a training run: its prefix settings and seed, the tokenizer's EOS and pad ids.
 
         Args:
             config ([`PrefixRewardTrainingConfig`]): the training settings (any object with their
-                `prefix_sampling`, `min_prefix_length`, `num_random_prefixes`, `position_weighting` and `seed`).
+                `prefix_sampling`, `min_prefix_length`, `num_random_prefixes`, `position_weighting`,
+                `encoder_prefixes_per_pair` and `seed`).
             tokenizer (`PreTrainedTokenizerBase`): the tokenizer; a missing pad token falls back to EOS.
+            per_prefix (`bool`, *optional*, defaults to `False`): one sequence per prefix (for a backbone that is
+                not causal), at most `config.encoder_prefixes_per_pair` of them per pair.
 
         Raises:
-            `ValueError`: if the tokenizer has no EOS token.
+            `ValueError`: if the tokenizer has no EOS token (without `per_prefix`), or neither a pad token nor EOS.
         """
         eos = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        if eos is None:
+        if eos is None and not per_prefix:
             raise ValueError(
                 "The tokenizer has no EOS token, which pads the shorter response of each pair; set one."
             )
+        if pad is None:
+            raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad with; set one.")
         return cls(
             pad_token_id=pad,
             eos_token_id=eos,
@@ -409,9 +454,29 @@ class PrefixRewardCollator:
             num_random_prefixes=config.num_random_prefixes,
             position_weighting=config.position_weighting,
             seed=config.seed,
+            per_prefix=per_prefix,
+            max_prefixes_per_pair=config.encoder_prefixes_per_pair if per_prefix else None,
         )
 
+    def _weighted_lengths(self, length: int) -> dict[int, float]:
+        """The selected prefix lengths `t` of a pair whose longer response has `length` tokens, with their weights."""
+        ts = prefix_lengths(
+            length, self.prefix_sampling, self.min_prefix_length, self.num_random_prefixes, self._rng
+        )
+        scale = 1.0
+        if (
+            self.per_prefix
+            and self.max_prefixes_per_pair is not None
+            and len(ts) > self.max_prefixes_per_pair
+        ):
+            scale = len(ts) / self.max_prefixes_per_pair
+            ts = sorted(self._rng.sample(ts, self.max_prefixes_per_pair))
+        linear = self.position_weighting == "linear"
+        return {t: scale * (t / length if linear else 1.0) for t in ts}
+
     def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        if self.per_prefix:
+            return self._per_prefix_batch(examples)
         sequences: dict[str, list[list[int]]] = {"chosen": [], "rejected": []}
         weights: list[dict[int, float]] = []
         for example in examples:
@@ -419,29 +484,50 @@ class PrefixRewardCollator:
             length = max(len(chosen), len(rejected))
             sequences["chosen"].append(prompt + chosen + [self.eos_token_id] * (length - len(chosen)))
             sequences["rejected"].append(prompt + rejected + [self.eos_token_id] * (length - len(rejected)))
-            ts = prefix_lengths(
-                length, self.prefix_sampling, self.min_prefix_length, self.num_random_prefixes, self._rng
-            )
-            linear = self.position_weighting == "linear"
-            weights.append({len(prompt) + t - 1: t / length if linear else 1.0 for t in ts})
-        width = max(len(s) for s in sequences["chosen"])
-        batch: dict[str, torch.Tensor] = {}
-        for name, rows in sequences.items():
-            batch[f"{name}_input_ids"] = torch.tensor(
-                [r + [self.pad_token_id] * (width - len(r)) for r in rows]
-            )
-            batch[f"{name}_attention_mask"] = torch.tensor(
-                [[1] * len(r) + [0] * (width - len(r)) for r in rows]
-            )
-        loss_weights = torch.zeros(len(examples), width)
+            weighted = self._weighted_lengths(length)
+            weights.append({len(prompt) + t - 1: weight for t, weight in weighted.items()})
+        batch = self._padded(sequences)
+        loss_weights = torch.zeros(len(examples), batch["chosen_input_ids"].shape[1])
         for row, positions in enumerate(weights):
             for position, weight in positions.items():
                 loss_weights[row, position] = weight
         batch["loss_weights"] = loss_weights
         return batch
 
+    def _per_prefix_batch(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """The batch of `per_prefix=True`: two sequences per selected prefix length of each pair."""
+        sequences: dict[str, list[list[int]]] = {"chosen": [], "rejected": []}
+        weights, pairs, lengths = [], [], []
+        for index, example in enumerate(examples):
+            prompt, chosen, rejected = example["prompt_ids"], example["chosen_ids"], example["rejected_ids"]
+            for t, weight in self._weighted_lengths(max(len(chosen), len(rejected))).items():
+                sequences["chosen"].append(prompt + chosen[:t])
+                sequences["rejected"].append(prompt + rejected[:t])
+                weights.append(weight)
+                pairs.append(index)
+                lengths.append(t)
+        batch = self._padded(sequences)
+        batch[PREFIX_WEIGHTS] = torch.tensor(weights, dtype=torch.float32)
+        batch["prefix_pairs"] = torch.tensor(pairs, dtype=torch.long)
+        batch["prefix_lengths"] = torch.tensor(lengths, dtype=torch.long)
+        return batch
+
+    def _padded(self, sequences: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
+        """`{side}_input_ids` and `{side}_attention_mask` of both sides, right-padded to one width."""
+        width = max(len(row) for rows in sequences.values() for row in rows)
+        batch: dict[str, torch.Tensor] = {}
+        for name, rows in sequences.items():
+            batch[f"{name}_input_ids"] = torch.tensor(
+                [r + [self.pad_token_id] * (width - len(r)) for r in rows], dtype=torch.long
+            )
+            batch[f"{name}_attention_mask"] = torch.tensor(
+                [[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long
+            )
+        return batch
+
 
 __all__ = [
+    "PREFIX_WEIGHTS",
     "PreferenceData",
     "PrefixRewardCollator",
     "UnusableRow",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,21 +57,24 @@ def evaluate_prefix_accuracy(
     model: PrefixRewardModel,
     examples: Sequence[dict[str, list[int]]],
     pad_token_id: int,
-    eos_token_id: int,
+    eos_token_id: int | None,
     batch_size: int = 8,
     show_progress: bool = True,
 ) -> PrefixAccuracy:
     """Accuracy of any reward model on every prefix of held-out pairs, by relative position in the response.
 
     Works for prefix reward models and for ordinary full-sequence reward models loaded through
-    [`AutoModelForPrefixReward`], so the two can be compared side by side. Pairs are prepared as for training
-    (the shorter response padded with EOS), and every prefix length `t = 1..L` is scored in one forward.
+    [`AutoModelForPrefixReward`], so the two can be compared side by side. Pairs are prepared as for training: on
+    a causal backbone the shorter response is padded with EOS and every prefix length `t = 1..L` is scored in one
+    forward; on an encoder every prefix is a sequence of its own (`PrefixRewardCollator(per_prefix=True)`, a
+    response shorter than `t` taken whole), `2L` sequences per pair.
 
     Args:
         model ([`PrefixRewardModel`]): the reward model.
         examples: tokenized pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`), e.g. from `load_preference_data`.
-        pad_token_id (`int`), eos_token_id (`int`): as for training.
-        batch_size (`int`, *optional*, defaults to 8): pairs per forward.
+        pad_token_id (`int`), eos_token_id (`int`, *optional* on an encoder): as for training.
+        batch_size (`int`, *optional*, defaults to 8): pairs per forward (on an encoder, `4 * batch_size`
+            prefix pairs).
         show_progress (`bool`, *optional*, defaults to `True`): show a progress bar.
 
     Examples:
@@ -102,12 +105,15 @@ def _prefix_accuracy(
     model: PrefixRewardModel,
     examples: Sequence[dict[str, list[int]]],
     pad_token_id: int,
-    eos_token_id: int,
+    eos_token_id: int | None,
     batch_size: int,
     show_progress: bool,
 ) -> PrefixAccuracy:
-    collate = PrefixRewardCollator(pad_token_id=pad_token_id, eos_token_id=eos_token_id)
-    device = model.device
+    per_prefix = not model.supports_incremental_scoring
+    collate = PrefixRewardCollator(
+        pad_token_id=pad_token_id, eos_token_id=eos_token_id, per_prefix=per_prefix
+    )
+    margins_of = _re_encoded_margins if per_prefix else _one_forward_margins
     wins = dict.fromkeys(BUCKET_ORDER, 0)
     counts = dict.fromkeys(BUCKET_ORDER, 0)
     margins: list[float] = []
@@ -115,35 +121,68 @@ def _prefix_accuracy(
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="prefix accuracy", disable=not show_progress):
         chunk = list(examples[start : start + batch_size])
-        batch = collate(chunk)
-        rewards = []
-        for name in ("chosen", "rejected"):
-            out = model(
-                batch[f"{name}_input_ids"].to(device),
-                attention_mask=batch[f"{name}_attention_mask"].to(device),
-                return_dict=True,
-            )
-            rewards.append(out.rewards.cpu())
-        difference = rewards[0] - rewards[1]
-        for row, example in enumerate(chunk):
-            prompt = len(example["prompt_ids"])
-            length = max(len(example["chosen_ids"]), len(example["rejected_ids"]))
-            for t in range(1, length + 1):
-                margin = float(difference[row, prompt + t - 1])
-                margins.append(margin)
-                bucket = _bucket(t, length)
-                counts[bucket] += 1
-                wins[bucket] += margin > 0
-            full = float(difference[row, prompt + length - 1])
-            full_margins.append(full)
-            counts["full"] += 1
-            wins["full"] += full > 0
+        for row, t, margin in margins_of(model, collate(chunk), chunk, 4 * batch_size):
+            length = max(len(chunk[row]["chosen_ids"]), len(chunk[row]["rejected_ids"]))
+            margins.append(margin)
+            bucket = _bucket(t, length)
+            counts[bucket] += 1
+            wins[bucket] += margin > 0
+            if t == length:
+                full_margins.append(margin)
+                counts["full"] += 1
+                wins["full"] += margin > 0
     return PrefixAccuracy(
         accuracy={name: wins[name] / counts[name] if counts[name] else float("nan") for name in wins},
         counts=counts,
         mean_margin=sum(margins) / max(len(margins), 1),
         mean_full_margin=sum(full_margins) / max(len(full_margins), 1),
     )
+
+
+def _one_forward_margins(
+    model: PrefixRewardModel, batch: dict[str, torch.Tensor], chunk: list[dict], _: int
+) -> Iterator[tuple[int, int, float]]:
+    """`(row, t, r(chosen[:t]) - r(rejected[:t]))` for every prefix of the pairs of a one-sequence-per-response
+    batch, from one forward per side."""
+    device = model.device
+    rewards = [
+        model(
+            batch[f"{name}_input_ids"].to(device),
+            attention_mask=batch[f"{name}_attention_mask"].to(device),
+            return_dict=True,
+        ).rewards.cpu()
+        for name in ("chosen", "rejected")
+    ]
+    difference = rewards[0] - rewards[1]
+    for row, example in enumerate(chunk):
+        prompt = len(example["prompt_ids"])
+        length = max(len(example["chosen_ids"]), len(example["rejected_ids"]))
+        for t in range(1, length + 1):
+            yield row, t, float(difference[row, prompt + t - 1])
+
+
+def _re_encoded_margins(
+    model: PrefixRewardModel, batch: dict[str, torch.Tensor], chunk: list[dict], slice_size: int
+) -> Iterator[tuple[int, int, float]]:
+    """The same for a one-sequence-per-prefix batch: each prefix's reward from a forward of its own sequence, in
+    slices of `slice_size` prefix pairs of similar lengths, each cut to its longest sequence (so that little of a
+    forward is padding)."""
+    device = model.device
+    lengths = torch.maximum(batch["chosen_attention_mask"].sum(-1), batch["rejected_attention_mask"].sum(-1))
+    order = lengths.argsort(stable=True)
+    for begin in range(0, len(order), slice_size):
+        rows = order[begin : begin + slice_size]
+        width = int(lengths[rows].max())
+        chosen, rejected = (
+            model(
+                batch[f"{name}_input_ids"][rows, :width].to(device),
+                attention_mask=batch[f"{name}_attention_mask"][rows, :width].to(device),
+                return_dict=True,
+            ).reward.cpu()
+            for name in ("chosen", "rejected")
+        )
+        pairs, prefixes = batch["prefix_pairs"][rows].tolist(), batch["prefix_lengths"][rows].tolist()
+        yield from zip(pairs, prefixes, (chosen - rejected).tolist(), strict=True)
 
 
 __all__ = ["BUCKETS", "PrefixAccuracy", "evaluate_prefix_accuracy"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .configuration import PrefixRewardConfig
+from .configuration import PrefixRewardConfig, is_incrementally_scorable
 
 LIBRARY_NAME = "hf_rgtg"
 TAGS = ["reward-model", "prefix-reward-model", "hf_rgtg"]
@@ -59,7 +59,8 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
 
     The YAML metadata carries `library_name: hf_rgtg`, the `reward-model` and `prefix-reward-model` tags, the base
     model (its Hub id; a local path is left out), the training data sets and the metrics; the body has a usage
-    snippet (scoring a response, and guided decoding when the base model's Hub id is known), the training data and
+    snippet (scoring a response, and guided decoding when the base model's Hub id is known and it is a causal language
+    model, whose tokenizer the reward model shares; an encoder's base model is not one), the training data and
     settings, and the prefix-accuracy table (or why there is none), as far as `config.training_summary` records
     them.
 
@@ -93,13 +94,21 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
         metrics=["accuracy"] if evaluation else None,
         model_name=repo_id.split("/")[-1] if repo_id else None,
     )
+    # The language model to guide shares the reward model's tokenizer when the base model is a causal one.
+    guided = base_model if is_incrementally_scorable(config.text_config) else None
     sections = [
         f"# {repo_id or 'Prefix reward model'}",
         _description(config, base_model, trained=bool(summary)),
         "## Usage",
-        usage_snippet(repo_id or "<this repo>", base_model, chat=bool(summary.get("chat_template"))),
+        usage_snippet(repo_id or "<this repo>", guided, chat=bool(summary.get("chat_template"))),
     ]
-    if base_model is None:
+    if not is_incrementally_scorable(config.text_config):
+        sections.append(
+            "Its tokenizer is the encoder's own, not a language model's: to guide a language model with it, a "
+            "scorer decodes each candidate continuation and re-encodes the text (the prompt with this tokenizer's "
+            "special tokens, the response without) before reading `rm(input_ids, attention_mask=...).reward`."
+        )
+    elif base_model is None:
         sections.append(
             "To guide decoding with it, load the language model it was trained on (it shares this tokenizer) and "
             "pass `RewardGuidance(rm, tokenizer).generate_kwargs()` to its `generate()`."
@@ -191,12 +200,23 @@ def _description(config: PrefixRewardConfig, base_model: str | None, trained: bo
     layer = (
         "the backbone's final output" if config.head_layer is None else f"hidden layer {config.head_layer}"
     )
+    if config.head_type == "classifier":
+        reads = (
+            " whose reward is its own sequence classifier's pooled logit, read once per sequence: each prefix of a "
+            "response is scored as a sequence of its own. "
+        )
+    elif is_incrementally_scorable(config.text_config):
+        reads = f" with {head} on {layer}, applied at every position, so one forward pass scores every prefix of a response. "
+    else:
+        reads = (
+            f" with {head} on {layer}, read at the last token of each sequence: the backbone is not causal, so each "
+            "prefix of a response is scored as a sequence of its own. "
+        )
     return (
         f"A **prefix reward model** for reward-guided decoding with [hf_rgtg](https://pypi.org/project/hf-rgtg/): "
         f"a {config.text_config.model_type} backbone"
         + (f" (`{base_model}`)" if base_model else "")
-        + f" with {head} on {layer}, applied at every position, so one forward pass scores every prefix of a "
-        "response. "
+        + reads
         + (
             "It was trained as a Bradley-Terry model on partial sequences (PARGS), to score partial answers as "
             "well as whole ones."

@@ -11,31 +11,15 @@ from typing import Any
 import torch
 from huggingface_hub import ModelCard
 from torch import nn
-from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-)
 from transformers.utils import ModelOutput
 from transformers.utils import hub as hub_utils
 
 from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, upload_saved_model
-from .configuration import PrefixRewardConfig
+from .configuration import PrefixRewardConfig, is_incrementally_scorable
 from .hub import TAGS, model_card
 from .incremental import Depth
-
-
-def is_incrementally_scorable(config: PreTrainedConfig) -> bool:
-    """Whether a backbone of this configuration is a causal decoder whose keys and values can be cached.
-
-    Decoder-only language models (GPT-2, Llama, Qwen2, ...) are; encoder-only models (BERT, DeBERTa, ...) are not,
-    unless configured as decoders (`is_decoder=True`).
-    """
-    model_type = config.model_type
-    if getattr(config, "is_encoder_decoder", False) or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return False
-    return model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or bool(getattr(config, "is_decoder", False))
 
 
 def last_token_index(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int) -> torch.Tensor:
@@ -51,6 +35,37 @@ def last_token_index(attention_mask: torch.Tensor | None, batch_size: int, seq_l
     return (positions * mask).argmax(-1)
 
 
+def right_padding_order(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """The column order that moves each row's real tokens to its front, in their order, and its padding behind
+    them; `None` when every row is padded on the right already (or not at all).
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from hf_rgtg.modeling import right_padding_order
+    >>> right_padding_order(torch.tensor([[0, 1, 1], [1, 1, 1]])).tolist()
+    [[1, 2, 0], [0, 1, 2]]
+    >>> right_padding_order(torch.tensor([[1, 1, 0]])) is None
+    True
+    ```
+    """
+    real = attention_mask.to(torch.bool)
+    if not bool((real[:, 1:] & ~real[:, :-1]).any()):
+        return None
+    return torch.sort((~real).to(torch.int8), dim=1, stable=True).indices
+
+
+def _reordered(value: Any, order: torch.Tensor) -> Any:
+    """`value` with its columns (dimension 1) in `order` when it is a tensor with one column per token, else as
+    it is. A tensor broadcast over the batch (`position_ids` of shape `(1, seq)`) is expanded first."""
+    if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[1] != order.shape[1]:
+        return value
+    value = value.expand(order.shape[0], *value.shape[1:])
+    index = order.view(*order.shape, *([1] * (value.dim() - 2))).expand_as(value)
+    return value.gather(1, index)
+
+
 def position_ids_from_attention_mask(attention_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Position ids of the last `seq_len` tokens, counting only non-pad tokens (as `generate()` does)."""
     positions = attention_mask.to(torch.long).cumsum(-1) - 1
@@ -64,12 +79,15 @@ class PrefixRewardOutput(ModelOutput):
     Output of a [`PrefixRewardModel`].
 
     Args:
-        rewards (`torch.FloatTensor` of shape `(batch_size, sequence_length)`):
+        rewards (`torch.FloatTensor` of shape `(batch_size, sequence_length)`, *optional*):
             The reward of every prefix: `rewards[:, t]` scores the input up to and including token `t`. Positions
-            that are padding carry meaningless values. (For encoder-only backbones every position sees the whole
-            input, so only `reward` is meaningful.)
+            that are padding carry meaningless values. Only a causal backbone gives them (`None` otherwise): on an
+            encoder every position sees the tokens after it as well, so no position's value is the reward of the
+            prefix it ends. Score each prefix as a sequence of its own there (as `token_rewards` does).
         reward (`torch.FloatTensor` of shape `(batch_size,)`):
-            The reward at each row's last non-pad token, under left or right padding alike.
+            The reward of each row's whole sequence (its prefix reward, for a prompt and a partial response): the
+            head at its last non-pad token, or a `"classifier"` head's pooled logit; under left or right padding
+            alike.
         cache (`Cache`, *optional*):
             The backbone's key/value cache, returned when `use_cache=True`. The field is named as the installed
             transformers names it (`cache` from 5.24, `past_key_values` before); `out.cache` and
@@ -106,15 +124,21 @@ class PrefixRewardPreTrainedModel(PreTrainedModel):
 
 class PrefixRewardModel(PrefixRewardPreTrainedModel):
     r"""
-    A prefix reward model: any `AutoModel` backbone with a scalar head applied at **every** position, so one forward
-    pass returns `r(x, y[:t])` for every prefix length `t`.
+    A prefix reward model: any `AutoModel` backbone with a scalar reward head. On a causal decoder the head applies
+    at **every** position, so one forward pass returns `r(x, y[:t])` for every prefix length `t`, and the model
+    can be fed incrementally with `cache`, giving the same per-position rewards as one full forward. Padding may be
+    on either side: position ids are computed from the attention mask when not given, exactly as `generate()` does.
 
-    On a decoder backbone the model can be fed incrementally with `cache`, giving the same per-position
-    rewards as one full forward. Padding may be on either side: position ids are computed from the attention mask
-    when not given, exactly as `generate()` does.
+    On an encoder (BERT, RoBERTa, DeBERTa, ...) every position sees the whole input, so the model scores whole
+    sequences only: `reward` is the reward of each input sequence (a prompt and a partial response being one
+    prefix), `rewards` is `None`, and each prefix is a sequence of its own. Rows padded on the left are moved to
+    right padding before the forward (an encoder numbers positions from the first column and a pooled classifier
+    reads the first token), so `reward` does not depend on the padding side; `hidden_states` and `attentions` are
+    then those of the right-padded rows. The head is either a new one read at the last real token
+    (`head_type="per_position"`) or the encoder's own sequence classifier (`head_type="classifier"`).
 
-    Load one with [`AutoModelForPrefixReward.from_pretrained`], which also turns causal-LM checkpoints and decoder
-    `*ForSequenceClassification` reward models into prefix reward models.
+    Load one with [`AutoModelForPrefixReward.from_pretrained`], which also turns causal-LM checkpoints, decoder
+    `*ForSequenceClassification` reward models and encoder ones into prefix reward models.
 
     Args:
         config ([`PrefixRewardConfig`]): the backbone's configuration and the head's settings.
@@ -148,6 +172,11 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
 
     def __init__(self, config: PrefixRewardConfig):
         super().__init__(config)
+        if config.head_type == "classifier":
+            # The reward is the classifier's own logit: its pooling and its head are part of the backbone.
+            self.backbone = AutoModelForSequenceClassification.from_config(config.text_config)
+            self.post_init()
+            return
         self.backbone = AutoModel.from_config(config.text_config)
         hidden_size = config.text_config.get_text_config().hidden_size
         if config.head_hidden_size is None:
@@ -164,6 +193,36 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     def supports_incremental_scoring(self) -> bool:
         """Whether rewards can be computed token by token on top of a key/value cache (decoder backbones only)."""
         return is_incrementally_scorable(self.config.text_config)
+
+    @property
+    def head_module_names(self) -> list[str]:
+        """The modules that make up the reward head, by their names in the model: `["score"]`, or for a
+        `"classifier"` head the classifier's modules outside its base model that hold weights (`backbone.classifier`,
+        and DeBERTa-v2's `backbone.pooler`; BERT's pooler belongs to its base model). `train="head"` trains them
+        alone, and LoRA trains them whole.
+
+        Examples:
+
+        ```python
+        >>> from transformers import BertConfig
+        >>> from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
+
+        >>> text_config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        ...                          num_labels=1)
+        >>> PrefixRewardModel(PrefixRewardConfig(text_config=text_config)).head_module_names
+        ['score']
+        >>> PrefixRewardModel(PrefixRewardConfig(text_config=text_config, head_type="classifier")).head_module_names
+        ['backbone.classifier']
+        ```
+        """
+        if self.config.head_type != "classifier":
+            return ["score"]
+        base = self.backbone.base_model_prefix
+        return [
+            f"backbone.{name}"
+            for name, module in self.backbone.named_children()
+            if name != base and any(True for _ in module.parameters())
+        ]
 
     @property
     def head_depth(self) -> Depth:
@@ -185,6 +244,11 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         ```
         """
         text_config = self.config.text_config
+        if self.config.head_type == "classifier":
+            raise ValueError(
+                "A `head_type='classifier'` reward model reads its backbone's own pooled classifier output, not a "
+                "hidden state at a depth."
+            )
         total = getattr(text_config, "num_hidden_layers", None)
         if total is None:
             raise ValueError(
@@ -201,8 +265,15 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
 
     @property
     def max_positions(self) -> int | None:
-        """The backbone's maximum number of positions, if it declares one."""
-        return getattr(self.config.text_config, "max_position_embeddings", None)
+        """The backbone's maximum number of positions, if it declares one. RoBERTa-style embeddings number positions
+        from after their padding index (`padding_idx + 1`), so they hold that many fewer than
+        `max_position_embeddings`."""
+        positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        embeddings = getattr(self.backbone.base_model, "embeddings", None)
+        padding_idx = getattr(embeddings, "padding_idx", None)
+        if positions is None or not isinstance(padding_idx, int):
+            return positions
+        return positions - padding_idx - 1
 
     @property
     def vocab_size(self) -> int:
@@ -360,7 +431,8 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 The name of `cache` before transformers 5.24, accepted on every version.
 
         Returns:
-            [`PrefixRewardOutput`] with `rewards` `(batch_size, sequence_length)` and `reward` `(batch_size,)`.
+            [`PrefixRewardOutput`] with `reward` `(batch_size,)`, and on a causal backbone `rewards`
+            `(batch_size, sequence_length)`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -383,7 +455,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         if position_ids is not None:
             backbone_kwargs["position_ids"] = position_ids
 
-        rewards, outputs = self._rewards(
+        inputs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
@@ -391,7 +463,11 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             output_attentions=output_attentions,
             **backbone_kwargs,
         )
-        output = self._output(rewards, outputs, attention_mask, output_hidden_states)
+        if incremental:
+            rewards, outputs = self._rewards(**inputs)
+            output = self._output(rewards, outputs, attention_mask, output_hidden_states)
+        else:
+            output = self._sequence_output(**inputs)
         return (
             output
             if (return_dict if return_dict is not None else self.config.return_dict)
@@ -415,6 +491,41 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             rewards=rewards,
             reward=reward,
             **cache_kwargs(output_cache(outputs)),
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    def _sequence_output(
+        self,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **backbone_kwargs,
+    ) -> PrefixRewardOutput:
+        """The output of [`forward`] on a backbone that is not causal: each row's reward as a whole sequence, from
+        its rows moved to right padding first; no per-position `rewards`."""
+        if attention_mask is not None and attention_mask.dim() == 2:
+            order = right_padding_order(attention_mask)
+            if order is not None:
+                attention_mask = attention_mask.gather(1, order.to(attention_mask.device))
+                backbone_kwargs = {name: _reordered(value, order) for name, value in backbone_kwargs.items()}
+        if self.config.head_type == "classifier":
+            outputs = self.backbone(
+                attention_mask=attention_mask,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                **backbone_kwargs,
+            )
+            reward = outputs.logits[:, 0].float()
+        else:
+            hidden, outputs = self._hidden(
+                attention_mask=attention_mask, output_hidden_states=output_hidden_states, **backbone_kwargs
+            )
+            mask_2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+            index = last_token_index(mask_2d, *hidden.shape[:2]).to(hidden.device)
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+            reward = self.score(last).squeeze(-1).float()
+        return PrefixRewardOutput(
+            reward=reward,
             hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=getattr(outputs, "attentions", None),
         )
@@ -462,10 +573,10 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             self.check_length(seq_len)
         return position_ids
 
-    def _rewards(
+    def _hidden(
         self, output_hidden_states: bool | None = None, **backbone_kwargs
     ) -> tuple[torch.Tensor, ModelOutput]:
-        """The backbone's forward and the head, with no checks: `(rewards (batch, seq) in float32, outputs)`."""
+        """The backbone's forward, with no checks: `(the hidden states the head reads, outputs)`."""
         need_hidden = self.config.head_layer is not None
         outputs = self.backbone(
             output_hidden_states=bool(output_hidden_states or need_hidden),
@@ -475,6 +586,14 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         hidden = (
             outputs.last_hidden_state if not need_hidden else outputs.hidden_states[self.config.head_layer]
         )
+        return hidden, outputs
+
+    def _rewards(
+        self, output_hidden_states: bool | None = None, **backbone_kwargs
+    ) -> tuple[torch.Tensor, ModelOutput]:
+        """The backbone's forward and the head at every position, with no checks: `(rewards (batch, seq) in
+        float32, outputs)`."""
+        hidden, outputs = self._hidden(output_hidden_states=output_hidden_states, **backbone_kwargs)
         return self.score(hidden).squeeze(-1).float(), outputs
 
     def score_on_cache(
@@ -514,5 +633,5 @@ __all__ = [
     "PrefixRewardModel",
     "PrefixRewardOutput",
     "PrefixRewardPreTrainedModel",
-    "is_incrementally_scorable",
+    "right_padding_order",
 ]

@@ -18,7 +18,11 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .data import PrefixRewardCollator, prefix_lengths  # prefix_lengths: re-exported, as it lived here
+from .data import (
+    PREFIX_WEIGHTS,
+    PrefixRewardCollator,
+    prefix_lengths,
+)  # prefix_lengths: re-exported, as it lived here
 from .evaluation import PrefixAccuracy, evaluate_prefix_accuracy
 from .modeling import PrefixRewardModel
 from .validation import is_integer, is_number
@@ -49,6 +53,14 @@ class PrefixRewardTrainingConfig(TrainingArguments):
     - **min_prefix_length** (`int`, defaults to 1): the shortest response prefix that counts.
     - **position_weighting** (`str`, defaults to `"uniform"`): `"uniform"`, or `"linear"` to weight prefix `t` by
       `t / L`.
+    - **encoder_prefixes_per_pair** (`int`, defaults to 4): on an encoder backbone (BERT, RoBERTa, DeBERTa, ...;
+      any backbone that is not causal), how many prefix lengths of each pair enter the loss at each step. One
+      forward of an encoder does not score every prefix (each position sees the tokens after it), so each prefix
+      `prompt + response[:t]` is encoded as a sequence of its own and read at its last token, two sequences per
+      prefix pair. The lengths are drawn afresh at each step, at random and without replacement, from those
+      `prefix_sampling` selects (all of them when there are fewer), each weighted `selected / drawn`, so that in
+      expectation the loss weighs prefixes as on a causal backbone. A response shorter than `t` is taken whole.
+      Causal backbones ignore it.
     - **margin** (`float`, defaults to 0.0): subtracted from every reward difference.
     - **center_rewards_coefficient** (`float`, *optional*): adds that times the mean of `(r_chosen + r_rejected)²`,
       which keeps rewards centred on zero.
@@ -69,6 +81,9 @@ class PrefixRewardTrainingConfig(TrainingArguments):
     )
     min_prefix_length: int = field(default=1, metadata={"help": "Shortest response prefix in the loss."})
     position_weighting: str = field(default="uniform", metadata={"help": "uniform, or linear (weight t/L)."})
+    encoder_prefixes_per_pair: int = field(
+        default=4, metadata={"help": "Prefixes per pair encoded at each step, on an encoder backbone."}
+    )
     margin: float = field(default=0.0, metadata={"help": "Margin subtracted from every reward difference."})
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "Weight of the centring term."}
@@ -146,6 +161,7 @@ _CHOICES = {
 _INTEGER_MINIMUMS = {
     "max_length": 2,
     "num_random_prefixes": 1,
+    "encoder_prefixes_per_pair": 1,
     "min_prefix_length": 1,
     "lora_r": 1,
     "lora_alpha": 1,
@@ -192,10 +208,13 @@ def prefix_bradley_terry_loss(
 
 
 def prepare_model_for_training(model: PrefixRewardModel, config: PrefixRewardTrainingConfig):
-    """Apply `config.train`: freeze the backbone (`"head"`), wrap it with LoRA (`"lora"`), or leave it (`"full"`)."""
+    """Apply `config.train`: freeze the backbone (`"head"`), wrap it with LoRA (`"lora"`), or leave it (`"full"`).
+
+    The head is the model's `head_module_names`: its `score`, or a `"classifier"` head's classifier layers."""
     if config.train == "head":
-        model.backbone.requires_grad_(False)
-        model.score.requires_grad_(True)
+        model.requires_grad_(False)
+        for name in model.head_module_names:
+            model.get_submodule(name).requires_grad_(True)
         return model
     if config.train == "lora":
         try:
@@ -207,7 +226,7 @@ def prepare_model_for_training(model: PrefixRewardModel, config: PrefixRewardTra
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             target_modules=config.lora_target_modules or "all-linear",
-            modules_to_save=["score"],
+            modules_to_save=list(model.head_module_names),
         )
         return get_peft_model(model, lora)
     return model
@@ -215,8 +234,11 @@ def prepare_model_for_training(model: PrefixRewardModel, config: PrefixRewardTra
 
 class PrefixRewardTrainer(Trainer):
     r"""
-    Trains a [`PrefixRewardModel`] with the all-prefix Bradley-Terry loss: one forward over the chosen and the
-    rejected sequences gives the reward of every prefix, so each pair costs two sequences, not `2L` examples.
+    Trains a [`PrefixRewardModel`] with the all-prefix Bradley-Terry loss. On a causal backbone one forward over
+    the chosen and the rejected sequences gives the reward of every prefix, so each pair costs two sequences, not
+    `2L` examples. On an encoder backbone, whose every position sees the tokens after it, each prefix is encoded
+    as a sequence of its own and read at its last token: `args.encoder_prefixes_per_pair` prefix pairs per pair
+    and step, laid out as `token_rewards` and guided decoding score them (the collator's `per_prefix` layout).
 
     Everything else — checkpoints, resuming, logging, progress bars, gradient accumulation and checkpointing, mixed
     precision, `accelerate launch` — is `transformers.Trainer`'s.
@@ -268,10 +290,24 @@ class PrefixRewardTrainer(Trainer):
         self.prefix_accuracy = None
         if not isinstance(args, PrefixRewardTrainingConfig):
             raise ValueError(f"`args` has to be a PrefixRewardTrainingConfig, got {type(args).__name__}.")
+        self.per_prefix = not model.supports_incremental_scoring
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("Pass the tokenizer as `processing_class` (or a `data_collator`).")
-            data_collator = PrefixRewardCollator.from_config(args, processing_class)
+            data_collator = PrefixRewardCollator.from_config(
+                args, processing_class, per_prefix=self.per_prefix
+            )
+        elif (
+            self.per_prefix
+            and isinstance(data_collator, PrefixRewardCollator)
+            and not data_collator.per_prefix
+        ):
+            raise ValueError(
+                "The reward model's backbone is not causal, so one forward does not score every prefix, but the "
+                "`data_collator` lays out one sequence per response for that loss. Give a collator with "
+                "`per_prefix=True` (e.g. `PrefixRewardCollator.from_config(args, tokenizer, per_prefix=True)`), "
+                "or none."
+            )
         model = prepare_model_for_training(model, args)
         super().__init__(
             model=model,
@@ -313,6 +349,7 @@ class PrefixRewardTrainer(Trainer):
             "prefix_sampling": args.prefix_sampling,
             "min_prefix_length": args.min_prefix_length,
             "position_weighting": args.position_weighting,
+            **({"encoder_prefixes_per_pair": args.encoder_prefixes_per_pair} if self.per_prefix else {}),
             "margin": args.margin,
             "center_rewards_coefficient": args.center_rewards_coefficient,
             "max_length": args.max_length,
@@ -393,15 +430,30 @@ class PrefixRewardTrainer(Trainer):
         loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
-        return loss, (outputs["chosen_rewards"], outputs["rejected_rewards"]), inputs["loss_weights"]
+        weights = inputs["prefix_weights"][:, None] if PREFIX_WEIGHTS in inputs else inputs["loss_weights"]
+        return loss, (outputs["chosen_rewards"], outputs["rejected_rewards"]), weights
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The prefix Bradley-Terry loss of a batch: from every position's reward of one forward per response
+        (`loss_weights`), or from each prefix's reward as a sequence of its own (`prefix_weights`, the layout of
+        encoders). Evaluation's rewards are `(pairs, positions)` in the first layout, `(prefix pairs, 1)` in the
+        second."""
         input_ids = torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]])
         attention_mask = torch.cat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]])
-        rewards = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).rewards
+        output = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        if PREFIX_WEIGHTS in inputs:
+            rewards, weights = output.reward[:, None], inputs[PREFIX_WEIGHTS][:, None]
+        elif output.rewards is None:
+            raise ValueError(
+                "The batch lays out one sequence per response for the one-forward loss, but the reward model's "
+                "backbone is not causal and gives no per-position rewards. Use a `PrefixRewardCollator` with "
+                "`per_prefix=True`."
+            )
+        else:
+            rewards, weights = output.rewards, inputs["loss_weights"]
         chosen, rejected = rewards.chunk(2)
         loss = prefix_bradley_terry_loss(
-            chosen, rejected, inputs["loss_weights"], self.args.margin, self.args.center_rewards_coefficient
+            chosen, rejected, weights, self.args.margin, self.args.center_rewards_coefficient
         )
         if model.training and not bool(torch.isfinite(loss)):
             raise ValueError(

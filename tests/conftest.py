@@ -38,12 +38,14 @@ from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     BertConfig,
+    DebertaV2Config,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
     PreTrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    RobertaConfig,
     T5Config,
 )
 from transformers.generation import GenerationMixin  # noqa: E402
@@ -102,6 +104,9 @@ def logged_deprecations_allowed():
 
 
 ARCHITECTURES = ("gpt2", "llama", "qwen2")
+#: Encoder families whose sequence classifiers pool differently: BERT's pooler on [CLS], RoBERTa's classification
+#: head on <s>, DeBERTa-v2's context pooler (with relative attention, as DeBERTa-v3 checkpoints have it).
+ENCODER_ARCHITECTURES = ("bert", "roberta", "deberta-v2")
 VOCAB_SIZE = 384
 MAX_POSITIONS = 128
 
@@ -185,8 +190,8 @@ def build_other_tokenizer(kind: str) -> PreTrainedTokenizerFast:
 
 
 def tiny_config(arch: str, **overrides) -> PreTrainedConfig:
-    """A 2-layer, hidden-size-64 configuration of `arch` ("gpt2", "llama", "qwen2", "mistral", the encoder "bert"),
-    or a 1-layer, d_model-32 encoder-decoder "t5"."""
+    """A 2-layer, hidden-size-64 configuration of `arch` ("gpt2", "llama", "qwen2", "mistral", the encoders "bert",
+    "roberta" and "deberta-v2"), or a 1-layer, d_model-32 encoder-decoder "t5"."""
     if arch == "t5":
         kwargs = {
             "d_model": 32,
@@ -197,14 +202,18 @@ def tiny_config(arch: str, **overrides) -> PreTrainedConfig:
             "decoder_start_token_id": 0,
         }
         return T5Config(**{"vocab_size": VOCAB_SIZE, **kwargs, **overrides})
-    if arch == "bert":
+    if arch in ENCODER_ARCHITECTURES:
         kwargs = {
             "hidden_size": 64,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "intermediate_size": 128,
+            "max_position_embeddings": MAX_POSITIONS,
         }
-        return BertConfig(**{"vocab_size": VOCAB_SIZE, **kwargs, **overrides})
+        if arch == "deberta-v2":
+            kwargs.update(relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"])
+        config_class = {"bert": BertConfig, "roberta": RobertaConfig, "deberta-v2": DebertaV2Config}[arch]
+        return config_class(**{"vocab_size": VOCAB_SIZE, **kwargs, **overrides})
     common = {"vocab_size": VOCAB_SIZE, "bos_token_id": 0, "eos_token_id": 0}
     if arch == "gpt2":
         kwargs = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": MAX_POSITIONS}

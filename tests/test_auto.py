@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import (
     ARCHITECTURES,
+    ENCODER_ARCHITECTURES,
     VOCAB_SIZE,
     tiny_causal_lm,
     tiny_config,
@@ -12,7 +13,8 @@ from conftest import (
     tiny_sequence_classifier,
 )
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification, BartConfig
+from test_modeling import left_pad, right_pad
+from transformers import BartConfig
 
 from hf_rgtg import AutoModelForPrefixReward, PrefixRewardConfig, PrefixRewardModel
 
@@ -75,13 +77,19 @@ def test_the_load_report_of_a_new_head_is_left_out_and_real_problems_are_reporte
     )
 
 
+def classifier_from_hub(arch, repo_id, hub_cache, caplog):
+    """A tiny sequence classifier of `arch` and the prefix reward model loaded from it under `repo_id` in the hub
+    cache, which says nothing of an untrained head."""
+    classifier = tiny_sequence_classifier(arch, seed=2)
+    with caplog.at_level(logging.WARNING, logger="hf_rgtg"):
+        rm = AutoModelForPrefixReward.from_pretrained(hub_cache(classifier, repo_id)).eval()
+    assert "untrained" not in caplog.text
+    return classifier, rm
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_sequence_classifier_reward_equals_original_logit(arch, hub_cache, caplog):
-    classifier = tiny_sequence_classifier(arch, seed=2)
-    repo = hub_cache(classifier, f"org/seq-cls-rm-{arch}")
-    with caplog.at_level(logging.WARNING, logger="hf_rgtg"):
-        rm = AutoModelForPrefixReward.from_pretrained(repo).eval()
-    assert "untrained" not in caplog.text
+    classifier, rm = classifier_from_hub(arch, f"org/seq-cls-rm-{arch}", hub_cache, caplog)
     generator = torch.Generator().manual_seed(0)
     for length in (1, 4, 11):
         ids = torch.randint(1, VOCAB_SIZE, (3, length), generator=generator)
@@ -165,13 +173,71 @@ def test_encoder_decoder_checkpoint_is_rejected(config, tmp_path):
         AutoModelForPrefixReward.from_config(config)
 
 
-def test_encoder_only_checkpoint_loads_but_is_not_incremental(tmp_path):
-    classifier = AutoModelForSequenceClassification.from_config(tiny_config("bert", num_labels=1))
-    classifier.save_pretrained(tmp_path / "cls")
-    with pytest.raises(ValueError, match="encoder sequence-classification"):
-        AutoModelForPrefixReward.from_pretrained(tmp_path / "cls")
-    model = AutoModelForPrefixReward.from_config(tiny_config("bert"))
-    assert not model.supports_incremental_scoring
+ENCODER_ROWS = [[2, 17, 33, 5, 81, 9, 120], [2, 40, 41], [2, 7, 300, 301, 12]]
+
+
+@pytest.mark.parametrize("arch", ENCODER_ARCHITECTURES)
+def test_an_encoder_classifier_s_reward_is_its_own_pooled_logit(arch, hub_cache, caplog):
+    classifier, rm = classifier_from_hub(arch, f"org/encoder-cls-{arch}", hub_cache, caplog)
+    assert rm.config.head_type == "classifier" and not rm.supports_incremental_scoring
+    ids, mask = right_pad(ENCODER_ROWS)
+    left_ids, left_mask = left_pad(ENCODER_ROWS)
+    with torch.no_grad():
+        expected = classifier(ids, attention_mask=mask).logits[:, 0]
+        right = rm(ids, attention_mask=mask)
+        left = rm(left_ids, attention_mask=left_mask)
+        alone = [rm(torch.tensor([row])).reward for row in ENCODER_ROWS]
+    torch.testing.assert_close(right.reward, expected, atol=1e-5, rtol=0)
+    # The classifier pools the first token and numbers positions from the first column: left padding is moved to
+    # the right before the forward, and a row scores the same alone.
+    torch.testing.assert_close(left.reward, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(alone), expected, atol=1e-5, rtol=0)
+    # Per-position values of an encoder are no prefix rewards: there are none to misread.
+    assert right.rewards is None and right.to_tuple()[0] is right.reward
+
+
+@pytest.mark.parametrize("arch", ENCODER_ARCHITECTURES)
+def test_an_encoder_classifier_round_trips_as_a_prefix_reward_model(arch, hub_cache, tmp_path):
+    classifier = tiny_sequence_classifier(arch, seed=3)
+    classifier.save_pretrained(tmp_path / "classifier")
+    rm = AutoModelForPrefixReward.from_pretrained(tmp_path / "classifier").eval()
+    rm.save_pretrained(tmp_path / "rm")
+    assert all(key.startswith("backbone.") for key in load_file(tmp_path / "rm" / "model.safetensors"))
+    for source in (tmp_path / "rm", hub_cache(rm, f"org/encoder-prefix-rm-{arch}")):
+        loaded = AutoModelForPrefixReward.from_pretrained(source).eval()
+        assert loaded.config.head_type == "classifier"
+        expected, actual = rm.state_dict(), loaded.state_dict()
+        assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+        ids, mask = right_pad(ENCODER_ROWS)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded(ids, attention_mask=mask).reward,
+                classifier(ids, attention_mask=mask).logits[:, 0],
+                atol=1e-5,
+                rtol=0,
+            )
+
+
+def test_an_encoder_classifier_s_head_settings_cannot_be_changed(tmp_path):
+    tiny_sequence_classifier("bert").save_pretrained(tmp_path / "classifier")
+    with pytest.raises(ValueError, match="`head_layer` only apply to `head_type='per_position'`"):
+        AutoModelForPrefixReward.from_pretrained(tmp_path / "classifier", head_layer=1)
+    tiny_sequence_classifier("roberta", num_labels=2).save_pretrained(tmp_path / "two-labels")
+    with pytest.raises(ValueError, match="num_labels=2; a reward model has exactly one output"):
+        AutoModelForPrefixReward.from_pretrained(tmp_path / "two-labels")
+
+
+def test_an_encoder_base_model_gets_a_new_per_position_head(tmp_path, caplog):
+    tiny_sequence_classifier("bert").base_model.save_pretrained(tmp_path / "encoder")
+    with caplog.at_level(logging.WARNING, logger="hf_rgtg"):
+        model = AutoModelForPrefixReward.from_pretrained(tmp_path / "encoder")
+    assert "untrained" in caplog.text
+    assert model.config.head_type == "per_position" and not model.supports_incremental_scoring
+    assert AutoModelForPrefixReward.from_config(tiny_config("bert")).config.head_type == "per_position"
+    classifier_config = tiny_config(
+        "deberta-v2", num_labels=1, architectures=["DebertaV2ForSequenceClassification"]
+    )
+    assert AutoModelForPrefixReward.from_config(classifier_config).config.head_type == "classifier"
 
 
 @pytest.mark.parametrize("source", ["causal_lm", "base_model", "sequence_classifier"])

@@ -321,3 +321,12 @@ def test_every_way_into_generate_bridges_alike(hub_cache, restore_generate):
     )
     response_ids = reward_tokenizer(record["generated_text"], add_special_tokens=False)["input_ids"]
     assert record["token_rewards"]["token_ids"] == response_ids
+
+
+def test_chat_prompts_reach_a_reward_model_without_a_chat_template_as_their_last_user_message():
+    tokenizer, reward_tokenizer = build_tokenizer(), other_tokenizer("byte-level")
+    bridge = TextBridge(tokenizer, reward_tokenizer)
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Tell me a story"}]
+    assert bridge.prompt_ids(messages) == reward_tokenizer("Tell me a story")["input_ids"]
+    templated = TextBridge(tokenizer, reward_tokenizer, prompt_template="Q: {prompt}\nA: ")
+    assert templated.prompt_ids(messages) == reward_tokenizer("Q: Tell me a story\nA: ")["input_ids"]

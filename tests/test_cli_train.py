@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 import transformers.utils.hub as transformers_hub
-from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm
+from conftest import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm, tiny_config
 from huggingface_hub import ModelCard
 from huggingface_hub import constants as hub_constants
 from test_hub import card_snippet, run_card_snippet
@@ -99,6 +99,25 @@ def test_train_command_trains_saves_and_reports(lm_folder, tmp_path, capsys):
     assert main(["eval-rm", "--rm", str(folder), "--data", str(tmp_path / "pairs.jsonl")]) == 0
     table = capsys.readouterr().out
     assert "24 pairs kept" in table and "| full |" in table and "Mean reward margin" in table
+
+
+def test_train_command_trains_an_encoder_prefix_by_prefix(tmp_path, capsys):
+    folder = tmp_path / "encoder"
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(tiny_config("bert", pad_token_id=0)).save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    args = train_args(folder, tmp_path, "--encoder-prefixes-per-pair", "2", "--max-steps", "4")
+    assert main(args) == 0
+    assert "a new reward head is initialised" in capsys.readouterr().out
+    model = AutoModelForPrefixReward.from_pretrained(tmp_path / "out")
+    assert model.config.text_config.model_type == "bert" and not model.supports_incremental_scoring
+    assert model.config.training_summary["settings"]["encoder_prefixes_per_pair"] == 2
+    assert (
+        "each prefix of a response is scored as a sequence of its own"
+        in (tmp_path / "out" / "README.md").read_text()
+    )
+    assert main(["eval-rm", "--rm", str(tmp_path / "out"), "--data", str(tmp_path / "pairs.jsonl")]) == 0
+    assert "| full |" in capsys.readouterr().out
 
 
 def test_model_default_trains_from_the_embedded_language_model(lm_folder, tmp_path, monkeypatch, capsys):
@@ -295,7 +314,8 @@ def test_train_help_lists_the_options_of_hf_rgtg_before_those_of_training_argume
     ours = [
         *("--model", "--data", "--eval_data", "--eval_fraction", "--tokenizer", "--head_layer"),
         *("--head_hidden_size", "--max_length", "--prefix_sampling", "--num_random_prefixes"),
-        *("--min_prefix_length", "--position_weighting", "--margin", "--center_rewards_coefficient"),
+        *("--min_prefix_length", "--position_weighting", "--encoder_prefixes_per_pair", "--margin"),
+        "--center_rewards_coefficient",
         *("--train", "--lora_r", "--lora_alpha", "--lora_dropout", "--lora_target_modules"),
     ]
     # Only `-h, --help` comes before them; the rest are TrainingArguments' own, each listed once.

@@ -37,6 +37,23 @@ def test_collator_pads_with_eos_and_selects_prefixes():
     assert linear["loss_weights"][0, 3:7].tolist() == [0.25, 0.5, 0.75, 1.0]
 
 
+def test_the_per_prefix_collator_needs_no_eos():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "hi": 2}, unk_token="[UNK]"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]")
+    settings = hf_rgtg.training.PrefixRewardTrainingConfig(output_dir="unused", encoder_prefixes_per_pair=3)
+    collator = PrefixRewardCollator.from_config(settings, tokenizer, per_prefix=True)
+    assert (collator.pad_token_id, collator.eos_token_id, collator.max_prefixes_per_pair) == (0, None, 3)
+    with pytest.raises(ValueError, match="The tokenizer has no EOS token"):
+        PrefixRewardCollator.from_config(settings, tokenizer)
+    with pytest.raises(ValueError, match="`eos_token_id` is needed .* `per_prefix=True`"):
+        PrefixRewardCollator(pad_token_id=0)
+    with pytest.raises(ValueError, match="`max_prefixes_per_pair` \\(=0\\)"):
+        PrefixRewardCollator(pad_token_id=0, per_prefix=True, max_prefixes_per_pair=0)
+
+
 def test_the_collator_is_importable_from_where_it_was():
     assert hf_rgtg.PrefixRewardCollator is hf_rgtg.training.PrefixRewardCollator is PrefixRewardCollator
     assert hf_rgtg.training.prefix_lengths is hf_rgtg.data.prefix_lengths

@@ -1,5 +1,6 @@
 """Prefix accuracy (hf_rgtg/evaluation.py): reward models evaluated by relative prefix position."""
 
+import pytest
 import torch
 from conftest import VOCAB_SIZE, random_pairs, separable_pairs, tiny_prefix_rm, tiny_sequence_classifier
 
@@ -49,3 +50,27 @@ def test_prefix_accuracy_evaluates_an_ordinary_sequence_classifier(tmp_path):
         max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs
     )
     assert "| full |" in result.to_markdown()
+
+
+def test_prefix_accuracy_of_an_encoder_scores_each_prefix_as_its_own_sequence(tmp_path):
+    classifier = tiny_sequence_classifier("bert", seed=2)
+    classifier.save_pretrained(tmp_path)
+    rm = AutoModelForPrefixReward.from_pretrained(tmp_path).eval()
+    pairs = random_pairs(5, seed=6)
+    # An encoder needs no EOS: a response shorter than the prefix is taken whole.
+    result = evaluate_prefix_accuracy(rm, pairs, PAD, eos_token_id=None, batch_size=2, show_progress=False)
+    margins, full_margins = [], []
+    with torch.no_grad():
+        for pair in pairs:
+            length = max(len(pair["chosen_ids"]), len(pair["rejected_ids"]))
+            for t in range(1, length + 1):
+                chosen, rejected = (
+                    classifier(torch.tensor([pair["prompt_ids"] + pair[side][:t]])).logits[0, 0]
+                    for side in ("chosen_ids", "rejected_ids")
+                )
+                margins.append(float(chosen - rejected))
+            full_margins.append(margins[-1])
+    assert result.counts["full"] == 5 and sum(result.counts.values()) - 5 == len(margins)
+    assert result.mean_margin == pytest.approx(sum(margins) / len(margins), abs=1e-5)
+    assert result.mean_full_margin == pytest.approx(sum(full_margins) / 5, abs=1e-5)
+    assert result.accuracy["full"] == sum(m > 0 for m in full_margins) / 5

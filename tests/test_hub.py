@@ -182,6 +182,19 @@ def test_a_card_names_the_base_model_by_its_hub_id_or_not_at_all(tmp_path):
         assert ("load the language model it was trained on" in card.text) == (expected is None)
 
 
+def test_the_card_of_an_encoder_guides_no_language_model_with_its_base_model():
+    from transformers import BertConfig
+
+    text_config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = PrefixRewardConfig(text_config=text_config, base_model_name_or_path="org/encoder")
+    card = model_card(config, repo_id="org/encoder-rm")
+    assert card.data.base_model == "org/encoder"
+    assert "AutoModelForCausalLM" not in card_snippet(card.text) and "token_rewards" in card_snippet(
+        card.text
+    )
+    assert "re-encodes the text" in card.text and "scored as a sequence of its own" in card.text
+
+
 def test_a_saved_card_is_titled_and_loads_by_the_folder_name_or_the_repo_id(tmp_path):
     model = tiny_prefix_rm("gpt2")
     model.save_pretrained(tmp_path / "my-prefix-rm")

@@ -1,6 +1,13 @@
 import pytest
 import torch
-from conftest import ARCHITECTURES, MAX_POSITIONS, VOCAB_SIZE, tiny_config, tiny_prefix_rm
+from conftest import (
+    ARCHITECTURES,
+    ENCODER_ARCHITECTURES,
+    MAX_POSITIONS,
+    VOCAB_SIZE,
+    tiny_config,
+    tiny_prefix_rm,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache, T5Config
@@ -232,6 +239,82 @@ def test_config_checks_head_settings():
         PrefixRewardConfig(text_config=tiny_config("llama"), head_layer=5)
     with pytest.raises(ValueError, match="`head_hidden_size`"):
         PrefixRewardConfig(text_config=tiny_config("llama"), head_hidden_size=0)
+    with pytest.raises(
+        ValueError, match="`head_type` \\(='pooled'\\) has to be one of per_position, classifier"
+    ):
+        PrefixRewardConfig(text_config=tiny_config("bert"), head_type="pooled")
+    with pytest.raises(ValueError, match="is for encoder backbones, but llama is a causal decoder"):
+        PrefixRewardConfig(text_config=tiny_config("llama", num_labels=1), head_type="classifier")
+    with pytest.raises(ValueError, match="`text_config.num_labels` is 2: set `num_labels=1`"):
+        PrefixRewardConfig(text_config=tiny_config("bert"), head_type="classifier")
+    with pytest.raises(
+        ValueError, match="`head_hidden_size`, `head_bias` only apply to `head_type='per_position'`"
+    ):
+        PrefixRewardConfig(
+            text_config=tiny_config("bert", num_labels=1),
+            head_type="classifier",
+            head_hidden_size=8,
+            head_bias=True,
+        )
+    classifier = PrefixRewardModel(
+        PrefixRewardConfig(text_config=tiny_config("deberta-v2", num_labels=1), head_type="classifier")
+    )
+    assert classifier.head_module_names == ["backbone.pooler", "backbone.classifier"]
+    with pytest.raises(ValueError, match="reads its backbone's own pooled classifier output"):
+        _ = classifier.head_depth
+
+
+@pytest.mark.parametrize("arch", ENCODER_ARCHITECTURES)
+def test_an_encoder_s_head_reads_each_whole_sequence_at_its_last_token(arch):
+    torch.manual_seed(0)
+    model = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config(arch, pad_token_id=0))).eval()
+    rows = random_rows(torch.Generator().manual_seed(7), [6, 2, 4])
+    ids, mask = right_pad(rows)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, output_hidden_states=True)
+        alone = torch.cat([model(torch.tensor([row])).reward for row in rows])
+        hidden = model.backbone(ids, attention_mask=mask).last_hidden_state
+        left = model(*left_pad(rows))
+    last = hidden[torch.arange(3), mask.sum(-1) - 1]
+    torch.testing.assert_close(out.reward, model.score(last).squeeze(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.reward, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(left.reward, alone, atol=1e-5, rtol=0)
+    # Each position sees the tokens after it, so no per-position value is a prefix reward: none is given.
+    assert out.rewards is None and len(out.hidden_states) == 3
+
+
+def test_roberta_s_positions_start_after_its_padding_index():
+    for head_type, labels in (("per_position", {}), ("classifier", {"num_labels": 1})):
+        config = PrefixRewardConfig(
+            text_config=tiny_config("roberta", pad_token_id=1, **labels), head_type=head_type
+        )
+        model = PrefixRewardModel(config).eval()
+        assert model.max_positions == MAX_POSITIONS - 2
+        model(torch.randint(3, VOCAB_SIZE, (1, MAX_POSITIONS - 2)))
+        with pytest.raises(
+            ValueError, match=f"reaches position {MAX_POSITIONS - 1}, .* at most {MAX_POSITIONS - 2}"
+        ):
+            model(torch.randint(3, VOCAB_SIZE, (1, MAX_POSITIONS - 1)))
+    assert (
+        PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert"))).max_positions == MAX_POSITIONS
+    )
+
+
+def test_left_padding_of_an_encoder_moves_every_per_token_input_along():
+    model = PrefixRewardModel(PrefixRewardConfig(text_config=tiny_config("bert", pad_token_id=0))).eval()
+    rows = random_rows(torch.Generator().manual_seed(8), [5, 3])
+    ids, mask = left_pad(rows)
+    token_types = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]])
+    right_types = torch.tensor([[0, 0, 0, 1, 1], [0, 1, 1, 0, 0]])
+    with torch.no_grad():
+        left = model(ids, attention_mask=mask, token_type_ids=token_types).reward
+        right = model(*right_pad(rows), token_type_ids=right_types).reward
+        positions = model(ids, attention_mask=mask, position_ids=torch.arange(5)[None]).reward
+        counted = model(
+            *right_pad(rows), position_ids=torch.tensor([[0, 1, 2, 3, 4], [2, 3, 4, 0, 1]])
+        ).reward
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
+    torch.testing.assert_close(positions, counted, atol=1e-5, rtol=0)
 
 
 def test_config_round_trips_through_json(tmp_path):
