@@ -10,10 +10,9 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from harness.configuration import Setup
 from harness.measure import LoadMeter, PeakRss, StepClock
+from harness.methods import GUIDED, METHODS
 from harness.paths import MIB
-from hf_rgtg import CachedScorer, RewardGuidance
-
-METHODS = ("plain", "fast", "reference", "rm-loop")
+from hf_rgtg import CachedScorer
 
 
 @dataclass
@@ -40,24 +39,25 @@ class RunResult:
 
 
 class Bench:
-    """The models of one `Setup` and the guidance objects of the fast and reference paths, ready to run a `Job`."""
+    """The models of one `Setup` and the guidance of every guided path it can run, ready to run a `Job`.
+
+    `methods` are the methods the setup has what they need for, in the order of `METHODS`.
+    """
 
     def __init__(self, setup: Setup, top_k: int, beta: float, rss: PeakRss):
         self.setup = setup
         self.load = LoadMeter()
         self.top_k = top_k
         self.rss = rss
-        self.guidance = {
-            name: RewardGuidance(
-                setup.rm,
-                beta=beta,
-                top_k=top_k,
-                eos_token_id=setup.eos_token_id,
-                pad_token_id=setup.pad_token_id,
-                scorer=scorer,
-            )
-            for name, scorer in (("fast", "cached"), ("reference", "reference"))
+        settings = {
+            "beta": beta,
+            "top_k": top_k,
+            "eos_token_id": setup.eos_token_id,
+            "pad_token_id": setup.pad_token_id,
         }
+        built = {name: path.build(setup, settings) for name, path in GUIDED.items()}
+        self.guidance = {name: guidance for name, guidance in built.items() if guidance is not None}
+        self.methods = tuple(m for m in METHODS if m not in GUIDED or m in self.guidance)
         self.scorer_types = {name: type(g.scorer).__name__ for name, g in self.guidance.items()}
         setup.lm.generation_config = GenerationConfig(
             do_sample=False, eos_token_id=setup.eos_token_id, pad_token_id=setup.pad_token_id

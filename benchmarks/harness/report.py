@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
+from harness.methods import GUIDED
 from harness.paths import MIB
 from harness.summary import Cells
 from harness.tables import memory_table, spread_table, timing_table
@@ -66,24 +67,27 @@ def _setup_section(args, info: dict, labels: Mapping[str, str]) -> list[str]:
         out.append(f"- {labels[config]}")
         for line in details["description"]:
             out.append(f"  - {line}")
+        scorers = ", ".join(f"{name} = `{kind}`" for name, kind in details["scorers"].items())
         out.append(
-            f"  - Scorers: fast = `{details['scorers']['fast']}`, reference = `{details['scorers']['reference']}`. "
-            f"RM weights {details['rm_weight_bytes'] / MIB:.1f} MiB; RM cache "
+            f"  - Scorers: {scorers}. RM weights {details['rm_weight_bytes'] / MIB:.1f} MiB; RM cache "
             f"{details['rm_cache_bytes_per_row_token'] / 1024:.1f} KiB per row and token."
         )
-    ref_plan = ", ".join(f"({c}) batch {b} up to {n} tokens" for (c, b), n in sorted(args.reference.items()))
-    return out + [
-        "",
-        "Methods:",
-        "",
+    return out + ["", "Methods:", "", *_method_lines(args)]
+
+
+def _method_lines(args) -> list[str]:
+    slow = [name for name, path in GUIDED.items() if path.slow]
+    plan = ", ".join(f"({c}) batch {b} up to {n} tokens" for (c, b), n in sorted(args.reference.items()))
+    return [
         "- **plain**: `lm.generate(..., do_sample=False)`.",
-        '- **fast**: the same with `**RewardGuidance(rm, top_k=k, scorer="cached").generate_kwargs()`.',
-        '- **reference**: the same with `scorer="reference"` (re-encodes rows × k prefixes every step). Run only '
-        f"where affordable: {ref_plan or 'nowhere'}; {args.reference_runs} runs.",
+        *(f"- **{name}**: {path.description}" for name, path in GUIDED.items()),
         "- **RM loop**: `CachedScorer(rm)` driven directly: `reset(prompt)`, then per step `score(k random "
         "candidates)` and `advance(one of them)`; the RM's share of a guided step.",
         "- **floor** = median plain + median RM loop: a guided step cannot cost less than one LM step "
         "plus one RM forward of k tokens on top of a cache.",
+        "",
+        f"The slow paths ({', '.join(slow)}) run only where affordable: {plan or 'nowhere'}; "
+        f"{args.reference_runs} runs.",
     ]
 
 
