@@ -3,7 +3,7 @@
 A guided path is a `Guided`: how to build its `RewardGuidance` from a `Setup` (or `None` when the configuration
 lacks what the path needs, which then does not run it), whether it is slow (re-encodes whole texts at every step,
 so that it runs only at the lengths `--reference` allows), and the line the results file describes it with. A new
-guided path is one entry of `GUIDED`.
+guided path is one entry of `GUIDED`; `AGREEMENTS` pairs a path with the slow one it has to agree with.
 """
 
 from __future__ import annotations
@@ -37,6 +37,21 @@ def same_vocabulary(scorer: str) -> Build:
     return build
 
 
+def other_tokenizer(scorer: str, role: str) -> Build:
+    """A path over the reward model of `role`, which reads `setup.reward_tokenizer`'s tokens, not the language
+    model's; `None` where the setup has no such reward model."""
+
+    def build(setup: Setup, settings: dict[str, Any]) -> RewardGuidance | None:
+        rm = setup.reward_models.get(role)
+        if rm is None or setup.lm_tokenizer is None or setup.reward_tokenizer is None:
+            return None
+        return RewardGuidance(
+            rm, setup.lm_tokenizer, reward_tokenizer=setup.reward_tokenizer, scorer=scorer, **settings
+        )
+
+    return build
+
+
 GUIDED: dict[str, Guided] = {
     "fast": Guided(
         same_vocabulary("cached"),
@@ -45,6 +60,25 @@ GUIDED: dict[str, Guided] = {
     "reference": Guided(
         same_vocabulary("reference"),
         'the same with `scorer="reference"` (re-encodes rows × k prefixes every step).',
+        slow=True,
+    ),
+    "bridged": Guided(
+        other_tokenizer("bridged", "bridged"),
+        "a decoder RM of the same shape with another tokenizer: `RewardGuidance(rm_other, lm_tokenizer, "
+        'reward_tokenizer=rm_tokenizer, scorer="bridged")`, the prompts given as text '
+        "(`generate_kwargs(attention_mask=mask, prompts=texts)`); it caches the RM's keys and values of the text's "
+        "stable tokens and scores the k candidates' re-tokenised tails in one forward.",
+    ),
+    "text": Guided(
+        other_tokenizer("text", "bridged"),
+        'the same RM and tokenizers with `scorer="text"`: every candidate\'s whole text decoded and re-encoded '
+        "with the RM's tokenizer (the bridged path's reference).",
+        slow=True,
+    ),
+    "encoder": Guided(
+        other_tokenizer("auto", "encoder"),
+        'an encoder RM (BERT-shaped) with the other tokenizer, `scorer="auto"`, which takes the text scorer for an '
+        "encoder: every candidate's whole text re-encoded, as the reference path re-encodes every prefix's ids.",
         slow=True,
     ),
 }
@@ -57,3 +91,8 @@ METHODS: tuple[str, ...] = ("plain", *GUIDED, "rm-loop")
 def is_slow(method: str) -> bool:
     """Whether `method` runs only at the lengths `--reference` allows."""
     return method in GUIDED and GUIDED[method].slow
+
+
+AGREEMENTS: tuple[tuple[str, str], ...] = (("fast", "reference"), ("bridged", "text"))
+"""Pairs of paths that must give the same greedy output: a fast path and the reference it is exact against; each
+configuration checks the pairs it runs once, before measuring."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from harness.methods import GUIDED
+from harness.methods import GUIDED, METHODS
 from harness.paths import MIB
 from harness.summary import Cells
-from harness.tables import memory_table, spread_table, timing_table
+from harness.tables import comparison_table, memory_table, spread_table, timing_table
 from harness.targets import evaluate_targets
 
 TITLE = [
@@ -72,6 +72,10 @@ def _setup_section(args, info: dict, labels: Mapping[str, str]) -> list[str]:
             f"  - Scorers: {scorers}. RM weights {details['rm_weight_bytes'] / MIB:.1f} MiB; RM cache "
             f"{details['rm_cache_bytes_per_row_token'] / 1024:.1f} KiB per row and token."
         )
+        missing = [m for m in METHODS if m in args.methods and m not in details["methods"]]
+        if missing:
+            out.append(f"  - Not run here: {', '.join(missing)}.")
+        out += [f"  - Checked before measuring: {line}" for line in details["agreements"]]
     return out + ["", "Methods:", "", *_method_lines(args)]
 
 
@@ -105,6 +109,7 @@ def _timing_section(args, info: dict, cells: Cells) -> list[str]:
         "",
         timing_table(cells),
         "",
+        *_comparison_lines(cells),
         _load_note(args, info),
         "",
         "<details><summary>Fastest and slowest run (ms per token), and the load of other processes</summary>",
@@ -112,6 +117,21 @@ def _timing_section(args, info: dict, cells: Cells) -> list[str]:
         spread_table(cells),
         "",
         "</details>",
+    ]
+
+
+def _comparison_lines(cells: Cells) -> list[str]:
+    table = comparison_table(cells)
+    if not table:
+        return []
+    return [
+        "Each of the other paths against the time it is quoted against (medians, ms per token): bridged against "
+        "fast (the same RM shape reading the LM's own ids), text against bridged (what the bridged path's cache "
+        "saves), encoder against reference (re-encoding text for an encoder against re-encoding ids for a decoder). "
+        "`runs` counts the path's runs.",
+        "",
+        table,
+        "",
     ]
 
 

@@ -8,11 +8,15 @@ from collections.abc import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from harness.agreement import check_agreements
 from harness.bench import Bench, Job, RunResult, run_record
 from harness.configuration import Config
 from harness.environment import environment
 from harness.measure import PeakRss
 from harness.methods import METHODS, is_slow
+
+#: How many greedy tokens the paths of `AGREEMENTS` are checked to agree on before a configuration is measured.
+AGREEMENT_TOKENS = 16
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -33,11 +37,12 @@ def parse_reference(text: str) -> dict[tuple[str, int], int]:
 
 
 def plan_jobs(config: str, args, methods: Sequence[str] = METHODS) -> list[Job]:
-    """The measured jobs of `methods` on `config`: per batch size, one per method (or per method and length with
-    `--separate-lengths`), the slow paths only up to the length `--reference` allows there."""
+    """The measured jobs of `methods` on `config` that `--methods` asks for: per batch size, one per method (or per
+    method and length with `--separate-lengths`), the slow paths only up to the length `--reference` allows
+    there."""
     jobs: list[Job] = []
     for batch in args.batches:
-        for method in methods:
+        for method in (m for m in methods if m in args.methods):
             lengths = _lengths(config, batch, method, args)
             if not lengths:
                 continue
@@ -92,13 +97,8 @@ def run_config(
     bar.set_description(f"({key}) loading")
     setup = config.build(max(args.batches), args.prompt_length, max(args.lengths), args.seed)
     bench = Bench(setup, args.top_k, args.beta, rss)
-    info["configs"][key] = {
-        "description": setup.description,
-        "methods": list(bench.methods),
-        "scorers": bench.scorer_types,
-        "rm_weight_bytes": setup.rm_weight_bytes(),
-        "rm_cache_bytes_per_row_token": setup.rm_cache_bytes(1, 1),
-    }
+    bar.set_description(f"({key}) checking that the paths agree")
+    info["configs"][key] = _config_info(bench, args)
     jobs = plan_jobs(key, args, bench.methods)
     # The bar counted every method; take off those this configuration cannot run.
     bar.total -= _work(plan_jobs(key, args)) - _work(jobs)
@@ -110,6 +110,19 @@ def run_config(
             _repetitions(bench, batch_jobs, args, bar, all_results, info)
     del bench, setup
     gc.collect()
+
+
+def _config_info(bench: Bench, args) -> dict:
+    """What the results file says of a configuration: its models, methods, scorers, RM sizes and agreements."""
+    setup = bench.setup
+    return {
+        "description": setup.description,
+        "methods": list(bench.methods),
+        "scorers": bench.scorer_types,
+        "rm_weight_bytes": setup.rm_weight_bytes(),
+        "rm_cache_bytes_per_row_token": setup.rm_cache_bytes(1, 1),
+        "agreements": check_agreements(bench, min(2, max(args.batches)), AGREEMENT_TOKENS),
+    }
 
 
 def _repetitions(

@@ -40,6 +40,36 @@ def timing_table(cells: Cells) -> str:
     return "\n".join(lines)
 
 
+#: The second timing table: each path beside the time it is quoted against, a method's or a `DERIVED` sum's.
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("bridged", "fast"),
+    ("text", "bridged"),
+    ("encoder", "reference"),
+)
+
+
+def comparison_table(cells: Cells) -> str:
+    """One row per pair of `COMPARISONS` measured in a cell; empty when none is."""
+    lines = []
+    for (config, batch, n), cell in cells.items():
+        for method, baseline in COMPARISONS:
+            value = ratio(cell, method, baseline)
+            if value is not None:
+                lines.append(
+                    f"| ({config}) | {batch} | {n} | {method} | {cell.ms[method]:.2f} | {label(baseline)} | "
+                    f"{cell.ms[baseline]:.2f} | {value:.2f}× | {cell.runs[method]} |"
+                )
+    if not lines:
+        return ""
+    return "\n".join(
+        [
+            "| config | batch | new tokens | path | ms/token | against | its ms/token | path/against | runs |",
+            "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |",
+            *lines,
+        ]
+    )
+
+
 def spread_table(cells: Cells) -> str:
     methods = measured_methods(cells)
     lines = [
