@@ -8,18 +8,29 @@ the methods in every repetition (so that all of them see the same machine load):
 - ``fast``: greedy ``lm.generate()`` guided by ``RewardGuidance(..., scorer="cached")``;
 - ``reference``: the same with ``scorer="reference"`` (re-encodes every candidate prefix; slow, so only run where
   affordable, see ``--reference``);
+- ``bridged``: guided by a reward model of the same shape with another tokenizer, ``scorer="bridged"``, the prompts
+  given as text; the target is at most 1.5x the time per token of ``fast``;
+- ``text``: the same pairing with ``scorer="text"`` (every candidate's whole text re-encoded; slow, like
+  ``reference``), the bridged path's reference;
+- ``encoder``: an encoder (BERT-shaped) reward model with the other tokenizer, ``scorer="auto"`` (the text
+  scorer); slow, quoted against ``reference``;
 - ``rm-loop``: a ``hf_rgtg.CachedScorer`` driven by hand over the same number of steps (one reward-model forward
   of k sibling tokens on top of the cache per step). ``floor = plain + rm-loop``: what a guided step costs at
   least when the reward model is as large as the language model.
+
+Before measuring a configuration, the paths that must agree (fast and reference, bridged and text) are checked to
+give the same 16 greedy tokens at batch 2.
 
 Configurations:
 
 - ``a``: GPT-2 shaped language and reward models (4 layers, hidden size 256, 4 heads), random seeded weights, and
   a byte-level BPE vocabulary of 8,192 tokens trained once on the Python standard library's sources and cached in
   ``benchmarks/.cache``; prompts are held-out text (``/usr/share/common-licenses`` when present).
+  For bridged, text and encoder, a second byte-level BPE vocabulary of 6,144 tokens is trained on the same corpus,
+  read by a GPT-2 reward model of the same shape and by a BERT-shaped one (4 layers, hidden 256, 4 heads).
 - ``b``: SmolLM2-135M-Instruct (``hf_rgtg.load_default_lm()``) and a reward model of the same architecture and
   weights (``AutoModelForPrefixReward.from_pretrained`` on the converted checkpoint, random head); prompts are
-  chat-template prompts of exactly 32 real tokens.
+  chat-template prompts of exactly 32 real tokens. It has no reward model with another tokenizer.
 
 Every run generates exactly N tokens (``min_new_tokens=max_new_tokens``). By default one run per method and
 repetition generates the largest N, and the shorter lengths are read off the same run: a stopping criterion that
@@ -34,10 +45,12 @@ measure is strict (without the trim, a run reusing free heap the process already
 
 Usage::
 
-    python benchmarks/decode_speed.py                  # full run (about 35 minutes on 2 cores)
+    python benchmarks/decode_speed.py                  # full run (about 55 minutes on 2 quiet cores)
     python benchmarks/decode_speed.py --quick          # smoke run, a few minutes
     python benchmarks/decode_speed.py --configs a --batches 1 --lengths 64,256 --runs 7
+    python benchmarks/decode_speed.py --configs a --methods plain,fast,bridged,rm-loop --lengths 256
     python benchmarks/decode_speed.py --profile        # where the time of a guided step goes (on (b); --profile-config a)
+    python benchmarks/decode_speed.py --profile --profile-config a --profile-method bridged
 
 The markdown table is printed and written to ``benchmarks/results/decode_speed.md`` (raw timings to
 ``decode_speed.json`` beside it).
@@ -57,6 +70,7 @@ import torch
 import transformers
 from configs import CONFIGS
 from harness.bench import run_record
+from harness.methods import GUIDED, METHODS
 from harness.paths import RESULTS_DIR, repo_relative
 from harness.profiling import profile
 from harness.report import render
@@ -78,6 +92,12 @@ def parse_args(argv: list[str] | None = None):
     args.reference_runs = args.reference_runs or (2 if quick else 3)
     args.warmup_tokens = args.warmup_tokens or (4 if quick else 16)
     args.reference = parse_reference(args.reference or ("a:1:32,a:2:8" if quick else "a:1:256,a:8:64"))
+    args.methods = (
+        [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(METHODS)
+    )
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")
     if min(args.batches) < 1 or min(args.lengths) < 1 or args.runs < 1:
         parser.error("batches, lengths and runs have to be positive")
     return args
@@ -97,16 +117,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lengths", default=None, help="comma-separated numbers of new tokens (default 64,256,512)"
     )
+    parser.add_argument(
+        "--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default all)"
+    )
     parser.add_argument("--runs", type=int, default=None, help="measured runs per method (default 5)")
     parser.add_argument(
         "--reference",
         default=None,
-        help="where to run the slow reference path, as config:batch:max_new_tokens items, or 'none' "
-        "(default a:1:256,a:8:64)",
+        help="where to run the slow paths (reference, text, encoder: each re-encodes every candidate's whole "
+        "text or prefix at every step), as config:batch:max_new_tokens items, or 'none' (default a:1:256,a:8:64)",
     )
-    parser.add_argument(
-        "--reference-runs", type=int, default=None, help="runs of the reference path (default 3)"
-    )
+    parser.add_argument("--reference-runs", type=int, default=None, help="runs of each slow path (default 3)")
     parser.add_argument(
         "--warmup-tokens", type=int, default=None, help="length of the warm-up runs (default 16)"
     )
@@ -139,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
         help="profile guided decoding (on --profile-config) instead of benchmarking",
     )
     parser.add_argument("--profile-config", choices=tuple(CONFIGS), default="b")
+    parser.add_argument(
+        "--profile-method",
+        choices=tuple(GUIDED),
+        default="fast",
+        help="the guided path to profile (default fast)",
+    )
     parser.add_argument("--profile-batch", type=int, default=1)
     parser.add_argument("--profile-tokens", type=int, default=64)
     return parser
@@ -156,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def profile_main(args) -> int:
-    """--profile: write the profile beside --output, as decode_speed_profile_<config>.md."""
+    """--profile: write the profile beside --output, as decode_speed_profile_<config>.md (with `_<method>` after
+    the config for a path other than fast)."""
     text = profile(args, CONFIGS[args.profile_config])
-    path = args.output.with_name(f"{args.output.stem}_profile_{args.profile_config}.md")
+    suffix = "" if args.profile_method == "fast" else f"_{args.profile_method}"
+    path = args.output.with_name(f"{args.output.stem}_profile_{args.profile_config}{suffix}.md")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(text)

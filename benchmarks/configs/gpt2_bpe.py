@@ -3,6 +3,9 @@
 Both models have 4 layers, hidden size 256 and 4 heads. The byte-level BPE vocabulary of 8,192 tokens is trained
 once on the Python standard library's top-level modules and cached in ``benchmarks/.cache``; the prompts are held-out
 text (``/usr/share/common-licenses`` when present). Nothing is downloaded.
+
+For the methods with another tokenizer, a second vocabulary of 6,144 tokens is trained on the same corpus, with a
+reward model of the same GPT-2 shape and a BERT-shaped encoder reward model reading it.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from pathlib import Path
 import torch
 from harness.configuration import Config, Setup, param_count
 from harness.paths import CACHE_DIR, MIB, repo_relative
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import BertConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
 
 EOS_TEXT = "<|endoftext|>"
+OTHER_VOCAB_SIZE = 6144  # the vocabulary of the reward models with another tokenizer
 
 
 def _corpus_files() -> list[Path]:
@@ -73,23 +77,22 @@ def trained_tokenizer(vocab_size: int, max_corpus_bytes: int = 16 * MIB):
     return tokenizer, path
 
 
-def setup_a(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) -> Setup:
-    vocab_size = 8192
+def checked_tokenizer(vocab_size: int):
+    """`trained_tokenizer(vocab_size)`, refused when the corpus gave it fewer tokens."""
     tokenizer, path = trained_tokenizer(vocab_size)
     if tokenizer.get_vocab_size() != vocab_size:
         raise RuntimeError(
             f"The trained tokenizer has {tokenizer.get_vocab_size()} tokens, not {vocab_size}: delete {path} "
             "and give it more text."
         )
-    eos = tokenizer.token_to_id(EOS_TEXT)
-    ids = tokenizer.encode(_prompt_text()).ids
-    stride = max(prompt_length, (len(ids) - prompt_length) // max(max_batch, 1))
-    rows = [ids[i * stride : i * stride + prompt_length] for i in range(max_batch)]
-    if any(len(row) != prompt_length or eos in row for row in rows):
-        raise RuntimeError("Not enough prompt text for the requested batch size and prompt length.")
-    config = GPT2Config(
+    return tokenizer, path
+
+
+def _gpt2_config(vocab_size: int, positions: int, eos: int) -> GPT2Config:
+    """The GPT-2 shape of every model of (a): 4 layers, hidden size 256, 4 heads."""
+    return GPT2Config(
         vocab_size=vocab_size,
-        n_positions=max(640, prompt_length + max_new_tokens + 64),
+        n_positions=positions,
         n_embd=256,
         n_layer=4,
         n_head=4,
@@ -97,11 +100,34 @@ def setup_a(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) 
         eos_token_id=eos,
         pad_token_id=eos,
     )
+
+
+def _reward_model(text_config, seed: int) -> PrefixRewardModel:
+    torch.manual_seed(seed)
+    return PrefixRewardModel(PrefixRewardConfig(text_config=text_config)).eval()
+
+
+def _wrapped(tokenizer) -> PreTrainedTokenizerFast:
+    """A `tokenizers.Tokenizer` as the transformers tokenizer that `RewardGuidance` takes."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=EOS_TEXT, eos_token=EOS_TEXT, pad_token=EOS_TEXT
+    )
+
+
+def setup_a(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) -> Setup:
+    vocab_size = 8192
+    tokenizer, path = checked_tokenizer(vocab_size)
+    eos = tokenizer.token_to_id(EOS_TEXT)
+    ids = tokenizer.encode(_prompt_text()).ids
+    stride = max(prompt_length, (len(ids) - prompt_length) // max(max_batch, 1))
+    rows = [ids[i * stride : i * stride + prompt_length] for i in range(max_batch)]
+    if any(len(row) != prompt_length or eos in row for row in rows):
+        raise RuntimeError("Not enough prompt text for the requested batch size and prompt length.")
+    config = _gpt2_config(vocab_size, max(640, prompt_length + max_new_tokens + 64), eos)
     torch.manual_seed(seed)
     lm = GPT2LMHeadModel(config).eval()
-    torch.manual_seed(seed + 1)
-    rm = PrefixRewardModel(PrefixRewardConfig(text_config=config)).eval()
-    setup = Setup("a", lm, rm, torch.tensor(rows), eos, eos, [])
+    rm = _reward_model(config, seed + 1)
+    setup = Setup("a", lm, rm, torch.tensor(rows), eos, eos, [], lm_tokenizer=_wrapped(tokenizer))
     setup.description = [
         f"LM: GPT2LMHeadModel, {param_count(lm)}, n_positions {config.n_positions}, seed {seed}; "
         f"RM: PrefixRewardModel(GPT-2 backbone), {param_count(rm)}, seed {seed + 1}.",
@@ -112,7 +138,41 @@ def setup_a(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) 
         ),
         f"attn_implementation: LM {lm.config._attn_implementation}, RM {rm.config.text_config._attn_implementation}.",
     ]
+    # The random LM writes long runs without spaces ("vidvidvid..."), which the other vocabulary spends up to about
+    # three tokens per LM token on: room for four.
+    _add_other_tokenizer(setup, 4 * (prompt_length + max_new_tokens) + 64, seed + 2)
     return setup
+
+
+def _add_other_tokenizer(setup: Setup, positions: int, seed: int) -> None:
+    """The reward models of the methods with another tokenizer: a second byte-level BPE vocabulary trained on the
+    same corpus, a GPT-2 of the LM's shape reading it (`bridged`, `text`) and a BERT of the same size (`encoder`).
+    The decoder has room for `positions` tokens: another vocabulary may spend more tokens on the same text."""
+    tokenizer, path = checked_tokenizer(OTHER_VOCAB_SIZE)
+    eos = tokenizer.token_to_id(EOS_TEXT)
+    decoder = _reward_model(_gpt2_config(OTHER_VOCAB_SIZE, positions, eos), seed)
+    encoder = _reward_model(
+        BertConfig(
+            vocab_size=OTHER_VOCAB_SIZE,
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=1024,
+            max_position_embeddings=1024,
+            pad_token_id=eos,
+        ),
+        seed + 1,
+    )
+    setup.reward_tokenizer = _wrapped(tokenizer)
+    setup.reward_models.update(bridged=decoder, encoder=encoder)
+    setup.description.append(
+        f"Another tokenizer: byte-level BPE, {OTHER_VOCAB_SIZE} tokens, trained on the same corpus, cached at "
+        f"`{repo_relative(path)}`. Its RMs: PrefixRewardModel(GPT-2 backbone of the LM's shape, n_positions "
+        f"{positions}), {param_count(decoder)}, seed {seed} (bridged, text); PrefixRewardModel(BERT: 4 layers, "
+        f"hidden 256, 4 heads, intermediate 1024), {param_count(encoder)}, seed {seed + 1} (encoder). "
+        f"attn_implementation: {decoder.config.text_config._attn_implementation}, "
+        f"{encoder.config.text_config._attn_implementation}."
+    )
 
 
 CONFIG = Config("(a) GPT-2 shaped LM + RM, 4 layers, hidden 256, BPE 8k, random weights", setup_a)

@@ -72,6 +72,9 @@ def setup_b(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) 
         f"Prompts: chat template (short system message + a question cut to fit), exactly {prompt_length} real "
         f"tokens per row, {len(PROMPT_QUESTIONS)} different questions.",
         f"attn_implementation: LM {lm.config._attn_implementation}, RM {rm.config.text_config._attn_implementation}.",
+        "No reward model with another tokenizer: the bridged, text and encoder paths run on (a), where their RMs "
+        "have the shape of the same-vocabulary RM they are compared with (beside SmolLM2, a small RM with another "
+        "tokenizer would compare a 5 M-parameter RM with the 135 M one of the fast path).",
     ]
     positions = rm.max_positions
     if positions is not None and prompt_length + max_new_tokens > positions:

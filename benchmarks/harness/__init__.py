@@ -3,7 +3,9 @@
 - `paths`: the folders the benchmarks read and write, `MIB`, `repo_relative`;
 - `measure`: peak RSS (`PeakRss`), the `StepClock` stopping criterion, the load of other processes (`LoadMeter`);
 - `configuration`: `Setup`, what a configuration in `benchmarks/configs/` builds, and `Config`, how it is named;
+- `methods`: the methods by name, and how each guided path builds its guidance (`GUIDED`, `METHODS`);
 - `bench`: one measured run (`Job`, `RunResult`, `Bench`);
+- `agreement`: before measuring, each fast path gives its reference's greedy output (`check_agreements`);
 - `runner`: planning the jobs of a configuration and running them, with warm-up, rotation and reruns;
 - `summary`: medians and spreads per (config, batch, new tokens) (`Cell`, `summarise`);
 - `tables`, `targets`, `report`: the markdown tables, the PASS/FAIL lines and the whole results file;

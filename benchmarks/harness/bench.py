@@ -10,10 +10,9 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from harness.configuration import Setup
 from harness.measure import LoadMeter, PeakRss, StepClock
+from harness.methods import GUIDED, METHODS
 from harness.paths import MIB
-from hf_rgtg import CachedScorer, RewardGuidance
-
-METHODS = ("plain", "fast", "reference", "rm-loop")
+from hf_rgtg import CachedScorer
 
 
 @dataclass
@@ -40,24 +39,27 @@ class RunResult:
 
 
 class Bench:
-    """The models of one `Setup` and the guidance objects of the fast and reference paths, ready to run a `Job`."""
+    """The models of one `Setup` and the guidance of every guided path it can run, ready to run a `Job`.
+
+    `methods` are the methods the setup has what they need for, in the order of `METHODS`.
+    """
 
     def __init__(self, setup: Setup, top_k: int, beta: float, rss: PeakRss):
         self.setup = setup
         self.load = LoadMeter()
         self.top_k = top_k
         self.rss = rss
-        self.guidance = {
-            name: RewardGuidance(
-                setup.rm,
-                beta=beta,
-                top_k=top_k,
-                eos_token_id=setup.eos_token_id,
-                pad_token_id=setup.pad_token_id,
-                scorer=scorer,
-            )
-            for name, scorer in (("fast", "cached"), ("reference", "reference"))
+        settings = {
+            "beta": beta,
+            "top_k": top_k,
+            "eos_token_id": setup.eos_token_id,
+            "pad_token_id": setup.pad_token_id,
         }
+        built = {name: path.build(setup, settings) for name, path in GUIDED.items()}
+        self.guidance = {name: guidance for name, guidance in built.items() if guidance is not None}
+        self.methods = tuple(m for m in METHODS if m not in GUIDED or m in self.guidance)
+        reads_text = any(guidance.bridge is not None for guidance in self.guidance.values())
+        self.prompt_texts = setup.prompt_texts if reads_text else []
         self.scorer_types = {name: type(g.scorer).__name__ for name, g in self.guidance.items()}
         setup.lm.generation_config = GenerationConfig(
             do_sample=False, eos_token_id=setup.eos_token_id, pad_token_id=setup.pad_token_id
@@ -87,35 +89,51 @@ class Bench:
         )
 
     def _generate(self, job: Job, clock: StepClock) -> tuple[float, float]:
-        lm = self.setup.lm
         ids, mask = self.setup.prompt(job.batch)
-        guidance = self.guidance.get(job.method)
-        if guidance is None:
-            kwargs = {"stopping_criteria": StoppingCriteriaList()}
-        else:
-            kwargs = guidance.generate_kwargs()
+        kwargs = self._guided_kwargs(job.method, mask)
         kwargs["stopping_criteria"].append(clock)
         self.rss.start()
         with torch.no_grad():
             start = time.perf_counter()
-            out = lm.generate(
-                ids,
-                attention_mask=mask,
-                max_new_tokens=job.new_tokens,
-                min_new_tokens=job.new_tokens,
-                do_sample=False,
-                **kwargs,
-            )
+            out = self._lm_generate(ids, mask, job.new_tokens, kwargs)
             end = time.perf_counter()
         if out.shape != (job.batch, ids.shape[1] + job.new_tokens):
             raise RuntimeError(
                 f"{job.method} generated shape {tuple(out.shape)}, expected {job.new_tokens} tokens."
             )
+        guidance = self.guidance.get(job.method)
         if guidance is not None and guidance.tracker.reward_calls != job.new_tokens:
             raise RuntimeError(
                 f"{job.method}: {guidance.tracker.reward_calls} reward calls for {job.new_tokens} tokens."
             )
         return start, end
+
+    def greedy(self, method: str, batch: int, new_tokens: int) -> torch.Tensor:
+        """The sequences `method` ("plain" or a guided path) generates for the first `batch` prompts, untimed."""
+        ids, mask = self.setup.prompt(batch)
+        with torch.no_grad():
+            return self._lm_generate(ids, mask, new_tokens, self._guided_kwargs(method, mask))
+
+    def _guided_kwargs(self, method: str, mask: torch.Tensor) -> dict:
+        """`generate()`'s logits processors and stopping criteria for `method`; a path whose reward model reads
+        text is given the prompts as text."""
+        guidance = self.guidance.get(method)
+        if guidance is None:
+            return {"stopping_criteria": StoppingCriteriaList()}
+        prompts = None if guidance.bridge is None else self.prompt_texts[: len(mask)]
+        return guidance.generate_kwargs(attention_mask=mask, prompts=prompts)
+
+    def _lm_generate(
+        self, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int, kwargs: dict
+    ) -> torch.Tensor:
+        return self.setup.lm.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            **kwargs,
+        )
 
     def _rm_loop(self, job: Job, clock: StepClock) -> tuple[float, float]:
         """One CachedScorer step per new token: score k candidates on the cache, keep one."""

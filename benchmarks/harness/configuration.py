@@ -10,13 +10,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from hf_rgtg import PrefixRewardModel
 
 
 @dataclass
 class Setup:
-    """The models and prompts of one configuration, built for the largest batch and length of the run."""
+    """The models and prompts of one configuration, built for the largest batch and length of the run.
+
+    `rm` reads the language model's token ids. `reward_models` are the configuration's other reward models, by the
+    role the methods look them up by (see `harness.methods`): `"bridged"`, a decoder, and `"encoder"`, an encoder,
+    both with `reward_tokenizer`, another tokenizer than the language model's `lm_tokenizer`. A configuration
+    without them does not run the methods that need them.
+    """
 
     key: str
     lm: torch.nn.Module
@@ -25,6 +32,16 @@ class Setup:
     eos_token_id: int
     pad_token_id: int
     description: list[str] = field(default_factory=list)
+    reward_models: dict[str, PrefixRewardModel] = field(default_factory=dict)
+    lm_tokenizer: PreTrainedTokenizerBase | None = None
+    reward_tokenizer: PreTrainedTokenizerBase | None = None
+
+    @property
+    def prompt_texts(self) -> list[str]:
+        """The prompts as text (decoded with `lm_tokenizer`), as the methods that read text are given them."""
+        if self.lm_tokenizer is None:
+            raise ValueError(f"({self.key}) has no language-model tokenizer to decode its prompts with.")
+        return self.lm_tokenizer.batch_decode(self.prompts.tolist(), clean_up_tokenization_spaces=False)
 
     @property
     def vocab_size(self) -> int:

@@ -23,23 +23,26 @@ Timings = dict[str, list[float]]  # seconds of every call, by the name of what w
 
 
 def profile(args, config: Config) -> str:
-    """The profile of `args.profile_tokens` guided tokens at `args.profile_batch` rows on `config`, as markdown."""
-    batch, n = args.profile_batch, args.profile_tokens
+    """The profile of `args.profile_tokens` tokens of the guided path `args.profile_method` at `args.profile_batch`
+    rows on `config`, as markdown."""
+    batch, n, method = args.profile_batch, args.profile_tokens, args.profile_method
     setup = config.build(batch, args.prompt_length, n, args.seed)
     rss = PeakRss()
     bench = Bench(setup, args.top_k, args.beta, rss)
-    job = Job("fast", batch, n, [n], 1)
-    for method in ("plain", "fast", "rm-loop"):
-        bench.run(Job(method, batch, 8, [8], 1), -1)
+    if method not in bench.guidance:
+        raise SystemExit(f"({args.profile_config}) does not run the {method} path; profile it on (a).")
+    job = Job(method, batch, n, [n], 1)
+    for warm in ("plain", method, "rm-loop"):
+        bench.run(Job(warm, batch, 8, [8], 1), -1)
     plain = bench.run(Job("plain", batch, n, [n], 1), 0).seconds[n]
     loop = bench.run(Job("rm-loop", batch, n, [n], 1), 0).seconds[n]
 
     # 1. Wall-clock split of the guided run by wrapping the pieces on this process's objects.
     store: Timings = defaultdict(list)
-    with _timers(bench, store):
+    with _timers(bench, store, method):
         total = bench.run(job, 0).seconds[n]
     split = [
-        f"## Wall-clock split of one guided run on ({args.profile_config}), batch {batch}, {n} new tokens",
+        f"## Wall-clock split of one {method} run on ({args.profile_config}), batch {batch}, {n} new tokens",
         "",
         f"plain run {plain / n * 1e3:.1f} ms/token, RM loop {loop / n * 1e3:.1f} ms/token, floor "
         f"{(plain + loop) / n * 1e3:.1f} ms/token; guided run (timers on) {total / n * 1e3:.1f} ms/token.",
@@ -61,9 +64,9 @@ def _timed(store: Timings, name: str, fn: Callable) -> Callable:
 
 
 @contextmanager
-def _timers(bench: Bench, store: Timings) -> Iterator[None]:
-    """Time every call of the pieces of a guided step into `store` while the block runs."""
-    guidance = bench.guidance["fast"]
+def _timers(bench: Bench, store: Timings, method: str) -> Iterator[None]:
+    """Time every call of the pieces of a step of the guided path `method` into `store` while the block runs."""
+    guidance = bench.guidance[method]
     tracker, scorer = guidance.tracker, guidance.scorer
     on_instances = {
         "lm.forward": (bench.setup.lm, "forward"),

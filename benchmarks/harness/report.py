@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
+from harness.methods import GUIDED, METHODS
 from harness.paths import MIB
 from harness.summary import Cells
-from harness.tables import memory_table, spread_table, timing_table
+from harness.tables import comparison_table, memory_table, spread_table, timing_table
 from harness.targets import evaluate_targets
 
 TITLE = [
@@ -66,24 +67,31 @@ def _setup_section(args, info: dict, labels: Mapping[str, str]) -> list[str]:
         out.append(f"- {labels[config]}")
         for line in details["description"]:
             out.append(f"  - {line}")
+        scorers = ", ".join(f"{name} = `{kind}`" for name, kind in details["scorers"].items())
         out.append(
-            f"  - Scorers: fast = `{details['scorers']['fast']}`, reference = `{details['scorers']['reference']}`. "
-            f"RM weights {details['rm_weight_bytes'] / MIB:.1f} MiB; RM cache "
+            f"  - Scorers: {scorers}. RM weights {details['rm_weight_bytes'] / MIB:.1f} MiB; RM cache "
             f"{details['rm_cache_bytes_per_row_token'] / 1024:.1f} KiB per row and token."
         )
-    ref_plan = ", ".join(f"({c}) batch {b} up to {n} tokens" for (c, b), n in sorted(args.reference.items()))
-    return out + [
-        "",
-        "Methods:",
-        "",
+        missing = [m for m in METHODS if m in args.methods and m not in details["methods"]]
+        if missing:
+            out.append(f"  - Not run here: {', '.join(missing)}.")
+        out += [f"  - Checked before measuring: {line}" for line in details["agreements"]]
+    return out + ["", "Methods:", "", *_method_lines(args)]
+
+
+def _method_lines(args) -> list[str]:
+    slow = [name for name, path in GUIDED.items() if path.slow]
+    plan = ", ".join(f"({c}) batch {b} up to {n} tokens" for (c, b), n in sorted(args.reference.items()))
+    return [
         "- **plain**: `lm.generate(..., do_sample=False)`.",
-        '- **fast**: the same with `**RewardGuidance(rm, top_k=k, scorer="cached").generate_kwargs()`.',
-        '- **reference**: the same with `scorer="reference"` (re-encodes rows × k prefixes every step). Run only '
-        f"where affordable: {ref_plan or 'nowhere'}; {args.reference_runs} runs.",
+        *(f"- **{name}**: {path.description}" for name, path in GUIDED.items()),
         "- **RM loop**: `CachedScorer(rm)` driven directly: `reset(prompt)`, then per step `score(k random "
         "candidates)` and `advance(one of them)`; the RM's share of a guided step.",
         "- **floor** = median plain + median RM loop: a guided step cannot cost less than one LM step "
         "plus one RM forward of k tokens on top of a cache.",
+        "",
+        f"The slow paths ({', '.join(slow)}) run only where affordable: {plan or 'nowhere'}; "
+        f"{args.reference_runs} runs.",
     ]
 
 
@@ -101,6 +109,7 @@ def _timing_section(args, info: dict, cells: Cells) -> list[str]:
         "",
         timing_table(cells),
         "",
+        *_comparison_lines(cells),
         _load_note(args, info),
         "",
         "<details><summary>Fastest and slowest run (ms per token), and the load of other processes</summary>",
@@ -108,6 +117,21 @@ def _timing_section(args, info: dict, cells: Cells) -> list[str]:
         spread_table(cells),
         "",
         "</details>",
+    ]
+
+
+def _comparison_lines(cells: Cells) -> list[str]:
+    table = comparison_table(cells)
+    if not table:
+        return []
+    return [
+        "Each of the other paths against the time it is quoted against (medians, ms per token): bridged against "
+        "fast (the same RM shape reading the LM's own ids), text against bridged (what the bridged path's cache "
+        "saves), encoder against reference (re-encoding text for an encoder against re-encoding ids for a decoder). "
+        "`runs` counts the path's runs.",
+        "",
+        table,
+        "",
     ]
 
 

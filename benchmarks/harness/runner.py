@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from harness.bench import METHODS, Bench, Job, RunResult, run_record
+from harness.agreement import check_agreements
+from harness.bench import Bench, Job, RunResult, run_record
 from harness.configuration import Config
 from harness.environment import environment
 from harness.measure import PeakRss
+from harness.methods import METHODS, is_slow
+
+#: How many greedy tokens the paths of `AGREEMENTS` are checked to agree on before a configuration is measured.
+AGREEMENT_TOKENS = 16
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -31,20 +36,17 @@ def parse_reference(text: str) -> dict[tuple[str, int], int]:
     return plan
 
 
-def plan_jobs(config: str, args) -> list[Job]:
-    """The measured jobs of `config`: per batch size, one per method (or per method and length with
-    `--separate-lengths`), the reference path only up to the length `--reference` allows there."""
+def plan_jobs(config: str, args, methods: Sequence[str] = METHODS) -> list[Job]:
+    """The measured jobs of `methods` on `config` that `--methods` asks for: per batch size, one per method (or per
+    method and length with `--separate-lengths`), the slow paths only up to the length `--reference` allows
+    there."""
     jobs: list[Job] = []
     for batch in args.batches:
-        per_method: dict[str, list[int]] = {m: list(args.lengths) for m in ("plain", "fast", "rm-loop")}
-        ref_max = args.reference.get((config, batch))
-        if ref_max is not None:
-            per_method["reference"] = [n for n in args.lengths if n <= ref_max]
-        for method in METHODS:
-            lengths = per_method.get(method)
+        for method in (m for m in methods if m in args.methods):
+            lengths = _lengths(config, batch, method, args)
             if not lengths:
                 continue
-            runs = args.reference_runs if method == "reference" else args.runs
+            runs = args.reference_runs if is_slow(method) else args.runs
             if args.separate_lengths:
                 jobs.extend(Job(method, batch, n, [n], runs) for n in lengths)
             else:
@@ -52,13 +54,22 @@ def plan_jobs(config: str, args) -> list[Job]:
     return jobs
 
 
+def _lengths(config: str, batch: int, method: str, args) -> list[int]:
+    """The lengths `method` runs at on `config` at `batch`: all of them, or for a slow path those `--reference`
+    allows there (none where it names no length)."""
+    if not is_slow(method):
+        return list(args.lengths)
+    longest = args.reference.get((config, batch), 0)
+    return [n for n in args.lengths if n <= longest]
+
+
 def total_work(args) -> int:
-    """Tokens of all measured runs (rows × new tokens), the length of the progress bar."""
-    total = 0
-    for config in args.configs:
-        for job in plan_jobs(config, args):
-            total += job.new_tokens * job.batch * job.runs
-    return total
+    """Tokens of all measured runs (rows × new tokens) of every method, the length of the progress bar."""
+    return sum(_work(plan_jobs(config, args)) for config in args.configs)
+
+
+def _work(jobs: list[Job]) -> int:
+    return sum(job.new_tokens * job.batch * job.runs for job in jobs)
 
 
 def run_benchmark(args, configs: Mapping[str, Config]) -> tuple[dict, list[RunResult], float]:
@@ -86,32 +97,52 @@ def run_config(
     bar.set_description(f"({key}) loading")
     setup = config.build(max(args.batches), args.prompt_length, max(args.lengths), args.seed)
     bench = Bench(setup, args.top_k, args.beta, rss)
-    info["configs"][key] = {
+    bar.set_description(f"({key}) checking that the paths agree")
+    info["configs"][key] = _config_info(bench, args)
+    jobs = plan_jobs(key, args, bench.methods)
+    # The bar counted every method; take off those this configuration cannot run.
+    bar.total -= _work(plan_jobs(key, args)) - _work(jobs)
+    bar.refresh()
+    for batch in args.batches:
+        batch_jobs = [job for job in jobs if job.batch == batch]
+        if batch_jobs:
+            _warm_up(bench, batch_jobs, args, bar)
+            _repetitions(bench, batch_jobs, args, bar, all_results, info)
+    del bench, setup
+    gc.collect()
+
+
+def _config_info(bench: Bench, args) -> dict:
+    """What the results file says of a configuration: its models, methods, scorers, RM sizes and agreements."""
+    setup = bench.setup
+    return {
         "description": setup.description,
+        "methods": list(bench.methods),
         "scorers": bench.scorer_types,
         "rm_weight_bytes": setup.rm_weight_bytes(),
         "rm_cache_bytes_per_row_token": setup.rm_cache_bytes(1, 1),
+        "agreements": check_agreements(bench, min(2, max(args.batches)), AGREEMENT_TOKENS),
     }
-    jobs = plan_jobs(key, args)
-    for batch in args.batches:
-        batch_jobs = [job for job in jobs if job.batch == batch]
-        _warm_up(bench, batch_jobs, args, bar)
-        for run in range(max(job.runs for job in batch_jobs)):
-            # Alternate the methods within each repetition, rotating the order between repetitions.
-            shift = run % len(batch_jobs)
-            for job in batch_jobs[shift:] + batch_jobs[:shift]:
-                if run >= job.runs:
-                    continue
-                result = _measure(bench, job, run, args, bar, info)
-                all_results.append(result)
-                bar.update(job.new_tokens * job.batch)
-                done = " ".join(f"{n}:{result.seconds[n] / n * 1e3:.1f}" for n in job.checkpoints)
-                bar.write(
-                    f"  ({key}) b={batch} {job.method:9s} run {run + 1}: ms/token {done} "
-                    f"(other load {result.foreign_load:.2f} cores)"
-                )
-    del bench, setup
-    gc.collect()
+
+
+def _repetitions(
+    bench: Bench, batch_jobs: list[Job], args, bar: tqdm, all_results: list[RunResult], info: dict
+) -> None:
+    """The measured runs of one batch size: the methods alternate within each repetition, and the order rotates
+    between repetitions."""
+    for run in range(max(job.runs for job in batch_jobs)):
+        shift = run % len(batch_jobs)
+        for job in batch_jobs[shift:] + batch_jobs[:shift]:
+            if run >= job.runs:
+                continue
+            result = _measure(bench, job, run, args, bar, info)
+            all_results.append(result)
+            bar.update(job.new_tokens * job.batch)
+            done = " ".join(f"{n}:{result.seconds[n] / n * 1e3:.1f}" for n in job.checkpoints)
+            bar.write(
+                f"  ({bench.setup.key}) b={job.batch} {job.method:9s} run {run + 1}: ms/token {done} "
+                f"(other load {result.foreign_load:.2f} cores)"
+            )
 
 
 def _warm_up(bench: Bench, batch_jobs: list[Job], args, bar: tqdm) -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from harness.bench import METHODS
+from harness.methods import METHODS
 from harness.paths import MIB
 from harness.summary import Cells, ratio
 
 
 def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def label(method: str) -> str:
+    """How a column names a method."""
+    return "RM loop" if method == "rm-loop" else method
+
+
+def measured_methods(cells: Cells) -> list[str]:
+    """The methods any cell has a time of, in the order of `METHODS`."""
+    return [method for method in METHODS if any(method in cell.runs for cell in cells.values())]
 
 
 def timing_table(cells: Cells) -> str:
@@ -30,14 +40,47 @@ def timing_table(cells: Cells) -> str:
     return "\n".join(lines)
 
 
+#: The second timing table: each path beside the time it is quoted against, a method's or a `DERIVED` sum's.
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("bridged", "fast"),
+    ("text", "bridged"),
+    ("encoder", "reference"),
+)
+
+
+def comparison_table(cells: Cells) -> str:
+    """One row per pair of `COMPARISONS` measured in a cell; empty when none is."""
+    lines = []
+    for (config, batch, n), cell in cells.items():
+        for method, baseline in COMPARISONS:
+            value = ratio(cell, method, baseline)
+            if value is not None:
+                lines.append(
+                    f"| ({config}) | {batch} | {n} | {method} | {cell.ms[method]:.2f} | {label(baseline)} | "
+                    f"{cell.ms[baseline]:.2f} | {value:.2f}× | {cell.runs[method]} |"
+                )
+    if not lines:
+        return ""
+    return "\n".join(
+        [
+            "| config | batch | new tokens | path | ms/token | against | its ms/token | path/against | runs |",
+            "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |",
+            *lines,
+        ]
+    )
+
+
 def spread_table(cells: Cells) -> str:
+    methods = measured_methods(cells)
     lines = [
-        "| config | batch | new tokens | plain | fast | reference | RM loop | most cores used by other processes |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| config | batch | new tokens | "
+        + " | ".join(label(m) for m in methods)
+        + " | most cores used by other processes |",
+        "| --- | ---: | ---: | " + "---: | " * len(methods) + "---: |",
     ]
     for (config, batch, n), cell in cells.items():
         parts = []
-        for method in METHODS:
+        for method in methods:
             lo_hi = cell.spread.get(method)
             parts.append("–" if lo_hi is None else f"{lo_hi[0]:.2f}–{lo_hi[1]:.2f}")
         lines.append(f"| ({config}) | {batch} | {n} | " + " | ".join(parts) + f" | {cell.foreign_load:.2f} |")
@@ -45,10 +88,12 @@ def spread_table(cells: Cells) -> str:
 
 
 def memory_table(cells: Cells, info: dict, prompt_length: int) -> str:
+    methods = measured_methods(cells)
     lines = [
-        "| config | batch | new tokens | plain Δ | fast Δ | reference Δ | RM loop Δ | fast Δ − plain Δ | RM cache "
-        "| 1.5 × RM cache | plain peak | fast peak |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| config | batch | new tokens | "
+        + " | ".join(f"{label(m)} Δ" for m in methods)
+        + " | fast Δ − plain Δ | RM cache | 1.5 × RM cache | plain peak | fast peak |",
+        "| --- | ---: | ---: | " + "---: | " * len(methods) + "---: | ---: | ---: | ---: | ---: |",
     ]
     for (config, batch, n), cell in cells.items():
         cache = rm_cache_mib(info, config, batch, prompt_length + n)
@@ -57,10 +102,9 @@ def memory_table(cells: Cells, info: dict, prompt_length: int) -> str:
             if "fast" in cell.delta_mib and "plain" in cell.delta_mib
             else None
         )
+        deltas = " | ".join(fmt(cell.delta_mib.get(m), ".1f") for m in methods)
         lines.append(
-            f"| ({config}) | {batch} | {n} | {fmt(cell.delta_mib.get('plain'), '.1f')} | "
-            f"{fmt(cell.delta_mib.get('fast'), '.1f')} | {fmt(cell.delta_mib.get('reference'), '.1f')} | "
-            f"{fmt(cell.delta_mib.get('rm-loop'), '.1f')} | {fmt(extra, '.1f')} | {cache:.1f} | {1.5 * cache:.1f} | "
+            f"| ({config}) | {batch} | {n} | {deltas} | {fmt(extra, '.1f')} | {cache:.1f} | {1.5 * cache:.1f} | "
             f"{fmt(cell.peak_mib.get('plain'), '.0f')} | {fmt(cell.peak_mib.get('fast'), '.0f')} |"
         )
     return "\n".join(lines)
