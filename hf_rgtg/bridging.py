@@ -149,10 +149,10 @@ class TextBridge:
     def encode_spans(self, texts: Sequence[str]) -> list[tuple[list[int], list[int], list[int]]]:
         """Each text's reward-model tokens (without special tokens) with where each token starts and ends in the
         text; memoised, since decoding asks for the same short windows again and again."""
+        if len(self._cache) > MEMO_SIZE:
+            self._cache.clear()  # before looking: every text asked for is then in the memo below
         missing = [text for text in dict.fromkeys(texts) if text not in self._cache]
         if missing:
-            if len(self._cache) > MEMO_SIZE:
-                self._cache.clear()
             # The Rust tokenizer directly: what `reward_tokenizer(texts, add_special_tokens=False)` runs, without
             # its Python layer, which would cost more than the tokenization of a short window.
             backend = self.reward_tokenizer.backend_tokenizer

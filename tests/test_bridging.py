@@ -330,3 +330,16 @@ def test_chat_prompts_reach_a_reward_model_without_a_chat_template_as_their_last
     assert bridge.prompt_ids(messages) == reward_tokenizer("Tell me a story")["input_ids"]
     templated = TextBridge(tokenizer, reward_tokenizer, prompt_template="Q: {prompt}\nA: ")
     assert templated.prompt_ids(messages) == reward_tokenizer("Q: Tell me a story\nA: ")["input_ids"]
+
+
+def test_a_full_memo_is_forgotten_without_losing_what_was_asked_for(monkeypatch):
+    import hf_rgtg.bridging
+
+    monkeypatch.setattr(hf_rgtg.bridging, "MEMO_SIZE", 2)
+    bridge = TextBridge(build_tokenizer(), other_tokenizer("byte-level"))
+    for text in ("a b", "c d", "e f"):
+        bridge.encode([text])
+    # The memo holds more than it may: asked for one text it holds and a new one, it forgets, and both come back.
+    assert bridge.encode(["e f", "i j"]) == [
+        bridge.reward_tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("e f", "i j")
+    ]
