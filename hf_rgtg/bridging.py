@@ -107,12 +107,23 @@ class TextBridge:
         """The text of the language model's response tokens, without special tokens; an incomplete character at
         the end (the first bytes of a multi-byte character, decoded as replacement characters) is held back until
         its last byte arrives: at most [`MAX_HELD_BACK`] replacement characters."""
-        text = self.language_tokenizer.decode(
-            list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        # At most a character's worth: bytes that can never form one (invalid UTF-8) become text as they are.
-        held = min(len(text) - len(text.rstrip(REPLACEMENT)), MAX_HELD_BACK)
-        return text[: len(text) - held]
+        return self.response_texts([token_ids])[0]
+
+    def response_texts(self, sequences: Sequence[Sequence[int]]) -> list[str]:
+        """[`response_text`] of several responses, decoded in one call of the Rust tokenizer when the language
+        model's tokenizer is a fast one (what its `decode(..., skip_special_tokens=True)` runs, without the Python
+        layer around it)."""
+        backend = getattr(self.language_tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            texts = backend.decode_batch([list(ids) for ids in sequences], skip_special_tokens=True)
+        else:
+            texts = [
+                self.language_tokenizer.decode(
+                    list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+                for ids in sequences
+            ]
+        return [_held_back(text) for text in texts]
 
     def response_ids(self, token_ids: Sequence[int]) -> list[int]:
         """The reward model's tokens of the language model's response tokens: their text, re-encoded whole."""
@@ -225,16 +236,21 @@ class BridgedText:
         self.text = ""
         self.stable: list[int] = []
         self.stable_ends: list[int] = []
+        self._texts_with: dict[int, str] = {}
 
     def copy(self) -> BridgedText:
         other = BridgedText(self.bridge)
         other.token_ids, other.text = list(self.token_ids), self.text
         other.stable, other.stable_ends = list(self.stable), list(self.stable_ends)
+        other._texts_with = self._texts_with  # never changed in place: `texts_with` and `append` replace it
         return other
 
-    def text_with(self, token_id: int) -> str:
-        """The response's text with one more language-model token."""
-        return self.bridge.response_text([*self.token_ids, token_id])
+    def texts_with(self, token_ids: Sequence[int]) -> list[str]:
+        """The response's text with one more language-model token, for each of `token_ids`. The texts are kept
+        until the next [`append`], which reuses the one of the token it appends."""
+        texts = self.bridge.response_texts([[*self.token_ids, token_id] for token_id in token_ids])
+        self._texts_with = dict(zip(token_ids, texts, strict=True))
+        return texts
 
     def depth_for(self, text: str) -> int:
         """How many stable tokens a text keeps: all of them when it starts with their characters, else those that
@@ -287,8 +303,10 @@ class BridgedText:
         """Append a language-model token; returns how many stable tokens remain valid (fewer than before only when
         the decoded text changed before its end, which prefix-consistent decoders never do). New stable tokens are
         added where every probe continuation agrees on them."""
+        known = self._texts_with.get(token_id)
         self.token_ids.append(token_id)
-        text = self.bridge.response_text(self.token_ids)
+        self._texts_with = {}
+        text = self.bridge.response_text(self.token_ids) if known is None else known
         depth = self.depth_for(text)
         del self.stable[depth:], self.stable_ends[depth:]
         self.text = text
@@ -314,6 +332,13 @@ class BridgedText:
             keep = max(cut for cut in cuts if cut <= shared)
         self.stable += tail[:keep]
         self.stable_ends += ends[:keep]
+
+
+def _held_back(text: str) -> str:
+    """`text` without the replacement characters of an incomplete last character: at most a character's worth,
+    so that bytes that can never form one (invalid UTF-8) become text as they are."""
+    held = min(len(text) - len(text.rstrip(REPLACEMENT)), MAX_HELD_BACK)
+    return text[: len(text) - held]
 
 
 def text_bridge(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..bridging import BridgedText, TextBridge
@@ -106,7 +107,7 @@ class BridgedScorer(TextScorerBase):
         step = _Step(pending=target[len(self.cached[row]) :])
         trie: dict[tuple[int, tuple[int, ...]], int] = {}
         prompt = len(self.reward_prompt_ids[row])
-        candidates = [text.text_with(token) for token in tokens]
+        candidates = text.texts_with(tokens)
         text.prefetch(candidates, len(text.stable))
         for candidate in candidates:
             depth = text.depth_for(candidate)
@@ -134,34 +135,50 @@ class BridgedScorer(TextScorerBase):
             del columns[count:], self.cached[row][count:], self.depth_rewards[row][count + 1 :]
 
     def _inputs(self, steps: list[_Step]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """The forward's token ids and positions `(rows, n)` and its boolean mask `(rows, 1, n, length + n)`:
-        pending tokens in the first slots (as many as the row with the most), trie nodes after them."""
+        """The forward's token ids and positions `(rows, n)` and its boolean mask `(rows, 1, n, length + n)`.
+
+        Each row's slots are its pending tokens, then its trie nodes, then padding (which sees only itself), so
+        that `n` is the most slots a row needs; the forward commits the first `max(len(pending))` slots, and
+        those past a row's own pending tokens stay masked out of its columns."""
         width = self.buffer.length
-        pending_slots = max(len(step.pending) for step in steps)
-        n = pending_slots + max(len(step.nodes) for step in steps)
-        ids = torch.zeros((len(steps), n), dtype=torch.long)
-        positions = torch.zeros((len(steps), n), dtype=torch.long)
-        mask = torch.zeros((len(steps), 1, n, width + n), dtype=torch.bool)
-        mask[:, 0, torch.arange(n), width + torch.arange(n)] = True  # every slot sees itself
+        n = max(len(step.pending) + len(step.nodes) for step in steps)
+        ids = np.zeros((len(steps), n), dtype=np.int64)
+        positions = np.zeros((len(steps), n), dtype=np.int64)
+        mask = np.zeros((len(steps), n, width + n), dtype=bool)
+        mask[:, np.arange(n), width + np.arange(n)] = True  # every slot sees itself
+        valid = self.valid.cpu().numpy()
         for row, step in enumerate(steps):
-            valid = self.valid[row].cpu()
-            cached, prompt = len(self.columns[row]), len(self.reward_prompt_ids[row])
-            for slot, token in enumerate(step.pending):
-                ids[row, slot], positions[row, slot] = token, prompt + cached + slot
-                mask[row, 0, slot, :width] = valid
-                mask[row, 0, slot, width : width + slot] = True
-            for node, (token, parent, depth, index) in enumerate(step.nodes):
-                slot = pending_slots + node
-                ids[row, slot], positions[row, slot] = token, prompt + depth + index
-                context = mask[row, 0, slot]
-                context[:width] = valid
-                if depth < cached:
-                    context[self.columns[row][depth:]] = False
-                context[width : width + max(0, depth - cached)] = True
-                while parent >= 0:
-                    context[width + pending_slots + parent] = True
-                    parent = step.nodes[parent][1]
-        return ids.to(self.device), positions.to(self.device), mask.to(self.device), pending_slots
+            pending, count = len(step.pending), len(step.nodes)
+            columns, prompt = self.columns[row], len(self.reward_prompt_ids[row])
+            cached, used = len(columns), pending + count
+            block = mask[row]
+            block[:used, :width] = valid[row]
+            ids[row, :pending] = step.pending
+            positions[row, :pending] = prompt + cached + np.arange(pending)
+            block[:pending, width : width + pending] |= np.tri(
+                pending, k=-1, dtype=bool
+            )  # the earlier pending
+            if not count:
+                continue
+            token, parent, depth, index = np.array(step.nodes, dtype=np.int64).T
+            ids[row, pending:used] = token
+            positions[row, pending:used] = prompt + depth + index
+            if cached:  # a node attached at depth d sees the row's first d cached tokens, not the later ones
+                block[np.ix_(np.arange(pending, used), columns)] = np.arange(cached) < depth[:, None]
+            # ... and the first d - cached pending tokens, and its ancestors in the trie
+            block[pending:used, width : width + pending] = np.arange(pending) < (depth - cached)[:, None]
+            ancestors = np.zeros((count, count), dtype=bool)
+            for node in np.flatnonzero(parent >= 0):  # a parent comes before its children
+                ancestors[node] = ancestors[parent[node]]
+                ancestors[node, parent[node]] = True
+            block[pending:used, width + pending : width + used] |= ancestors
+        pending_slots = max(len(step.pending) for step in steps)
+        return (
+            torch.from_numpy(ids).to(self.device),
+            torch.from_numpy(positions).to(self.device),
+            torch.from_numpy(mask).unsqueeze(1).to(self.device),
+            pending_slots,
+        )
 
     @torch.no_grad()
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
@@ -181,7 +198,7 @@ class BridgedScorer(TextScorerBase):
             depth_rewards = self.depth_rewards[row]
             result.append(
                 [
-                    per_slot[row][pending_slots + at]
+                    per_slot[row][len(step.pending) + at]
                     if kind == "node"
                     else (depth_rewards[at] if at <= cached else per_slot[row][at - cached - 1])
                     for kind, at in step.readouts
