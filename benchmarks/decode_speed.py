@@ -6,6 +6,8 @@ the methods in every repetition (so that all of them see the same machine load):
 
 - ``plain``: greedy ``lm.generate()``;
 - ``fast``: greedy ``lm.generate()`` guided by ``RewardGuidance(..., scorer="cached")``;
+- ``two-rms``: guided by two reward models of the RM's shape and vocabulary at once (``reward_model=[rm, rm2]``),
+  each on its own cache; the target is at most 1.1x ``floor-2 = plain + 2 x rm-loop``;
 - ``reference``: the same with ``scorer="reference"`` (re-encodes every candidate prefix; slow, so only run where
   affordable, see ``--reference``);
 - ``bridged``: guided by a reward model of the same shape with another tokenizer, ``scorer="bridged"``, the prompts

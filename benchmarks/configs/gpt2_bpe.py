@@ -128,9 +128,11 @@ def setup_a(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) 
     lm = GPT2LMHeadModel(config).eval()
     rm = _reward_model(config, seed + 1)
     setup = Setup("a", lm, rm, torch.tensor(rows), eos, eos, [], lm_tokenizer=_wrapped(tokenizer))
+    setup.reward_models["second"] = _reward_model(config, seed + 4)
     setup.description = [
         f"LM: GPT2LMHeadModel, {param_count(lm)}, n_positions {config.n_positions}, seed {seed}; "
-        f"RM: PrefixRewardModel(GPT-2 backbone), {param_count(rm)}, seed {seed + 1}.",
+        f"RM: PrefixRewardModel(GPT-2 backbone), {param_count(rm)}, seed {seed + 1}; a second RM of that shape, "
+        f"seed {seed + 4} (two-rms).",
         f"Tokenizer: byte-level BPE, {vocab_size} tokens, trained on the top-level modules of the Python "
         f"standard library (<= 16 MiB), cached at `{repo_relative(path)}`. Prompts: {prompt_length}-token slices of "
         + (

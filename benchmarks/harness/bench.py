@@ -12,7 +12,7 @@ from harness.configuration import Setup
 from harness.measure import LoadMeter, PeakRss, StepClock
 from harness.methods import GUIDED, METHODS
 from harness.paths import MIB
-from hf_rgtg import CachedScorer
+from hf_rgtg import CachedScorer, RewardGuidance
 
 
 @dataclass
@@ -58,9 +58,12 @@ class Bench:
         built = {name: path.build(setup, settings) for name, path in GUIDED.items()}
         self.guidance = {name: guidance for name, guidance in built.items() if guidance is not None}
         self.methods = tuple(m for m in METHODS if m not in GUIDED or m in self.guidance)
-        reads_text = any(guidance.bridge is not None for guidance in self.guidance.values())
+        reads_text = any(_reads_text(guidance) for guidance in self.guidance.values())
         self.prompt_texts = setup.prompt_texts if reads_text else []
-        self.scorer_types = {name: type(g.scorer).__name__ for name, g in self.guidance.items()}
+        self.scorer_types = {
+            name: " + ".join(type(scorer).__name__ for scorer in g.scorers)
+            for name, g in self.guidance.items()
+        }
         setup.lm.generation_config = GenerationConfig(
             do_sample=False, eos_token_id=setup.eos_token_id, pad_token_id=setup.pad_token_id
         )
@@ -120,7 +123,7 @@ class Bench:
         guidance = self.guidance.get(method)
         if guidance is None:
             return {"stopping_criteria": StoppingCriteriaList()}
-        prompts = None if guidance.bridge is None else self.prompt_texts[: len(mask)]
+        prompts = self.prompt_texts[: len(mask)] if _reads_text(guidance) else None
         return guidance.generate_kwargs(attention_mask=mask, prompts=prompts)
 
     def _lm_generate(
@@ -185,3 +188,8 @@ def run_record(r: RunResult) -> dict:
         "seconds": r.seconds,
         "peak_rss": r.peak_rss,
     }
+
+
+def _reads_text(guidance: RewardGuidance) -> bool:
+    """Whether any of the guidance's reward models reads text (another tokenizer), and so needs the prompts' text."""
+    return any(bridge is not None for bridge in guidance.bridges)

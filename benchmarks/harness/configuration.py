@@ -20,8 +20,9 @@ class Setup:
     """The models and prompts of one configuration, built for the largest batch and length of the run.
 
     `rm` reads the language model's token ids. `reward_models` are the configuration's other reward models, by the
-    role the methods look them up by (see `harness.methods`): `"bridged"`, a decoder, and `"encoder"`, an encoder,
-    both with `reward_tokenizer`, another tokenizer than the language model's `lm_tokenizer`. A configuration
+    role the methods look them up by (see `harness.methods`): `"second"`, one more of `rm`'s shape and vocabulary;
+    `"bridged"`, a decoder, and `"encoder"`, an encoder, both with `reward_tokenizer`, another tokenizer than the
+    language model's `lm_tokenizer`. A configuration
     without them does not run the methods that need them.
     """
 

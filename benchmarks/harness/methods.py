@@ -52,10 +52,25 @@ def other_tokenizer(scorer: str, role: str) -> Build:
     return build
 
 
+def two_reward_models(setup: Setup, settings: dict[str, Any]) -> RewardGuidance | None:
+    """Guidance by `setup.rm` and the reward model of role `"second"` (the same shape and vocabulary), beta each."""
+    second = setup.reward_models.get("second")
+    if second is None:
+        return None
+    beta = settings["beta"]
+    return RewardGuidance([setup.rm, second], scorer="cached", **{**settings, "beta": [beta, beta]})
+
+
 GUIDED: dict[str, Guided] = {
     "fast": Guided(
         same_vocabulary("cached"),
         'the same with `**RewardGuidance(rm, top_k=k, scorer="cached").generate_kwargs()`.',
+    ),
+    "two-rms": Guided(
+        two_reward_models,
+        "two reward models of the RM's shape and vocabulary (different seeds), `RewardGuidance([rm, rm2], "
+        'beta=[beta, beta], scorer="cached")`: each scored on its own cache, rewards summed. Its floor, `floor-2`, '
+        "is plain + 2 × RM loop (one LM step and each RM's forward of k tokens).",
     ),
     "reference": Guided(
         same_vocabulary("reference"),

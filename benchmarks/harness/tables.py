@@ -43,6 +43,7 @@ def timing_table(cells: Cells) -> str:
 #: The second timing table: each path beside the time it is quoted against, a method's or a `DERIVED` sum's.
 COMPARISONS: tuple[tuple[str, str], ...] = (
     ("bridged", "fast"),
+    ("two-rms", "floor-2"),
     ("text", "bridged"),
     ("encoder", "reference"),
 )

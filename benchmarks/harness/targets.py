@@ -41,6 +41,14 @@ def evaluate_targets(cells: Cells, info: dict, prompt_length: int) -> list[str]:
         )
         for batch in (1, 8)
     ]
+    lines += [
+        _verdict(
+            f"two reward models of the RM's shape ≤ 1.1× their floor (plain + 2 × RM loop, stricter than the sum of "
+            f"two single-RM floors, which counts plain twice) on (a) at batch {batch}",
+            _ratio_checks(cells, "a", batch, "floor-2", 1.1, method="two-rms"),
+        )
+        for batch in (1, 8)
+    ]
     lines.append(
         _verdict("fast path ≥ 10× faster than the reference path at 256 new tokens", _reference_checks(cells))
     )
