@@ -35,6 +35,7 @@ import argparse
 import copy
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -105,6 +106,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--num-test", type=int, default=200, help="test pairs (held out; reported, shipped as JSONL)")
     add("--num-val", type=int, default=150, help="validation pairs (held out; used to choose the layer)")
     add("--num-eval-prompts", type=int, default=20, help="prompts of the guidance evaluation (in no pair)")
+    add(
+        "--replies-per-prompt",
+        type=int,
+        default=4,
+        help="sampled replies per train and validation prompt; every two of them make a labelled pair",
+    )
+    add(
+        "--test-pairs",
+        type=Path,
+        default=REPO / "hf_rgtg" / "default_rm" / "heldout_pairs.jsonl",
+        help="labelled test pairs to reuse (the shipped held-out pairs, so that heads built on other data are "
+        "compared on the same pairs); sampled like the others when the file does not exist",
+    )
     add("--max-new-tokens", type=int, default=48)
     add("--temperature", type=float, default=1.0)
     add("--top-p", type=float, default=0.95)
@@ -304,6 +318,9 @@ def make_pairs(lm, tokenizer, splits, args, report: Report) -> list[dict]:
         "batch_size": args.batch_size,
         "tau": args.tau,
     }
+    reuse_test = args.test_pairs.is_file()
+    settings["replies_per_prompt"] = args.replies_per_prompt
+    settings["test_pairs"] = digest(read_jsonl(args.test_pairs)) if reuse_test else None
     path = args.work_dir / "pairs.jsonl"
     if not args.force and report.get("pairs", {}).get("settings") == settings and path.is_file():
         print(f"Reusing the pairs in {path}.")
@@ -311,26 +328,25 @@ def make_pairs(lm, tokenizer, splits, args, report: Report) -> list[dict]:
     set_seed(args.seed)
     start = time.time()
     rows = []
-    for name in ("train", "val", "test"):
+    dropped = {"empty reply": 0, "identical replies": 0}
+    for name in ("train", "val") if reuse_test else ("train", "val", "test"):
         prompts = [p["text"] for p in splits[name]]
-        replies = sample_replies(lm, tokenizer, prompts, args, num=2)
-        for prompt, (a, b) in zip(splits[name], replies, strict=True):
-            rows.append(
-                {
-                    "split": name,
-                    "category": prompt["category"],
-                    "prompt": prompt["text"],
-                    "reply_a": a,
-                    "reply_b": b,
-                }
-            )
+        num = 2 if name == "test" else args.replies_per_prompt
+        for prompt, replies in zip(
+            splits[name], sample_replies(lm, tokenizer, prompts, args, num), strict=True
+        ):
+            for a, b in itertools.combinations(replies, 2):
+                if not a or not b:
+                    dropped["empty reply"] += 1
+                elif a == b:
+                    dropped["identical replies"] += 1
+                else:
+                    row = {"split": name, "category": prompt["category"], "prompt": prompt["text"]}
+                    rows.append({**row, "reply_a": a, "reply_b": b})
     generation_seconds = time.time() - start
-    dropped = {
-        "empty reply": sum(1 for r in rows if not r["reply_a"] or not r["reply_b"]),
-        "identical replies": sum(1 for r in rows if r["reply_a"] and r["reply_a"] == r["reply_b"]),
-    }
-    rows = [r for r in rows if r["reply_a"] and r["reply_b"] and r["reply_a"] != r["reply_b"]]
     label_pairs(rows, args.tau, args.seed)
+    if reuse_test:
+        rows += [{**pair, "split": "test", **_as_sides(pair)} for pair in read_jsonl(args.test_pairs)]
     write_jsonl(path, rows)
     report.update(
         pairs={
@@ -340,6 +356,17 @@ def make_pairs(lm, tokenizer, splits, args, report: Report) -> list[dict]:
         }
     )
     return rows
+
+
+def _as_sides(pair: dict) -> dict:
+    """The fields of a reused labelled pair that `pair_statistics` reads: the chosen reply as reply A."""
+    return {
+        "reply_a": pair["chosen"],
+        "reply_b": pair["rejected"],
+        "vader_a": pair["vader_chosen"],
+        "vader_b": pair["vader_rejected"],
+        "p_a": pair["p_chosen"],
+    }
 
 
 def pair_statistics(rows: list[dict], dropped: dict[str, int]) -> dict:
@@ -392,6 +419,7 @@ def extract_features(lm, tokenizer, examples: list[dict], layers: list[int], bat
     Pairs are laid out as the trainer's collator does (the shorter reply padded with EOS to the longer one's length
     `L`), so position `t` of a pair is the prefix `reply[:t]`, `t = 1..L`. Rows of the returned tensors are the
     `(pair, t)` positions; `chosen` and `rejected` have shape `(len(layers), positions, hidden_size)` in float16.
+    `before` `(len(layers), pairs, hidden_size)` is each pair's last prompt position.
     """
     collate = PrefixRewardCollator(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     backbone = lm.model
@@ -412,11 +440,17 @@ def extract_features(lm, tokenizer, examples: list[dict], layers: list[int], bat
         for row, index in enumerate(chunk):
             begin = len(examples[index]["prompt_ids"])
             span = slice(begin, begin + lengths[index])
-            per_pair[index] = (sides[0][row, :, span].half(), sides[1][row, :, span].half())
+            per_pair[index] = (
+                sides[0][row, :, span].half(),
+                sides[1][row, :, span].half(),
+                sides[0][row, :, begin - 1].half(),
+            )
     return {
         "layers": layers,
         "chosen": torch.cat([p[0] for p in per_pair], dim=1),
         "rejected": torch.cat([p[1] for p in per_pair], dim=1),
+        # The prompt's last position, which an all-token head reads the first reply token's reward from.
+        "before": torch.stack([p[2] for p in per_pair], dim=1),
         "pair": torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)]),
         "t": torch.cat([torch.arange(1, n + 1) for n in lengths]),
         "length": torch.cat([torch.full((n,), n) for n in lengths]),
