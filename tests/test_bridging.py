@@ -18,6 +18,8 @@ from conftest import (
 import hf_rgtg.pipelines  # noqa: F401  (registers the tasks)
 from hf_rgtg import PrefixRewardConfig, PrefixRewardModel, RewardGuidance
 from hf_rgtg.bridging import BridgedText, TextBridge, text_bridge
+from hf_rgtg.incremental import KVBuffer
+from hf_rgtg.scoring import bridged as bridged_module
 from hf_rgtg.scoring import BridgedScorer, TextScorer, make_scorer
 from hf_rgtg.tokenization import vocabulary_fingerprint
 
@@ -343,3 +345,45 @@ def test_a_full_memo_is_forgotten_without_losing_what_was_asked_for(monkeypatch)
     assert bridge.encode(["e f", "i j"]) == [
         bridge.reward_tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("e f", "i j")
     ]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_compacted_buffer_scores_as_before(arch, monkeypatch):
+    """With a threshold of one column, the bridged scorer moves every row's valid columns to the front whenever
+    the fullest row has a column masked out (rows gain different numbers of tokens, and tokenizations change); it
+    still agrees with re-encoding."""
+    monkeypatch.setattr(bridged_module, "COMPACT_AFTER", 1)
+    monkeypatch.setattr(bridged_module, "COMPACT_SHARE", 0.0)
+    compacted = []
+    original = KVBuffer.compact
+
+    def compact(buffer, columns):
+        compacted.append(buffer.length - columns.shape[1])
+        original(buffer, columns)
+
+    monkeypatch.setattr(KVBuffer, "compact", compact)
+    lm = tiny_causal_lm(arch, seed=1, pad_token_id=PAD)
+    _, guidance = assert_same_guidance(
+        lm,
+        rm_for(arch, "byte-level"),
+        build_tokenizer(),
+        other_tokenizer("byte-level"),
+        max_new_tokens=16,
+        do_sample=True,
+        num_beams=2,
+        beta=2.0,
+    )
+    assert len(compacted) >= 4 and min(compacted) > 0
+    assert guidance.scorer.buffer.length == int(guidance.scorer.valid.sum(dim=1).max())
+
+
+def test_kv_buffer_compact_keeps_each_rows_columns_in_order():
+    buffer = KVBuffer.empty(1, rows=2, kv_heads=1, head_dim=1, needed=5, like=torch.empty(0))
+    buffer.reserve(5)
+    written = torch.arange(10.0).view(2, 1, 5, 1)
+    buffer.write(0, written, -written)
+    buffer.commit(5)
+    buffer.compact(torch.tensor([[0, 2, 4], [1, 3, 3]]))
+    assert buffer.length == 3
+    assert buffer.layers[0][0, :, 0, :3, 0].tolist() == [[0.0, 2.0, 4.0], [6.0, 8.0, 8.0]]
+    assert buffer.layers[0][1, :, 0, :3, 0].tolist() == [[-0.0, -2.0, -4.0], [-6.0, -8.0, -8.0]]

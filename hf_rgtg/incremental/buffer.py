@@ -213,6 +213,17 @@ class KVBuffer:
             buffer[:, :, :, start : start + 1] = buffer[:, :, :, start:].gather(3, picked)
         self.length += 1
 
+    def compact(self, columns: torch.Tensor) -> None:
+        """Row `i` keeps its committed positions `columns[i]` `(rows, n)`, in that order, as its first `n`; the
+        others are forgotten. Attention reads positions through a mask, and positional information is in the
+        keys themselves, so moving a position changes nothing a query sees."""
+        rows, count = columns.shape
+        for buffer in self.layers:
+            two, _, heads, _, dim = buffer.shape
+            index = columns.view(1, rows, 1, count, 1).expand(two, rows, heads, count, dim)
+            buffer[:, :, :, :count] = buffer[:, :, :, : self.length].gather(3, index)
+        self.length = count
+
     def reorder(self, rows: torch.Tensor) -> None:
         """Row `i` becomes the old row `rows[i]` (beam search), written positions included."""
         end = self._end

@@ -15,6 +15,13 @@ from .cached import CachedScorer, prefill_buffer
 from .text import TextScorerBase
 
 
+#: [`BridgedScorer`] compacts its buffer when the row with the most valid columns has at least this many columns
+#: masked out (a changed tokenization, fewer new tokens than another row) ...
+COMPACT_AFTER = 64
+#: ... and at least this share of its valid ones.
+COMPACT_SHARE = 0.5
+
+
 @dataclass
 class _Step:
     """What one row feeds the reward model at one step: its text's tokens the buffer does not hold yet (`pending`),
@@ -209,7 +216,27 @@ class BridgedScorer(TextScorerBase):
             self.columns[row] += range(width, width + len(step.pending))
             depth_rewards += per_slot[row][: len(step.pending)]
         self.valid = torch.cat([self.valid, written], dim=1)
+        self._compact()
         return torch.tensor(result, device=self.device)
+
+    def _compact(self) -> None:
+        """Move each row's valid columns to the front of the buffer when even the fullest row has many columns
+        masked out ([`COMPACT_AFTER`], [`COMPACT_SHARE`]): attention would otherwise read them at every step."""
+        counts = self.valid.sum(dim=1)
+        kept = int(counts.max())
+        wasted = self.buffer.length - kept
+        if wasted < COMPACT_AFTER or wasted < COMPACT_SHARE * kept:
+            return
+        valid = self.valid.cpu().numpy()
+        columns = np.zeros((len(valid), kept), dtype=np.int64)
+        for row, flags in enumerate(valid):
+            where = np.flatnonzero(flags)
+            columns[row, : len(where)] = where
+            moved = np.full(len(flags), -1, dtype=np.int64)
+            moved[where] = np.arange(len(where))
+            self.columns[row] = moved[self.columns[row]].tolist()
+        self.buffer.compact(torch.from_numpy(columns).to(self.device))
+        self.valid = torch.arange(kept, device=self.device) < counts[:, None]
 
     def _advance(
         self, tokens: torch.Tensor, parents: torch.Tensor | None, chosen: torch.Tensor | None
