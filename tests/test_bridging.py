@@ -19,8 +19,8 @@ import hf_rgtg.pipelines  # noqa: F401  (registers the tasks)
 from hf_rgtg import PrefixRewardConfig, PrefixRewardModel, RewardGuidance
 from hf_rgtg.bridging import BridgedText, TextBridge, text_bridge
 from hf_rgtg.incremental import KVBuffer
-from hf_rgtg.scoring import bridged as bridged_module
 from hf_rgtg.scoring import BridgedScorer, TextScorer, make_scorer
+from hf_rgtg.scoring import bridged as bridged_module
 from hf_rgtg.tokenization import vocabulary_fingerprint
 
 KINDS = ("byte-level", "metaspace")

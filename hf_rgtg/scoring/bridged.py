@@ -14,7 +14,6 @@ from ..modeling import PrefixRewardModel
 from .cached import CachedScorer, prefill_buffer
 from .text import TextScorerBase
 
-
 #: [`BridgedScorer`] compacts its buffer when the row with the most valid columns has at least this many columns
 #: masked out (a changed tokenization, fewer new tokens than another row) ...
 COMPACT_AFTER = 64
