@@ -146,7 +146,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--trainer-batch-size", type=int, default=8)
     add("--trainer-lr", type=float, default=1e-4)
     add("--guidance-seeds", type=int, default=3, help="seeds of the beta=0 / beta=2 comparison (0 skips it)")
-    add("--guidance-beta", type=float, default=2.0)
+    add(
+        "--guidance-betas",
+        default="0,1,2",
+        help="betas of the sampled guidance comparison (the first is the baseline)",
+    )
     add("--force", action="store_true", help="recompute every stage instead of reusing the work dir")
     return parser.parse_args(argv)
 
@@ -796,35 +800,47 @@ def trainer_run(model, tokenizer, train, test, args) -> dict:
 
 
 @torch.no_grad()
-def guidance_eval(lm, tokenizer, reward_model, prompts: list[str], args, report: Report) -> None:
-    """Mean VADER compound of replies sampled with reward guidance at beta=0 and beta=`--guidance-beta`."""
+def vader_scores(texts: list[str]) -> list[float]:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     analyzer = SentimentIntensityAnalyzer()
+    return [analyzer.polarity_scores(text.strip())["compound"] for text in texts]
+
+
+def guided_replies(lm, tokenizer, reward_model, inputs, beta: float, do_sample: bool, max_new_tokens: int):
+    """Replies to the left-padded `inputs` with `RewardGuidance(reward_model, beta=beta, top_k=10)`: their texts,
+    their rewards and the seconds the generation took."""
+    guidance = RewardGuidance(reward_model, tokenizer, beta=beta, top_k=10)
+    start = time.time()
+    output = lm.generate(
+        **inputs,
+        do_sample=do_sample,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        **guidance.generate_kwargs(),
+    )
+    seconds = time.time() - start
+    width = inputs["input_ids"].shape[1]
+    rewards = guidance.sequence_rewards(output, width, prompt_attention_mask=inputs["attention_mask"])
+    texts = [t.strip() for t in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+    return texts, rewards, seconds
+
+
+def guidance_strength(
+    lm, tokenizer, reward_model, prompts: list[str], betas, seeds: int, max_new_tokens: int
+):
+    """How much guidance moves the replies' VADER compound: sampled replies at each of `betas` over `seeds`
+    seeds, and greedy replies at beta 0 against beta 1 (the CLI's greedy default), per prompt. Returns the
+    report entry and the samples."""
     inputs = encode_left_padded(tokenizer, prompts)
-    runs = []
-    samples = []
-    betas = (0.0, args.guidance_beta)
-    for seed in tqdm(range(args.guidance_seeds), desc="guided sampling", unit="seed"):
+    runs, samples = [], []
+    for seed in tqdm(range(seeds), desc="guided sampling", unit="seed"):
         for beta in betas:
-            guidance = RewardGuidance(reward_model, tokenizer, beta=beta, top_k=10)
             set_seed(seed)
-            start = time.time()
-            output = lm.generate(
-                **inputs,
-                do_sample=True,
-                max_new_tokens=args.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                **guidance.generate_kwargs(),
+            texts, rewards, seconds = guided_replies(
+                lm, tokenizer, reward_model, inputs, beta, True, max_new_tokens
             )
-            seconds = time.time() - start
-            rewards = guidance.sequence_rewards(
-                output, inputs["input_ids"].shape[1], prompt_attention_mask=inputs["attention_mask"]
-            )
-            texts = tokenizer.batch_decode(
-                output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-            )
-            scores = [analyzer.polarity_scores(text.strip())["compound"] for text in texts]
+            scores = vader_scores(texts)
             runs.append(
                 {
                     "seed": seed,
@@ -836,45 +852,73 @@ def guidance_eval(lm, tokenizer, reward_model, prompts: list[str], args, report:
                 }
             )
             samples += [
-                {"seed": seed, "beta": beta, "prompt": p, "reply": t.strip(), "vader": s}
-                for p, t, s in zip(prompts, texts, scores, strict=True)
+                {"seed": seed, "beta": beta, "prompt": p, "reply": t, "vader": v}
+                for p, t, v in zip(prompts, texts, scores, strict=True)
             ]
-    write_jsonl(args.work_dir / "guidance_samples.jsonl", samples)
     summary = {}
     for beta in betas:
         chosen = [r for r in runs if r["beta"] == beta]
         means = [r["vader_mean"] for r in chosen]
-        pooled = [s for r in chosen for s in r["vader"]]
+        pooled = [v for r in chosen for v in r["vader"]]
         summary[str(beta)] = {
             "vader_mean": statistics.fmean(means),
             "vader_std_over_seeds": statistics.stdev(means) if len(means) > 1 else 0.0,
             "vader_std_over_replies": statistics.stdev(pooled) if len(pooled) > 1 else 0.0,
-            "share_positive": sum(1 for s in pooled if s > 0.05) / len(pooled),
-            "share_negative": sum(1 for s in pooled if s < -0.05) / len(pooled),
+            "share_positive": sum(1 for v in pooled if v > 0.05) / len(pooled),
+            "share_negative": sum(1 for v in pooled if v < -0.05) / len(pooled),
             "reward_mean": statistics.fmean(r["reward_mean"] for r in chosen),
             "seconds_per_run": statistics.fmean(r["seconds"] for r in chosen),
         }
-    low, high = (str(beta) for beta in betas)
     per_prompt = [
-        statistics.fmean(r["vader"][i] for r in runs if r["beta"] == betas[1])
+        statistics.fmean(r["vader"][i] for r in runs if r["beta"] == betas[-1])
         - statistics.fmean(r["vader"][i] for r in runs if r["beta"] == betas[0])
         for i in range(len(prompts))
     ]
-    report.update(
-        guidance={
-            "prompts": len(prompts),
-            "seeds": args.guidance_seeds,
-            "max_new_tokens": args.max_new_tokens,
-            "top_k": 10,
-            "summary": summary,
-            "per_prompt_gain_mean": statistics.fmean(per_prompt),
-            "prompts_improved": sum(1 for g in per_prompt if g > 0),
-            "runs": [{k: v for k, v in r.items() if k != "vader"} for r in runs],
-        }
+    greedy = {}
+    for beta in (0.0, 1.0):
+        texts, _, _ = guided_replies(lm, tokenizer, reward_model, inputs, beta, False, max_new_tokens)
+        greedy[beta] = vader_scores(texts)
+        samples += [
+            {"greedy": True, "beta": beta, "prompt": p, "reply": t, "vader": v}
+            for p, t, v in zip(prompts, texts, greedy[beta], strict=True)
+        ]
+    gains = [b - a for a, b in zip(greedy[0.0], greedy[1.0], strict=True)]
+    entry = {
+        "prompts": len(prompts),
+        "seeds": seeds,
+        "max_new_tokens": max_new_tokens,
+        "top_k": 10,
+        "summary": summary,
+        "per_prompt_gain_mean": statistics.fmean(per_prompt),
+        "prompts_improved": sum(1 for g in per_prompt if g > 0),
+        "greedy": {
+            "vader_mean_beta_0": statistics.fmean(greedy[0.0]),
+            "vader_mean_beta_1": statistics.fmean(greedy[1.0]),
+            "prompts_raised": sum(1 for g in gains if g > 0),
+            "prompts_unchanged": sum(1 for g in gains if g == 0),
+            "prompts_lowered": sum(1 for g in gains if g < 0),
+        },
+        "runs": [{k: v for k, v in r.items() if k != "vader"} for r in runs],
+    }
+    return entry, samples
+
+
+def guidance_eval(lm, tokenizer, reward_model, prompts: list[str], args, report: Report) -> None:
+    """The guidance strength of the built reward model (`guidance_strength`) at `--guidance-betas`."""
+    betas = tuple(float(b) for b in args.guidance_betas.split(","))
+    entry, samples = guidance_strength(
+        lm, tokenizer, reward_model, prompts, betas, args.guidance_seeds, args.max_new_tokens
     )
+    write_jsonl(args.work_dir / "guidance_samples.jsonl", samples)
+    report.update(guidance=entry)
+    summary = entry["summary"]
     print(
-        f"VADER compound, beta=0: {summary[low]['vader_mean']:+.3f} ± {summary[low]['vader_std_over_seeds']:.3f}; "
-        f"beta={betas[1]}: {summary[high]['vader_mean']:+.3f} ± {summary[high]['vader_std_over_seeds']:.3f}"
+        "VADER compound, sampled: "
+        + "; ".join(
+            f"beta={beta}: {s['vader_mean']:+.3f} ± {s['vader_std_over_seeds']:.3f}"
+            for beta, s in summary.items()
+        )
+        + f"; greedy beta=1 raises it on {entry['greedy']['prompts_raised']} of {entry['prompts']} prompts"
     )
 
 
@@ -1042,9 +1086,21 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
             )
         lines += [
             "",
-            f"Averaged over seeds, the guided replies score higher on {guidance['prompts_improved']} of "
+            f"Averaged over seeds, the replies at beta {list(summary)[-1]} score higher than at beta "
+            f"{list(summary)[0]} on {guidance['prompts_improved']} of "
             f"{guidance['prompts']} prompts (mean gain per prompt {guidance['per_prompt_gain_mean']:+.3f}). "
             "Positive / negative: compound above 0.05 / below -0.05.",
+        ]
+        greedy = guidance.get("greedy")
+        if greedy:
+            lines += [
+                "",
+                f"Greedy decoding (`do_sample=False`) of the same prompts: mean VADER compound "
+                f"{greedy['vader_mean_beta_0']:+.3f} at beta 0 and {greedy['vader_mean_beta_1']:+.3f} at beta 1; "
+                f"beta 1 raises it on {greedy['prompts_raised']} of {guidance['prompts']} prompts, leaves "
+                f"{greedy['prompts_unchanged']} unchanged and lowers {greedy['prompts_lowered']}.",
+            ]
+        lines += [
             "",
             "Evaluation prompts: " + "; ".join(f"“{p}”" for p in prompts["eval_prompts"]) + ".",
         ]
