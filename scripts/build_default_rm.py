@@ -267,10 +267,25 @@ def encode_left_padded(tokenizer, prompts: list[str]) -> dict[str, torch.Tensor]
 
 
 @torch.no_grad()
-def sample_replies(lm, tokenizer, prompts: list[str], args: argparse.Namespace, num: int) -> list[list[str]]:
-    """`num` sampled replies per prompt, batched with left padding."""
-    replies: list[list[str]] = []
-    for start in tqdm(range(0, len(prompts), args.batch_size), desc="sampling replies", unit="batch"):
+def sample_replies(
+    lm, tokenizer, prompts: list[str], args: argparse.Namespace, num: int, checkpoint: Path | None = None
+) -> list[list[str]]:
+    """`num` sampled replies per prompt, batched with left padding.
+
+    With a `checkpoint` path, each batch's replies are appended to it (with the random state after the batch, in
+    `checkpoint.rng.pt`) as soon as they are sampled, and a later call with the same prompts and settings resumes
+    after the last batch written: the same replies as one uninterrupted run."""
+    key = digest([prompts, num, args.seed, args.max_new_tokens, args.temperature, args.top_p, args.top_k])
+    done: list[dict] = []
+    state = None if checkpoint is None else checkpoint.with_suffix(".rng.pt")
+    if checkpoint is not None and checkpoint.is_file() and state.is_file():
+        done = [row for row in read_jsonl(checkpoint) if row["key"] == key]
+    if done:
+        torch.set_rng_state(torch.load(state))
+    replies: list[list[str]] = [reply for row in done for reply in row["replies"]]
+    starts = range(len(done) * args.batch_size, len(prompts), args.batch_size)
+    total = -(-len(prompts) // args.batch_size)
+    for start in tqdm(starts, desc="sampling replies", unit="batch", initial=len(done), total=total):
         batch = prompts[start : start + args.batch_size]
         inputs = encode_left_padded(tokenizer, batch)
         output = lm.generate(
@@ -284,7 +299,12 @@ def sample_replies(lm, tokenizer, prompts: list[str], args: argparse.Namespace, 
             pad_token_id=tokenizer.pad_token_id,
         )
         texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        replies += [[t.strip() for t in texts[i * num : (i + 1) * num]] for i in range(len(batch))]
+        chunk = [[t.strip() for t in texts[i * num : (i + 1) * num]] for i in range(len(batch))]
+        replies += chunk
+        if checkpoint is not None:
+            with checkpoint.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "replies": chunk}, ensure_ascii=False) + "\n")
+            torch.save(torch.get_rng_state(), state)
     return replies
 
 
