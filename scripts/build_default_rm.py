@@ -356,9 +356,8 @@ def make_pairs(lm, tokenizer, splits, args, report: Report) -> list[dict]:
     for name in ("train", "val") if reuse_test else ("train", "val", "test"):
         prompts = [p["text"] for p in splits[name]]
         num = 2 if name == "test" else args.replies_per_prompt
-        for prompt, replies in zip(
-            splits[name], sample_replies(lm, tokenizer, prompts, args, num), strict=True
-        ):
+        sampled = sample_replies(lm, tokenizer, prompts, args, num, args.work_dir / f"replies_{name}.jsonl")
+        for prompt, replies in zip(splits[name], sampled, strict=True):
             for a, b in itertools.combinations(replies, 2):
                 if not a or not b:
                     dropped["empty reply"] += 1
