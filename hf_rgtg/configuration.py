@@ -341,7 +341,9 @@ class RewardGuidanceConfig:
         record_candidates (`bool`, defaults to `False`): keep every step's k candidates and their rewards in the
             trace.
         scorer (`str`, defaults to `"auto"`): `"cached"` (KV-cached, decoder reward models), `"reference"`
-            (re-encode every prefix); for a reward model with another tokenizer, `"bridged"` (KV-cached through
+            (re-encode every prefix); for an all-token (`head_kind="vocab"`) reward model, `"vocab"` (one 1-token
+            step on its cache) or `"backbone"` (read from the language model's own hidden state, when its weights
+            are the head's base); for a reward model with another tokenizer, `"bridged"` (KV-cached through
             text) or `"text"` (re-encode every candidate's text); another kind registered with
             [`~scoring.register_scorer`]; or `"auto"` (the fastest exact kind for the reward model).
 
