@@ -46,14 +46,14 @@ HASH_SCHEME = "sha256-f32-v1"
 
 
 def layer_list(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The backbone's list of decoder layers and its attribute name (`"layers"`, `"h"`, ...): the child
-    `ModuleList` with one module per layer of its configuration.
+    """The backbone's list of layers and its name in it (`"layers"`, `"h"`, an encoder's `"encoder.layer"`, ...):
+    the first `ModuleList` with one module per layer of its configuration.
 
     Raises:
         `ValueError`: when the backbone has no such list.
     """
     total = getattr(backbone.config, "num_hidden_layers", None)
-    for name, module in backbone.named_children():
+    for name, module in backbone.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == total:
             return name, module
     raise ValueError(

@@ -112,9 +112,10 @@ class PrefixRewardOutput(ModelOutput):
             The reward of each row's whole sequence (its prefix reward, for a prompt and a partial response): the
             head at its last non-pad token (for a `"vocab"` head, `rewards` there), or a `"classifier"` head's pooled
             logit; under left or right padding alike.
-        values (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
-            A `"vocab"` head's whole output, with `output_values=True`: `values[:, t, v]` is the reward of the input
-            up to token `t` extended by token `v`, so that `rewards[:, t + 1] == values[:, t, input_ids[:, t + 1]]`.
+        next_token_rewards (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
+            A `"vocab"` head's whole output, with `output_next_token_rewards=True`: `next_token_rewards[:, t, v]` is
+            the reward of the input up to token `t` extended by token `v`, so that
+            `rewards[:, t + 1] == next_token_rewards[:, t, input_ids[:, t + 1]]`.
             `None` for scalar heads, and by default (it holds `vocab_size` floats per position).
         cache (`Cache`, *optional*):
             The backbone's key/value cache, returned when `use_cache=True`. The field is named as the installed
@@ -129,7 +130,7 @@ class PrefixRewardOutput(ModelOutput):
 
     rewards: torch.FloatTensor | None = None
     reward: torch.FloatTensor | None = None
-    values: torch.FloatTensor | None = None
+    next_token_rewards: torch.FloatTensor | None = None
     cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -311,11 +312,11 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         ...                             head_kind="vocab", vocab_head="factorised")
         >>> rm = PrefixRewardModel(config).eval()
         >>> ids = torch.tensor([[3, 4, 5]])
-        >>> out = rm(ids, output_values=True)
-        >>> out.values.shape
+        >>> out = rm(ids, output_next_token_rewards=True)
+        >>> out.next_token_rewards.shape
         torch.Size([1, 3, 64])
         >>> # The reward of [3, 4, 5] is the value of token 5 read from the hidden state at token 4.
-        >>> torch.allclose(out.reward, out.values[:, 1, 5], atol=1e-6)
+        >>> torch.allclose(out.reward, out.next_token_rewards[:, 1, 5], atol=1e-6)
         True
         ```
         """
@@ -704,7 +705,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: Cache | None = None,
-        output_values: bool | None = None,
+        output_next_token_rewards: bool | None = None,
         **kwargs,
     ) -> PrefixRewardOutput | tuple:
         r"""
@@ -731,9 +732,9 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 `False` returns a tuple of the output's fields that are set. Defaults to `config.return_dict`.
             past_key_values (`Cache`, *optional*):
                 The name of `cache` before transformers 5.24, accepted on every version.
-            output_values (`bool`, *optional*):
-                For a `"vocab"` head, also return its whole output `values` `(batch_size, sequence_length,
-                vocab_size)` (training reads it). Defaults to `False`.
+            output_next_token_rewards (`bool`, *optional*):
+                For a `"vocab"` head, also return its whole output `next_token_rewards` `(batch_size,
+                sequence_length, vocab_size)` (training reads it). Defaults to `False`.
 
         Returns:
             [`PrefixRewardOutput`] with `reward` `(batch_size,)`, and on a causal backbone `rewards`
@@ -752,8 +753,10 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 "A `head_kind='vocab'` reward model reads each token's value from the hidden state before it, so it "
                 "needs `input_ids`, not `inputs_embeds`."
             )
-        if output_values and not self.config.is_vocab_head:
-            raise ValueError("`output_values=True` needs a `head_kind='vocab'` head; this one is scalar.")
+        if output_next_token_rewards and not self.config.is_vocab_head:
+            raise ValueError(
+                "`output_next_token_rewards=True` needs a `head_kind='vocab'` head; this one is scalar."
+            )
         tokens = input_ids if input_ids is not None else inputs_embeds
         batch_size, seq_len = tokens.shape[:2]
         incremental = self.supports_incremental_scoring
@@ -776,7 +779,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             **backbone_kwargs,
         )
         if incremental and self.config.is_vocab_head:
-            output = self._vocab_output(inputs, past_len, bool(output_values))
+            output = self._vocab_output(inputs, past_len, bool(output_next_token_rewards))
         elif incremental:
             rewards, outputs = self._rewards(**inputs)
             output = self._output(rewards, outputs, attention_mask, output_hidden_states)
@@ -788,17 +791,19 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             else output.to_tuple()
         )
 
-    def _vocab_output(self, inputs: dict[str, Any], past_len: int, output_values: bool) -> PrefixRewardOutput:
+    def _vocab_output(
+        self, inputs: dict[str, Any], past_len: int, output_next_token_rewards: bool
+    ) -> PrefixRewardOutput:
         """The output of [`forward`] for a vocab head: every position's gathered reward (NaN at the first new token
-        on top of a cache), and with `output_values` the head's whole output."""
+        on top of a cache), and with `output_next_token_rewards` the head's whole output."""
         hidden, outputs = self._hidden(**inputs)
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         rewards = self.vocab_rewards(hidden, input_ids, attention_mask)
         if past_len:
             rewards[:, 0] = float("nan")
         output = self._output(rewards, outputs, attention_mask, inputs["output_hidden_states"])
-        if output_values:
-            output.values = self.vocab_values(hidden)
+        if output_next_token_rewards:
+            output.next_token_rewards = self.vocab_values(hidden)
         return output
 
     @staticmethod
