@@ -138,8 +138,9 @@ class PrefixRewardOutput(ModelOutput):
 
 class FactorisedVocabHead(nn.Module):
     r"""
-    The factorised all-token head: `r(v) = e_v . (A h) + b`, with `e` the language model's output embedding (frozen),
-    `A` a `hidden_size x hidden_size` map and `b` a scalar. Its `hidden_size**2 + 1` trained parameters do not grow
+    The factorised all-token head: `r(v) = e_v . (A h + a) + b`, with `e` the language model's output embedding
+    (frozen), `A h + a` an affine map of the hidden state (`a` gives every token a reward of its own, `e_v . a`,
+    whatever the context) and `b` a scalar. Its `hidden_size**2 + hidden_size + 1` trained parameters do not grow
     with the vocabulary, and a token never seen in training still gets a reward through its embedding.
 
     The embedding is passed to each call: a model whose input and output embeddings are tied passes its
@@ -169,7 +170,7 @@ class FactorisedVocabHead(nn.Module):
 
     def __init__(self, hidden_size: int, vocab_size: int, tied: bool):
         super().__init__()
-        self.proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.proj = nn.Linear(hidden_size, hidden_size)
         self.bias = nn.Parameter(torch.zeros(()))
         if not tied:
             self.register_buffer("output_embedding", torch.zeros(vocab_size, hidden_size))
@@ -321,7 +322,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         ```
         """
         self._check_vocab_head("vocab_values")
-        if isinstance(self.score, FactorisedVocabHead):
+        if self.config.vocab_head == "factorised":
             return self.score(hidden, self._output_embedding()).float()
         return self.score(hidden).float()
 
@@ -331,7 +332,8 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         """
         self._check_vocab_head("candidate_values")
         hidden = hidden.to(self.dtype)
-        if isinstance(self.score, FactorisedVocabHead):
+        # By the configuration, not the module's class: peft wraps the head it trains (`modules_to_save`).
+        if self.config.vocab_head == "factorised":
             return self.score.rows(hidden, tokens, self._output_embedding()).float()
         rows = (self.score.weight[tokens] * hidden.unsqueeze(-2)).sum(-1)
         if self.score.bias is not None:
