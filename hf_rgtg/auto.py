@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .compat import held_load_reports, keep_own_weight_names, model_from_config, release_load_reports
 from .configuration import PrefixRewardConfig, is_incrementally_scorable
+from .defaults import load_head_only
+from .head_only import HEAD_FILE
 from .modeling import HUB_KWARGS, PrefixRewardModel
 
 #: The logger of the one warning that a reward head built over a causal-LM checkpoint is new and untrained; a
@@ -177,6 +180,12 @@ class AutoModelForPrefixReward:
             else given
         )
         if isinstance(source, PrefixRewardConfig):
+            if (given or source).saved_weights == "head":
+                return _head_alone(pretrained_model_name_or_path, model_args, kwargs, hub_kwargs)
+            if kwargs.pop("base_model", None) is not None:
+                raise ValueError(
+                    "`base_model` is for a head saved alone (`saved_weights='head'`); this model was saved whole."
+                )
             if head:
                 raise ValueError(
                     f"{name!r} is already a prefix reward model; its head ({_head_settings(source)}) was saved with "
@@ -213,6 +222,28 @@ class AutoModelForPrefixReward:
         _start_vocab_head(model, info)
         _check_loaded_head(info, name, is_classifier, model.head_module_names)
         return (model, info) if return_info else model
+
+
+def _head_alone(
+    name: str | os.PathLike, model_args: tuple, kwargs: dict[str, Any], hub_kwargs: dict[str, Any]
+) -> PrefixRewardModel:
+    """A head saved alone, from its folder or its Hub snapshot, over its base model (see
+    [`~defaults.load_head_only`]); it takes `dtype`, `base_model` and the Hub arguments that locate the head."""
+    base_model = kwargs.pop("base_model", None)
+    others = sorted(set(kwargs) - {*HUB_KWARGS, "dtype", "torch_dtype"})
+    if model_args or others:
+        raise ValueError(
+            f"A head saved alone ({name}) loads with `dtype`, `base_model` and the Hub arguments only, not "
+            f"{others or 'positional arguments'}: move the model afterwards (`.to(...)`)."
+        )
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        hub = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+        folder = Path(snapshot_download(str(name), allow_patterns=["config.json", HEAD_FILE], **hub))
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype")) or torch.float32
+    model = load_head_only(folder, base_model=base_model, dtype=dtype)
+    model.name_or_path = str(name)
+    return model
 
 
 def _wrapping_configs(

@@ -20,6 +20,7 @@ from transformers.utils import hub as hub_utils
 
 from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, upload_saved_model
 from .configuration import PrefixRewardConfig, is_incrementally_scorable
+from .head_only import save_head_only
 from .hub import TAGS, model_card
 from .incremental import Depth
 
@@ -498,8 +499,6 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 model_card(self.config, repo_id=repo_id).save(Path(save_directory) / "README.md")
             return
         if main_process:
-            from .head_only import save_head_only
-
             config = save_head_only(self, save_directory)
             self.config.base_model_hash = config.base_model_hash
             model_card(config, repo_id=repo_id).save(Path(save_directory) / "README.md")
@@ -508,43 +507,19 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs
     ) -> PrefixRewardModel:
-        """`PreTrainedModel.from_pretrained`, and for a head saved alone (`saved_weights="head"`), the head with its
-        backbone read from the base model it declares and checked against its content hash (see
-        [`~head_only.load_head_only`]); `base_model=` (a folder) reads it from elsewhere. A head saved alone takes
-        `dtype` and the Hub arguments that locate the head (`revision`, `token`, `cache_dir`, `local_files_only`)."""
-        base_model = kwargs.pop("base_model", None)
+        """`PreTrainedModel.from_pretrained`. A head saved alone (`saved_weights="head"`) is refused with the fix:
+        `AutoModelForPrefixReward.from_pretrained` loads it, finding its base model."""
         config = kwargs.get("config")
-        hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         if not isinstance(config, PrefixRewardConfig):
+            hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub)
-        if not isinstance(config, PrefixRewardConfig) or config.saved_weights != "head":
-            if base_model is not None:
-                raise ValueError(
-                    "`base_model` is for a head saved alone (`saved_weights='head'`); this model was saved whole."
-                )
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        from .head_only import HEAD_FILE, load_head_only
-
-        others = sorted(set(kwargs) - {*HUB_KWARGS, "config", "dtype", "torch_dtype"})
-        if model_args or others:
+        if isinstance(config, PrefixRewardConfig) and config.saved_weights == "head":
             raise ValueError(
-                f"A head saved alone ({pretrained_model_name_or_path}) loads with `dtype`, `base_model` and the Hub "
-                f"arguments only, not {others or 'positional arguments'}: move the model afterwards (`.to(...)`)."
+                f"{str(pretrained_model_name_or_path)!r} holds a reward head saved alone over "
+                f"{config.base_model_name_or_path!r}: load it with `AutoModelForPrefixReward.from_pretrained`, "
+                "which reads the backbone from that base model and checks it."
             )
-        folder = Path(pretrained_model_name_or_path).expanduser()
-        if not folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            hub.pop("trust_remote_code", None)
-            folder = Path(
-                snapshot_download(
-                    str(pretrained_model_name_or_path), allow_patterns=["config.json", HEAD_FILE], **hub
-                )
-            )
-        dtype = kwargs.get("dtype", kwargs.get("torch_dtype")) or torch.float32
-        model = load_head_only(folder, base_model=base_model, dtype=dtype)
-        model.name_or_path = str(pretrained_model_name_or_path)
-        return model
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
     def from_language_model(

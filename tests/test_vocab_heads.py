@@ -214,7 +214,9 @@ def test_a_head_saved_alone_loads_over_its_base_and_checks_it(arch, tmp_path):
         AutoModelForPrefixReward.from_pretrained(tmp_path / "head")
     # ... and `base_model=` reads the right ones from elsewhere.
     lm.save_pretrained(tmp_path / "elsewhere")
-    elsewhere = PrefixRewardModel.from_pretrained(tmp_path / "head", base_model=tmp_path / "elsewhere")
+    elsewhere = AutoModelForPrefixReward.from_pretrained(tmp_path / "head", base_model=tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="load it with `AutoModelForPrefixReward.from_pretrained`"):
+        PrefixRewardModel.from_pretrained(tmp_path / "head")
     torch.testing.assert_close(elsewhere(ids).rewards, rm(ids).rewards)
 
 
