@@ -518,3 +518,40 @@ def test_hf_rgtg_train_head_vocab_saves_a_head_that_loads_guides_and_pushes(hub_
     pushed = json.loads(api.files["config.json"])
     assert (pushed["head_kind"], pushed["vocab_head"], pushed["saved_weights"]) == ("vocab", "full", "head")
     assert "| kind | vocab (full) |" in api.files["README.md"].decode()
+
+
+def test_head_training_checkpoints_hold_the_head_alone_and_resume_from_it(tmp_path):
+    lm = tiny_causal_lm("gpt2", seed=1)
+    lm.save_pretrained(tmp_path / "lm")
+    pairs = separable_pairs(16)
+    collator = PrefixRewardCollator(pad_token_id=PAD, eos_token_id=0)
+
+    def trainer(steps, **settings):
+        rm = vocab_rm(lm, "factorised", share_backbone=False, seed=0)
+        rm.config.base_model_name_or_path = str(tmp_path / "lm")
+        args = PrefixRewardTrainingConfig(
+            output_dir=str(tmp_path / "run"),
+            max_steps=steps,
+            learning_rate=1e-2,
+            per_device_train_batch_size=8,
+            report_to=[],
+            train="head",
+            save_strategy="steps",
+            save_steps=2,
+            disable_tqdm=True,
+            **settings,
+        )
+        return PrefixRewardTrainer(rm, args, train_dataset=pairs, data_collator=collator)
+
+    first = trainer(2)
+    first.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / HEAD_FILE).is_file() and not (checkpoint / "model.safetensors").exists()
+    trained = {name: tensor.clone() for name, tensor in first.model.score.state_dict().items()}
+    resumed = trainer(2)  # a fresh head, then the checkpoint's: no step left to train
+    assert not torch.equal(resumed.model.score.proj.weight, trained["proj.weight"])
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for name, tensor in resumed.model.score.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+    whole = trainer(2, save_head_only=False)
+    assert not whole.saves_head_only()
