@@ -7,30 +7,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .compat import held_load_reports, keep_own_weight_names, model_from_config, release_load_reports
 from .configuration import PrefixRewardConfig, is_incrementally_scorable
-from .modeling import PrefixRewardModel
+from .defaults import load_head_only
+from .head_only import HEAD_FILE
+from .modeling import HUB_KWARGS, PrefixRewardModel
 
 #: The logger of the one warning that a reward head built over a causal-LM checkpoint is new and untrained; a
 #: caller about to train that head, as `hf-rgtg train` is, may quiet it.
 new_head_logger = logging.getLogger(f"{__name__}.new_head")
 
-# Keyword arguments that locate a checkpoint; they go to `AutoConfig` as well as to the model's `from_pretrained`.
-_HUB_KWARGS = (
-    "revision",
-    "token",
-    "cache_dir",
-    "local_files_only",
-    "force_download",
-    "proxies",
-    "subfolder",
-    "trust_remote_code",
-)
 # `PrefixRewardConfig` fields that may be set when wrapping a foreign checkpoint.
-_HEAD_KWARGS = ("head_layer", "head_hidden_size", "head_bias")
+_HEAD_KWARGS = ("head_layer", "head_hidden_size", "head_bias", "head_kind", "vocab_head")
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -171,12 +164,14 @@ class AutoModelForPrefixReward:
                 A Hub id (`"org/name"`) or a local directory.
             kwargs:
                 The usual `from_pretrained` arguments (`dtype`/`torch_dtype`, `device_map`, `attn_implementation`,
-                `revision`, `token`, `cache_dir`, ...), plus `head_layer`, `head_hidden_size` and `head_bias` when
-                wrapping a checkpoint that is not a prefix reward model yet.
+                `revision`, `token`, `cache_dir`, ...), plus `head_layer`, `head_hidden_size`, `head_bias`,
+                `head_kind` and `vocab_head` when wrapping a checkpoint that is not a prefix reward model yet (a
+                full vocab head starts from the causal LM's own head, as FaRMA does; a factorised one reads its
+                output embedding); and `base_model` (a folder) for a head saved alone whose base is elsewhere.
         """
         name = str(pretrained_model_name_or_path)
         given = kwargs.pop("config", None)
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         kwargs.pop("trust_remote_code", None)  # only the configuration reads it: custom backbones are refused
         head = {key: kwargs.pop(key) for key in _HEAD_KWARGS if key in kwargs}
         source = (
@@ -185,6 +180,12 @@ class AutoModelForPrefixReward:
             else given
         )
         if isinstance(source, PrefixRewardConfig):
+            if (given or source).saved_weights == "head":
+                return _head_alone(pretrained_model_name_or_path, model_args, kwargs, hub_kwargs)
+            if kwargs.pop("base_model", None) is not None:
+                raise ValueError(
+                    "`base_model` is for a head saved alone (`saved_weights='head'`); this model was saved whole."
+                )
             if head:
                 raise ValueError(
                     f"{name!r} is already a prefix reward model; its head ({_head_settings(source)}) was saved with "
@@ -202,7 +203,7 @@ class AutoModelForPrefixReward:
             # The classifier is the backbone whole: every weight keeps its name under `backbone.`.
             {r"^(.)": r"backbone.\1"}
             if prefix_config.head_type == "classifier"
-            else {rf"^{_base_model_prefix(config)}\.": "backbone."}
+            else {rf"^{_base_model_prefix(config)}\.": "backbone.", **_vocab_head_mapping(prefix_config)}
         )
         with held_load_reports() as reports:
             model, info = PrefixRewardModel.from_pretrained(
@@ -218,8 +219,31 @@ class AutoModelForPrefixReward:
             release_load_reports(reports)
         # The renaming is a loading detail: saving writes the prefix reward model's own key names, not the source's.
         keep_own_weight_names(model)
+        _start_vocab_head(model, info)
         _check_loaded_head(info, name, is_classifier, model.head_module_names)
         return (model, info) if return_info else model
+
+
+def _head_alone(
+    name: str | os.PathLike, model_args: tuple, kwargs: dict[str, Any], hub_kwargs: dict[str, Any]
+) -> PrefixRewardModel:
+    """A head saved alone, from its folder or its Hub snapshot, over its base model (see
+    [`~defaults.load_head_only`]); it takes `dtype`, `base_model` and the Hub arguments that locate the head."""
+    base_model = kwargs.pop("base_model", None)
+    others = sorted(set(kwargs) - {*HUB_KWARGS, "dtype", "torch_dtype"})
+    if model_args or others:
+        raise ValueError(
+            f"A head saved alone ({name}) loads with `dtype`, `base_model` and the Hub arguments only, not "
+            f"{others or 'positional arguments'}: move the model afterwards (`.to(...)`)."
+        )
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        hub = {key: value for key, value in hub_kwargs.items() if key != "trust_remote_code"}
+        folder = Path(snapshot_download(str(name), allow_patterns=["config.json", HEAD_FILE], **hub))
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype")) or torch.float32
+    model = load_head_only(folder, base_model=base_model, dtype=dtype)
+    model.name_or_path = str(name)
+    return model
 
 
 def _wrapping_configs(
@@ -240,6 +264,27 @@ def _wrapping_configs(
             f"{type(source).__name__} checkpoint."
         )
     return given.text_config, given
+
+
+def _vocab_head_mapping(config: PrefixRewardConfig) -> dict[str, str]:
+    """Where a causal LM's output embedding (`lm_head.weight`) goes in a vocab head: the start of a full head, the
+    embedding a factorised head reads when it is not tied to the input embedding; nowhere otherwise."""
+    if not config.is_vocab_head:
+        return {}
+    if config.vocab_head == "full":
+        return {r"^lm_head\.weight$": "score.weight"}
+    return {r"^lm_head\.weight$": "score.output_embedding"}
+
+
+def _start_vocab_head(model: PrefixRewardModel, info: dict[str, Any]) -> None:
+    """A full vocab head over a tied causal LM, whose checkpoint holds no `lm_head.weight`: start it from the input
+    embedding, which is the LM's output embedding; the key is no longer missing."""
+    if not (model.config.is_vocab_head and model.config.vocab_head == "full" and model.ties_output_embedding):
+        return
+    if "score.weight" in info["missing_keys"]:
+        with torch.no_grad():
+            model.score.weight.copy_(model.backbone.get_input_embeddings().weight)
+        info["missing_keys"] = [key for key in info["missing_keys"] if key != "score.weight"]
 
 
 def _only_the_head_is_new(info: dict[str, Any]) -> bool:

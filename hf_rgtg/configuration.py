@@ -24,7 +24,22 @@ if TYPE_CHECKING:
 #: states (`"per_position"`), or the backbone's own sequence-classification output (`"classifier"`).
 HEAD_TYPES = ("per_position", "classifier")
 #: The head settings that only a `"per_position"` head has, with their defaults.
-PER_POSITION_HEAD_DEFAULTS = {"head_layer": None, "head_hidden_size": None, "head_bias": False}
+PER_POSITION_HEAD_DEFAULTS = {
+    "head_layer": None,
+    "head_hidden_size": None,
+    "head_bias": False,
+    "head_kind": "scalar",
+}
+#: What a `"per_position"` head outputs: one reward per position (`"scalar"`), or, from the hidden state at each
+#: position, the reward of that prefix extended by every token of the vocabulary (`"vocab"`, an all-token head as
+#: in FaRMA).
+HEAD_KINDS = ("scalar", "vocab")
+#: The forms of a `"vocab"` head: a `vocab_size x hidden_size` linear map (`"full"`), or `r(v) = e_v . (A h + a) + b`
+#: over the language model's own output embedding `e` (`"factorised"`, `hidden_size**2 + hidden_size + 1` trained parameters).
+VOCAB_HEADS = ("full", "factorised")
+#: Which weights a saved prefix reward model holds: all of them (`"full"`), or only the head, the backbone being
+#: loaded from the base model it declares (`"head"`).
+SAVED_WEIGHTS = ("full", "head")
 
 
 def is_incrementally_scorable(config: PreTrainedConfig) -> bool:
@@ -80,9 +95,31 @@ class PrefixRewardConfig(PreTrainedConfig):
         head_bias (`bool`, *optional*, defaults to `False`):
             Whether the head's output layer has a bias. Decoder reward models saved as
             `*ForSequenceClassification` have none.
+        head_kind (`str`, *optional*, defaults to `"scalar"`):
+            `"scalar"`: the head outputs one reward per position, `r(x, y<=t)` from the hidden state at `t`.
+            `"vocab"` (an all-token head, FaRMA): from the hidden state at `t` it outputs `r(x, y<=t + v)` for every
+            token `v` of the vocabulary, the way a language model's head outputs logits, so that the hidden state
+            of a prefix scores all its continuations at once. Only causal decoder backbones take it.
+        vocab_head (`str`, *optional*, defaults to `"full"`):
+            The form of a `"vocab"` head: `"full"`, a `vocab_size x hidden_size` linear map (FaRMA's, for reward
+            models whose backbone is fine-tuned too; it starts from the language model's head when wrapped from a
+            causal-LM checkpoint); or `"factorised"`, `r(v) = e_v . (A h + a) + b` over the language model's output
+            embedding `e` (kept frozen, the backbone's input embedding when the two are tied): `hidden_size**2 + hidden_size + 1`
+            trained parameters, and tokens never seen in training still get a reward. `head_bias` applies to the
+            full form.
         base_model_name_or_path (`str`, *optional*):
             Where the backbone came from, recorded for model cards and for checking that a reward model was trained
-            on a given language model's backbone.
+            on a given language model's backbone. A head saved alone (`saved_weights="head"`) loads its backbone
+            from there.
+        base_model_revision (`str`, *optional*):
+            The revision (commit) of `base_model_name_or_path` the backbone was read from, if known.
+        base_model_hash (`str`, *optional*):
+            The content hash of the backbone's weights the head depends on (the embeddings and the layers up to the
+            head's, see [`~backbones.backbone_hash`]), recorded when the model is saved. Loading a head saved alone
+            checks the base model against it.
+        saved_weights (`str`, *optional*, defaults to `"full"`):
+            `"full"`: the folder holds every weight. `"head"`: it holds the head's (`head.safetensors`), and
+            loading reads the backbone from the base model, as a peft adapter does.
         training_summary (`dict`, *optional*):
             What the model was trained on and how (`datasets`, `num_pairs`, `settings`, `prefix_accuracy`,
             `prefix_counts`, `mean_margin`, `description`), filled in by `PrefixRewardTrainer` and rendered into
@@ -111,7 +148,12 @@ class PrefixRewardConfig(PreTrainedConfig):
     head_layer: int | None = None
     head_hidden_size: int | None = None
     head_bias: bool = False
+    head_kind: str = "scalar"
+    vocab_head: str = "full"
     base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    base_model_hash: str | None = None
+    saved_weights: str = "full"
     training_summary: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -128,6 +170,7 @@ class PrefixRewardConfig(PreTrainedConfig):
                 "incremental scoring, an encoder-only one (BERT, DeBERTa, ...). Use such a checkpoint instead."
             )
         self._check_head_type()
+        self._check_head_kind()
         if self.head_hidden_size is not None and self.head_hidden_size < 1:
             raise ValueError(
                 f"`head_hidden_size` (={self.head_hidden_size}) has to be a positive integer, or `None` for a "
@@ -142,6 +185,36 @@ class PrefixRewardConfig(PreTrainedConfig):
             raise ValueError(
                 f"`head_layer` (={self.head_layer}) is out of range for a backbone with {num_layers} layers: use "
                 f"an index in [{-num_layers - 1}, {num_layers}], or `None` for the final output."
+            )
+
+    @property
+    def is_vocab_head(self) -> bool:
+        """Whether the head is an all-token (`"vocab"`) head."""
+        return self.head_kind == "vocab"
+
+    def _check_head_kind(self) -> None:
+        """Refuse an unknown `head_kind`, `vocab_head` or `saved_weights`, and a `"vocab"` head where the backbone
+        or the other head settings do not allow it."""
+        for name, choices in (
+            ("head_kind", HEAD_KINDS),
+            ("vocab_head", VOCAB_HEADS),
+            ("saved_weights", SAVED_WEIGHTS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"`{name}` (={getattr(self, name)!r}) has to be one of {', '.join(choices)}."
+                )
+        if not self.is_vocab_head:
+            return
+        if not is_incrementally_scorable(self.text_config):
+            raise ValueError(
+                f"`head_kind='vocab'` reads the hidden state before each token, which only a causal decoder gives; "
+                f"{self.text_config.model_type} is not one. Use `head_kind='scalar'`."
+            )
+        if self.head_hidden_size is not None:
+            raise ValueError(
+                f"`head_hidden_size` (={self.head_hidden_size}) makes an MLP scalar head; a `head_kind='vocab'` head "
+                "is linear (`vocab_head='full'` or `'factorised'`). Leave `head_hidden_size` unset."
             )
 
     def _check_head_type(self) -> None:
@@ -268,7 +341,9 @@ class RewardGuidanceConfig:
         record_candidates (`bool`, defaults to `False`): keep every step's k candidates and their rewards in the
             trace.
         scorer (`str`, defaults to `"auto"`): `"cached"` (KV-cached, decoder reward models), `"reference"`
-            (re-encode every prefix); for a reward model with another tokenizer, `"bridged"` (KV-cached through
+            (re-encode every prefix); for an all-token (`head_kind="vocab"`) reward model, `"vocab"` (one 1-token
+            step on its cache) or `"backbone"` (read from the language model's own hidden state, when its weights
+            are the head's base); for a reward model with another tokenizer, `"bridged"` (KV-cached through
             text) or `"text"` (re-encode every candidate's text); another kind registered with
             [`~scoring.register_scorer`]; or `"auto"` (the fastest exact kind for the reward model).
 

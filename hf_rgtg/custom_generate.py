@@ -93,10 +93,11 @@ def guidance_for_call(
     options: dict[str, Any],
     generation_config: Any,
     tokenizers: dict[str, Any] | None = None,
+    language_model: PreTrainedModel | None = None,
 ) -> RewardGuidance:
     """The [`RewardGuidance`] of one call: the one given, or one built from `reward_model`, the options and the
     `tokenizers` (`RewardGuidance`'s `tokenizer`, `reward_tokenizer`, `reward_prompt_template`), with the EOS and
-    pad ids `generate()` settled on."""
+    pad ids `generate()` settled on, for the `language_model` that generates."""
     if reward_guidance is None:
         if reward_model is None:
             raise ValueError(
@@ -108,6 +109,7 @@ def guidance_for_call(
             **(tokenizers or {}),
             eos_token_id=eos,
             pad_token_id=None if pad is None else int(pad),
+            language_model=language_model,
             **options,
         )
     if not isinstance(reward_guidance, RewardGuidance):
@@ -251,7 +253,40 @@ def reward_guided_generate(
         "reward_tokenizer": reward_tokenizer,
         "reward_prompt_template": reward_prompt_template,
     }
-    guidance = guidance_for_call(reward_model, reward_guidance, options, generation_config, tokenizers)
+    guidance = guidance_for_call(reward_model, reward_guidance, options, generation_config, tokenizers, model)
+    try:
+        return _guided_loop(
+            model,
+            input_ids,
+            logits_processor,
+            stopping_criteria,
+            generation_config,
+            synced_gpus,
+            streamer,
+            guidance,
+            guided_streamer,
+            reward_prompts,
+            kwargs,
+        )
+    finally:
+        if guidance is not reward_guidance:  # built for this call: its hooks go with it
+            guidance.close()
+
+
+def _guided_loop(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: Any,
+    synced_gpus: bool,
+    streamer: Any,
+    guidance: RewardGuidance,
+    guided_streamer: Any,
+    reward_prompts: Any,
+    kwargs: dict[str, Any],
+) -> Any:
+    """The checks of one guided call and its decoding loop, with the guidance processor and criteria in place."""
     attention_mask = kwargs.get("attention_mask")
     guidance.check_language_model(model, input_ids)
     check_positions(guidance, input_ids, generation_config, attention_mask)

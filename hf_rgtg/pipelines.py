@@ -139,6 +139,7 @@ class RewardGuidedTextGenerationPipeline(TextGenerationPipeline):
                 reward_prompt_template=self._reward_prompt_template,
                 eos_token_id=eos,
                 pad_token_id=pad,
+                language_model=self.model,
                 **options,
             )
         return self._guidances[key]

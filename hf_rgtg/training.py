@@ -64,11 +64,21 @@ class PrefixRewardTrainingConfig(TrainingArguments):
     - **margin** (`float`, defaults to 0.0): subtracted from every reward difference.
     - **center_rewards_coefficient** (`float`, *optional*): adds that times the mean of `(r_chosen + r_rejected)²`,
       which keeps rewards centred on zero.
+    - **consistency_weight** (`float`, defaults to 1.0): for an all-token (`head_kind="vocab"`) head, the weight of
+      FaRMA's consistency constraint added to the Bradley-Terry loss: the mean squared difference between
+      `r(x, y<=t)` (the value gathered at token `t`) and `max_v r(x, y<=t + v)` (the head's maximum at position
+      `t`), over the selected prefixes of both responses that a real token follows ([`vocab_consistency_loss`]).
+      FaRMA alternates epochs of the two losses at the same learning rate, which weighs them equally: 1.0. Scalar
+      heads ignore it.
 
     Parameters that control what is trained:
 
     - **train** (`str`, defaults to `"full"`): `"full"` (the whole model), `"head"` (the reward head only, the
       backbone frozen) or `"lora"` (LoRA adapters on the backbone plus the head; needs `peft`).
+    - **save_head_only** (`bool`, *optional*): save the head alone (`head.safetensors`, a few kilobytes to
+      megabytes) with the base model's identity, in checkpoints and at the end, instead of the whole model; loading
+      reads the backbone from the base model (see [`PrefixRewardModel.save_pretrained`]). Defaults to `True` for
+      `train="head"` on a model that declares its base model (`config.base_model_name_or_path`), else `False`.
     - **lora_r**, **lora_alpha**, **lora_dropout**, **lora_target_modules**: the LoRA settings.
     """
 
@@ -88,7 +98,17 @@ class PrefixRewardTrainingConfig(TrainingArguments):
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "Weight of the centring term."}
     )
+    consistency_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Vocab heads: weight of FaRMA's constraint r(y<=t) = max_v r(y<=t + v) (FaRMA: 1)."
+        },
+    )
     train: str = field(default="full", metadata={"help": "What to train: full, head or lora."})
+    save_head_only: bool | None = field(
+        default=None,
+        metadata={"help": "Save only the head over the declared base model (default: with --train head)."},
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
@@ -142,6 +162,10 @@ class PrefixRewardTrainingConfig(TrainingArguments):
                 )
             if value < 0:
                 raise ValueError(f"`{name}` (={value}) has to be at least 0, or None.")
+        if name == "consistency_weight" and value < 0:
+            raise ValueError(
+                f"`{name}` (={value}) has to be at least 0 (0 trains the Bradley-Terry loss alone)."
+            )
         if name == "lora_dropout" and not 0 <= value < 1:
             raise ValueError(f"`{name}` (={value}) has to be in [0, 1).")
         if name == "lora_target_modules" and not _is_module_list(value):
@@ -205,6 +229,44 @@ def prefix_bradley_terry_loss(
             / total
         )
     return loss
+
+
+def vocab_consistency_loss(
+    rewards: torch.Tensor, values: torch.Tensor, attention_mask: torch.Tensor, loss_weights: torch.Tensor
+) -> torch.Tensor:
+    """FaRMA's consistency constraint of an all-token head: the mean over positions `t` of
+    `(r(x, y<=t) - max_v r(x, y<=t + v))²`, taken where `loss_weights[:, t] > 0` and a real token follows `t` (so
+    that `t` is a prefix in the loss, not the end of its sequence). Both sides carry gradients, as in FaRMA.
+
+    Args:
+        rewards (`torch.Tensor` of shape `(batch, seq)`): the gathered per-position rewards (`output.rewards`).
+        values (`torch.Tensor` of shape `(batch, seq, vocab)`): the head's whole output (`output.next_token_rewards`).
+        attention_mask (`torch.Tensor` of shape `(batch, seq)`): 1 for real tokens.
+        loss_weights (`torch.Tensor` of shape `(batch, seq)`): non-zero at the positions in the loss.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from hf_rgtg.training import vocab_consistency_loss
+    >>> values = torch.tensor([[[0.0, 2.0], [1.0, 3.0], [0.0, 0.0]]])  # max 2 at position 0, 3 at position 1
+    >>> rewards = torch.tensor([[2.0, 1.0, 0.0]])  # position 0 agrees with its max; position 1 is 2 below
+    >>> vocab_consistency_loss(rewards, values, torch.ones(1, 3), torch.ones(1, 3)).item()  # (0 + 4) / 2
+    2.0
+    ```
+    """
+    selected = (loss_weights[:, :-1] > 0) & attention_mask[:, 1:].bool()
+    gap = rewards[:, :-1] - values[:, :-1].max(dim=-1).values
+    return (gap**2 * selected).sum() / selected.sum().clamp(min=1)
+
+
+def _reward_config(model: Any) -> Any:
+    """The prefix reward model's configuration under its wrappers (accelerate's `module`, peft's base model)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model.config
 
 
 def prepare_model_for_training(model: PrefixRewardModel, config: PrefixRewardTrainingConfig):
@@ -352,6 +414,11 @@ class PrefixRewardTrainer(Trainer):
             **({"encoder_prefixes_per_pair": args.encoder_prefixes_per_pair} if self.per_prefix else {}),
             "margin": args.margin,
             "center_rewards_coefficient": args.center_rewards_coefficient,
+            **(
+                {"consistency_weight": args.consistency_weight}
+                if _reward_config(self.model).is_vocab_head
+                else {}
+            ),
             "max_length": args.max_length,
             "learning_rate": args.learning_rate,
             "num_train_epochs": args.num_train_epochs,
@@ -394,26 +461,56 @@ class PrefixRewardTrainer(Trainer):
 
         Checkpoints (`output_dir` given by the Trainer itself) are saved as the Trainer saves them, so that
         `resume_from_checkpoint` works; after `train="lora"` they hold the adapters. Any other save writes
-        [`trained_model`]: a complete prefix reward model, the adapters merged.
+        [`trained_model`]: a complete prefix reward model, the adapters merged. When [`saves_head_only`], both
+        hold the head alone over the declared base model (and resuming loads it back into the head).
         """
         model, lora = self._unwrapped()
         bad = [name for name, tensor in model.state_dict().items() if not bool(torch.isfinite(tensor).all())]
+        checkpoint = _internal_call and output_dir is not None
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if bad:
             raise ValueError(
                 f"Not saving to {output_dir or self.args.output_dir!r}: {len(bad)} weight(s) of the model are not "
                 f"finite (e.g. {bad[0]!r}) at step {self.state.global_step}. Lower the learning rate, or resume from "
                 "an earlier checkpoint."
             )
-        if not lora or (_internal_call and output_dir is not None):
+        head_only = self.saves_head_only()
+        if not head_only and (not lora or checkpoint):
             super().save_model(output_dir, _internal_call=_internal_call)
             return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
-            self.trained_model().save_pretrained(output_dir)
+            self.trained_model().save_pretrained(output_dir, head_only=head_only)
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def saves_head_only(self) -> bool:
+        """Whether checkpoints and the final save hold the head alone (`args.save_head_only`, by default
+        `train="head"` on a model that declares its base model)."""
+        if self.args.save_head_only is not None:
+            return self.args.save_head_only
+        model = self._unwrapped()[0]
+        config = model.config
+        return (
+            self.args.train == "head"
+            and bool(config.base_model_name_or_path)
+            and config.head_type != "classifier"
+        )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume from a checkpoint; one saved head-only loads its head into the model (whose backbone is the base
+        already). `Trainer` calls this hook with the checkpoint's folder; other checkpoints load as it loads them."""
+        from .head_only import HEAD_FILE
+
+        head_file = os.path.join(resume_from_checkpoint, HEAD_FILE)
+        if not os.path.isfile(head_file):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        from safetensors.torch import load_file
+
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        target.score.load_state_dict(load_file(head_file), strict=False)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """Keep the card `save_model` wrote from the configuration (`Trainer.push_to_hub` calls this before
@@ -440,7 +537,9 @@ class PrefixRewardTrainer(Trainer):
         second."""
         input_ids = torch.cat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]])
         attention_mask = torch.cat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]])
-        output = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        vocab_head = _reward_config(model).is_vocab_head
+        values = {"output_next_token_rewards": True} if vocab_head else {}
+        output = model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **values)
         if PREFIX_WEIGHTS in inputs:
             rewards, weights = output.reward[:, None], inputs[PREFIX_WEIGHTS][:, None]
         elif output.rewards is None:
@@ -455,6 +554,11 @@ class PrefixRewardTrainer(Trainer):
         loss = prefix_bradley_terry_loss(
             chosen, rejected, weights, self.args.margin, self.args.center_rewards_coefficient
         )
+        if vocab_head and self.args.consistency_weight:
+            both = torch.cat([weights, weights])
+            loss = loss + self.args.consistency_weight * vocab_consistency_loss(
+                output.rewards, output.next_token_rewards, attention_mask, both
+            )
         if model.training and not bool(torch.isfinite(loss)):
             raise ValueError(
                 f"The training loss became {loss.item()} at step {self.state.global_step + 1}; stopped before it "
@@ -472,4 +576,5 @@ __all__ = [
     "prefix_bradley_terry_loss",
     "prefix_lengths",
     "prepare_model_for_training",
+    "vocab_consistency_loss",
 ]

@@ -313,10 +313,22 @@ def test_train_help_lists_the_options_of_hf_rgtg_before_those_of_training_argume
     options = re.findall(r"^  (--\w+)", out, flags=re.MULTILINE)
     ours = [
         *("--model", "--data", "--eval_data", "--eval_fraction", "--tokenizer", "--head_layer"),
-        *("--head_hidden_size", "--max_length", "--prefix_sampling", "--num_random_prefixes"),
-        *("--min_prefix_length", "--position_weighting", "--encoder_prefixes_per_pair", "--margin"),
-        "--center_rewards_coefficient",
-        *("--train", "--lora_r", "--lora_alpha", "--lora_dropout", "--lora_target_modules"),
+        *("--head_hidden_size", "--head", "--vocab_head", "--max_length", "--prefix_sampling"),
+        *(
+            "--num_random_prefixes",
+            "--min_prefix_length",
+            "--position_weighting",
+            "--encoder_prefixes_per_pair",
+        ),
+        *("--margin", "--center_rewards_coefficient", "--consistency_weight"),
+        *(
+            "--train",
+            "--save_head_only",
+            "--lora_r",
+            "--lora_alpha",
+            "--lora_dropout",
+            "--lora_target_modules",
+        ),
     ]
     # Only `-h, --help` comes before them; the rest are TrainingArguments' own, each listed once.
     assert options[: len(ours)] == ours

@@ -8,6 +8,7 @@ import pytest
 
 MODULES = [
     "hf_rgtg.auto",
+    "hf_rgtg.backbones",
     "hf_rgtg.compat",
     "hf_rgtg.configuration",
     "hf_rgtg.custom_generate",
@@ -27,6 +28,7 @@ MODULES = [
     "hf_rgtg.scoring",
     "hf_rgtg.scoring.base",
     "hf_rgtg.scoring.reference",
+    "hf_rgtg.scoring.vocab",
     "hf_rgtg.scorer_set",
     "hf_rgtg.stopping",
     "hf_rgtg.tokenization",

@@ -115,7 +115,7 @@ def test_an_unknown_kind_names_the_kinds():
     _, rm = models("gpt2")
     with pytest.raises(
         ValueError,
-        match=r"`scorer` \(='fast'\) has to be one of \['auto', 'cached', 'reference', 'bridged', 'text'\]",
+        match=r"`scorer` \(='fast'\) has to be one of \['auto', 'cached', 'reference', 'bridged', 'text', 'vocab', 'backbone'\]",
     ):
         RewardGuidance(rm, scorer="fast")
 

@@ -16,6 +16,7 @@ from transformers import HfArgumentParser, PreTrainedTokenizerBase, TrainingArgu
 
 from .. import defaults
 from ..auto import AutoModelForPrefixReward, new_head_logger
+from ..configuration import HEAD_KINDS, VOCAB_HEADS
 from ..modeling import PrefixRewardModel
 from ..tokenization import ensure_pad_token
 from ..training import PrefixRewardTrainer, PrefixRewardTrainingConfig
@@ -60,6 +61,17 @@ class TrainScriptArguments:
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
     head_layer: int | None = field(default=None, metadata={"help": "Hidden layer the new head reads."})
     head_hidden_size: int | None = field(default=None, metadata={"help": "MLP head width (default: linear)."})
+    head: str = field(
+        default="scalar",
+        metadata={
+            "help": "The new head's kind: scalar (one reward per prefix), or vocab (all-token, FaRMA: every "
+            "token's reward from the hidden state before it)."
+        },
+    )
+    vocab_head: str = field(
+        default="full",
+        metadata={"help": "A vocab head's form: full (vocab x hidden) or factorised (e_v . (A h + a) + b)."},
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -78,6 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> 
 
 TRAIN_USAGE = (
     f"{PROG} train --model NAME --data FILE --output-dir DIR [--eval-data FILE] [--train full|head|lora] "
+    "[--head scalar|vocab] "
     "[--prefix-sampling all|random|full] [--push-to-hub --hub-model-id ID] [any TrainingArguments flag]"
 )
 
@@ -192,11 +205,17 @@ def run(args: argparse.Namespace) -> int:
     if eval_pairs:
         print(trainer.evaluate_prefixes().to_markdown())
     trainer.save_model(config.output_dir)
-    print(f"{PROG} train: saved to {config.output_dir}")
+    head_only = trainer.saves_head_only()
+    what = f"the head alone, over {model.config.base_model_name_or_path}" if head_only else "the whole model"
+    print(f"{PROG} train: saved to {config.output_dir} ({what})")
     if push:
         repo_id = config.hub_model_id or Path(config.output_dir).name
         trainer.trained_model().push_to_hub(
-            repo_id, token=config.hub_token, private=config.hub_private_repo, tokenizer=tokenizer
+            repo_id,
+            token=config.hub_token,
+            private=config.hub_private_repo,
+            tokenizer=tokenizer,
+            head_only=head_only,
         )
         print(f"{PROG} train: pushed to {repo_id}")
     return 0
@@ -231,6 +250,8 @@ def _load_model(script: TrainScriptArguments, path: str) -> PrefixRewardModel:
         for k, v in (("head_layer", script.head_layer), ("head_hidden_size", script.head_hidden_size))
         if v is not None
     }
+    if script.head != "scalar":
+        head.update(head_kind=script.head, vocab_head=script.vocab_head)
     level = new_head_logger.level
     new_head_logger.setLevel(logging.ERROR)
     try:
@@ -241,7 +262,17 @@ def _load_model(script: TrainScriptArguments, path: str) -> PrefixRewardModel:
         )
     finally:
         new_head_logger.setLevel(level)
-    if any(key.startswith("score.") for key in info["missing_keys"]):
+    if model.config.is_vocab_head:
+        start = (
+            "starting from the language model's own head"
+            if model.config.vocab_head == "full"
+            else "over the language model's output embedding"
+        )
+        print(
+            f"{PROG} train: an all-token (vocab) reward head, {model.config.vocab_head}, is built on {script.model!r} "
+            f"({start}); this run trains it with the Bradley-Terry loss and FaRMA's consistency constraint."
+        )
+    elif any(key.startswith("score.") for key in info["missing_keys"]):
         kind = "linear" if script.head_hidden_size is None else f"an MLP of width {script.head_hidden_size}"
         layer = (
             "the backbone's final output"
@@ -275,6 +306,12 @@ def _check_flags(
             check_local_path(flag, name)
     for flag, name in (("--data", script.data), ("--eval-data", script.eval_data)):
         check_data_file(flag, name)
+    for flag, value, choices in (
+        ("--head", script.head, HEAD_KINDS),
+        ("--vocab-head", script.vocab_head, VOCAB_HEADS),
+    ):
+        if value not in choices:
+            raise ValueError(f"argument {flag}: has to be one of {', '.join(choices)}, got {value!r}")
     if not 0 <= script.eval_fraction < 1:
         raise ValueError(f"argument --eval-fraction: has to be in [0, 1), got {script.eval_fraction}")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not config.resume_from_checkpoint:

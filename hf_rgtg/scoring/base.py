@@ -202,6 +202,9 @@ class CandidateScorer(ABC):
             [self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], dim=1
         )
 
+    def close(self) -> None:
+        """Release what the scorer holds outside itself (a hook on the language model); nothing by default."""
+
     @abstractmethod
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
         """Rewards `(rows, k)` of each row's prefix extended by each candidate token `(rows, k)`."""

@@ -129,9 +129,26 @@ def prefill_buffer(
     and values twice). `limit` is the most positions the buffer will hold, if known (see [`KVBuffer`]).
     """
     rows, width = input_ids.shape
+    buffer, hidden = prefill_hidden(decoder, input_ids, attention_mask, reward_model.dtype, limit)
+    last = last_token_index(attention_mask, rows, width).to(input_ids.device)
+    return buffer, reward_model.score(hidden[torch.arange(rows, device=input_ids.device), last]).squeeze(
+        -1
+    ).float()
+
+
+def prefill_hidden(
+    decoder: IncrementalDecoder,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    dtype: torch.dtype,
+    limit: int | None = None,
+) -> tuple[KVBuffer, torch.Tensor]:
+    """Run left-padded prompts through `decoder` into a new buffer (of `dtype`); return it with the hidden states
+    `(rows, width, hidden)` the decoder's depth gives at every column (see [`prefill_buffer`])."""
+    rows, width = input_ids.shape
     device = input_ids.device
     positions = position_ids_from_attention_mask(attention_mask, width)
-    like = torch.empty(0, dtype=reward_model.dtype, device=device)
+    like = torch.empty(0, dtype=dtype, device=device)
     buffer = KVBuffer.empty(decoder.num_layers, rows, *decoder.kv_shape, width, like, limit)
     # Causal attention to the real tokens; a padding position sees itself only, so no row is empty.
     index = torch.arange(width, device=device)
@@ -139,8 +156,60 @@ def prefill_buffer(
     allowed |= torch.eye(width, dtype=torch.bool, device=device)
     hidden = decoder(input_ids, positions, allowed[:, None], buffer)
     buffer.commit(width)
-    last = last_token_index(attention_mask, rows, width).to(device)
-    return buffer, reward_model.score(hidden[torch.arange(rows, device=device), last]).squeeze(-1).float()
+    return buffer, hidden
+
+
+def cache_problem(reward_model: PrefixRewardModel) -> str | None:
+    """Why `reward_model`'s backbone cannot be run on a key/value cache exactly (`None` when it can): the checks of
+    [`CachedScorer.unsupported_reason`] on the backbone, which every scorer that caches shares.
+
+    Examples:
+
+    ```python
+    >>> from transformers import BertConfig, GPT2Config
+    >>> from hf_rgtg import AutoModelForPrefixReward
+    >>> from hf_rgtg.scoring.cached import cache_problem
+
+    >>> cache_problem(AutoModelForPrefixReward.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2))) is None
+    True
+    >>> bert = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    >>> cache_problem(AutoModelForPrefixReward.from_config(bert))[:40]
+    'CachedScorer needs a decoder reward model'
+    ```
+    """
+    config = reward_model.config.text_config
+    model_type = config.model_type
+    if not reward_model.supports_incremental_scoring:
+        return f"CachedScorer needs a decoder reward model; {model_type!r} cannot be scored incrementally."
+    if model_type not in CACHE_EXACT_MODEL_TYPES:
+        return (
+            f"CachedScorer is not proven exact on {model_type!r} reward models (its attention or position "
+            f"scheme is not one the cached scorer is tested on)."
+        )
+    attn = config._attn_implementation
+    if attn not in ("sdpa", "eager"):
+        return (
+            f"CachedScorer needs the reward model's `attn_implementation` to be 'sdpa' or 'eager' (got {attn!r}): "
+            "sibling candidates need an arbitrary 4D attention mask. Reload the reward model with "
+            "`attn_implementation='sdpa'`."
+        )
+    if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
+        return "CachedScorer does not support ALiBi positions (`alibi=True`)."
+    if "local" in (getattr(config, "attention_layers", None) or ()):
+        return "CachedScorer does not support local attention layers (`attention_layers`)."
+    dynamic = sorted(_rope_types(config) - STATIC_ROPE_TYPES)
+    if dynamic:
+        return (
+            f"CachedScorer does not support rotary variants whose frequencies change with the length "
+            f"({dynamic}): keys cached early would no longer match."
+        )
+    layers = {layer.__name__ for layer in _dynamic_cache_layers(config)} - {DynamicLayer.__name__}
+    if layers:
+        return (
+            f"CachedScorer supports full attention only; this reward model's cache has {sorted(layers)} layers "
+            "(sliding-window, chunked, linear-attention, convolution or other non-attention layers)."
+        )
+    return None
 
 
 class CachedScorer(CandidateScorer):
@@ -176,41 +245,12 @@ class CachedScorer(CandidateScorer):
         static variant ([`STATIC_ROPE_TYPES`]). Anything else, including a scheme that cannot be told from the
         configuration, gets a reason, and `scorer="auto"` takes the reference scorer.
         """
-        config = reward_model.config.text_config
-        model_type = config.model_type
-        if not reward_model.supports_incremental_scoring:
+        if reward_model.config.is_vocab_head:
             return (
-                f"CachedScorer needs a decoder reward model; {model_type!r} cannot be scored incrementally."
+                "CachedScorer reads a scalar head at each candidate; this reward model has an all-token "
+                "(`head_kind='vocab'`) head, which the vocab scorer reads from the hidden state before the candidates."
             )
-        if model_type not in CACHE_EXACT_MODEL_TYPES:
-            return (
-                f"CachedScorer is not proven exact on {model_type!r} reward models (its attention or position "
-                f"scheme is not one the cached scorer is tested on)."
-            )
-        attn = config._attn_implementation
-        if attn not in ("sdpa", "eager"):
-            return (
-                f"CachedScorer needs the reward model's `attn_implementation` to be 'sdpa' or 'eager' (got {attn!r}): "
-                "sibling candidates need an arbitrary 4D attention mask. Reload the reward model with "
-                "`attn_implementation='sdpa'`."
-            )
-        if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
-            return "CachedScorer does not support ALiBi positions (`alibi=True`)."
-        if "local" in (getattr(config, "attention_layers", None) or ()):
-            return "CachedScorer does not support local attention layers (`attention_layers`)."
-        dynamic = sorted(_rope_types(config) - STATIC_ROPE_TYPES)
-        if dynamic:
-            return (
-                f"CachedScorer does not support rotary variants whose frequencies change with the length "
-                f"({dynamic}): keys cached early would no longer match."
-            )
-        layers = {layer.__name__ for layer in _dynamic_cache_layers(config)} - {DynamicLayer.__name__}
-        if layers:
-            return (
-                f"CachedScorer supports full attention only; this reward model's cache has {sorted(layers)} layers "
-                "(sliding-window, chunked, linear-attention, convolution or other non-attention layers)."
-            )
-        return None
+        return cache_problem(reward_model)
 
     def __init__(self, reward_model: PrefixRewardModel, incremental: bool = True):
         super().__init__(reward_model)
@@ -306,9 +346,7 @@ class CachedScorer(CandidateScorer):
     def score(self, candidates: torch.Tensor) -> torch.Tensor:
         rows, k = candidates.shape
         self._drop_candidates()
-        if not self.candidates_fit():
-            # The longest row's length, known without reading the tensor: every step adds one real token to each row.
-            self.reward_model.check_length(self.longest_prompt + self.length - self.prompt_width + 1)
+        self.check_candidate_positions()
         positions = self._positions.expand(rows, k)
         candidates = candidates.to(self.device)
         if self.decoder is not None:
@@ -320,6 +358,12 @@ class CachedScorer(CandidateScorer):
             )
         self._num_candidates = k
         return rewards
+
+    def check_candidate_positions(self) -> None:
+        """Refuse candidates past the reward model's positions (the processor ends the rows before that)."""
+        if not self.candidates_fit():
+            # The longest row's length, known without reading the tensor: every step adds one real token to each row.
+            self.reward_model.check_length(self.longest_prompt + self.length - self.prompt_width + 1)
 
     def _drop_candidates(self) -> None:
         # The decoder's buffer treats everything after the committed positions as scratch space.
@@ -352,7 +396,7 @@ class CachedScorer(CandidateScorer):
         self._drop_candidates()
         bias = self._mask[:, :, :1, : length + 1]
         if self.decoder is not None:
-            self.decoder(tokens[:, None], positions, bias, self.buffer)
+            self.appended_hidden = self.decoder(tokens[:, None], positions, bias, self.buffer)[:, -1]
             self.buffer.commit(1)
         else:
             mask = (bias[:, 0, 0] == 0).long()
@@ -373,4 +417,11 @@ class CachedScorer(CandidateScorer):
                 setattr(layer, name, tensor[:, :, : length + 1])
 
 
-__all__ = ["CACHE_EXACT_MODEL_TYPES", "STATIC_ROPE_TYPES", "CachedScorer", "prefill_buffer"]
+__all__ = [
+    "CACHE_EXACT_MODEL_TYPES",
+    "STATIC_ROPE_TYPES",
+    "CachedScorer",
+    "cache_problem",
+    "prefill_buffer",
+    "prefill_hidden",
+]
