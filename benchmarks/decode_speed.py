@@ -8,6 +8,11 @@ the methods in every repetition (so that all of them see the same machine load):
 - ``fast``: greedy ``lm.generate()`` guided by ``RewardGuidance(..., scorer="cached")``;
 - ``two-rms``: guided by two reward models of the RM's shape and vocabulary at once (``reward_model=[rm, rm2]``),
   each on its own cache; the target is at most 1.1x ``floor-2 = plain + 2 x rm-loop``;
+- ``vocab-backbone``: an all-token (vocab) head over the LM's own final hidden state (``scorer="backbone"``: a
+  hook keeps the LM's hidden state, the k candidates are k dot products, no RM forward); the target is at most
+  1.10x ``plain``;
+- ``vocab``: a separate all-token RM of the LM's size (``scorer="vocab"``: one 1-token forward per step on its
+  cache); the target is at most 1.15x ``floor-vocab = plain + vocab-loop``;
 - ``reference``: the same with ``scorer="reference"`` (re-encodes every candidate prefix; slow, so only run where
   affordable, see ``--reference``);
 - ``bridged``: guided by a reward model of the same shape with another tokenizer, ``scorer="bridged"``, the prompts
@@ -18,7 +23,9 @@ the methods in every repetition (so that all of them see the same machine load):
   scorer); slow, quoted against ``reference``;
 - ``rm-loop``: a ``hf_rgtg.CachedScorer`` driven by hand over the same number of steps (one reward-model forward
   of k sibling tokens on top of the cache per step). ``floor = plain + rm-loop``: what a guided step costs at
-  least when the reward model is as large as the language model.
+  least when the reward model is as large as the language model;
+- ``vocab-loop``: the same with a ``hf_rgtg.scoring.VocabScorer`` of the separate all-token RM (one 1-token forward
+  per step, the candidates k dot products). ``floor-vocab = plain + vocab-loop``.
 
 Before measuring a configuration, the paths that must agree (fast and reference, bridged and text) are checked to
 give the same 16 greedy tokens at batch 2.

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import torch
-from harness.configuration import Config, Setup, param_count
+from harness.configuration import Config, Setup, param_count, vocab_reward_model
 from harness.paths import CACHE_DIR, MIB, repo_relative
 from transformers import BertConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -129,10 +129,12 @@ def setup_a(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) 
     rm = _reward_model(config, seed + 1)
     setup = Setup("a", lm, rm, torch.tensor(rows), eos, eos, [], lm_tokenizer=_wrapped(tokenizer))
     setup.reward_models["second"] = _reward_model(config, seed + 4)
+    setup.reward_models["vocab"] = vocab_reward_model(lm)
     setup.description = [
         f"LM: GPT2LMHeadModel, {param_count(lm)}, n_positions {config.n_positions}, seed {seed}; "
         f"RM: PrefixRewardModel(GPT-2 backbone), {param_count(rm)}, seed {seed + 1}; a second RM of that shape, "
-        f"seed {seed + 4} (two-rms).",
+        f"seed {seed + 4} (two-rms); an all-token RM, a copy of the LM's backbone with a full V × d head "
+        "(vocab), and a factorised head over the LM's own backbone (vocab-backbone).",
         f"Tokenizer: byte-level BPE, {vocab_size} tokens, trained on the top-level modules of the Python "
         f"standard library (<= 16 MiB), cached at `{repo_relative(path)}`. Prompts: {prompt_length}-token slices of "
         + (

@@ -8,7 +8,7 @@ requested number of real tokens.
 from __future__ import annotations
 
 import torch
-from harness.configuration import Config, Setup, param_count
+from harness.configuration import Config, Setup, param_count, vocab_reward_model
 
 from hf_rgtg import AutoModelForPrefixReward, load_default_lm
 from hf_rgtg.defaults import default_lm_path
@@ -63,12 +63,14 @@ def setup_b(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) 
             for tensor in (*model.parameters(), *model.buffers()):
                 tensor.sum()
     setup = Setup("b", lm, rm, torch.tensor(rows), eos, pad, [])
+    setup.reward_models["vocab"] = vocab_reward_model(lm)
     setup.description = [
         f"LM: SmolLM2-135M-Instruct via `load_default_lm()` ({type(lm).__name__}, {param_count(lm)}, "
         f"{lm.config.num_hidden_layers} layers, hidden {lm.config.hidden_size}, "
         f"{lm.config.num_key_value_heads} KV heads, vocab {lm.config.vocab_size}).",
         f"RM: `AutoModelForPrefixReward.from_pretrained(default_lm_path())`: the same backbone and weights, a "
-        f"random linear head ({param_count(rm)}).",
+        f"random linear head ({param_count(rm)}). An all-token RM: a copy of the LM's backbone with a full V × d "
+        "head (vocab); a factorised head over the LM's own backbone (vocab-backbone).",
         f"Prompts: chat template (short system message + a question cut to fit), exactly {prompt_length} real "
         f"tokens per row, {len(PROMPT_QUESTIONS)} different questions.",
         f"attn_implementation: LM {lm.config._attn_implementation}, RM {rm.config.text_config._attn_implementation}.",

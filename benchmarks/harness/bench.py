@@ -10,9 +10,10 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from harness.configuration import Setup
 from harness.measure import LoadMeter, PeakRss, StepClock
-from harness.methods import GUIDED, METHODS
+from harness.methods import GUIDED, LOOPS, METHODS
 from harness.paths import MIB
 from hf_rgtg import CachedScorer, RewardGuidance
+from hf_rgtg.scoring import VocabScorer
 
 
 @dataclass
@@ -57,7 +58,13 @@ class Bench:
         }
         built = {name: path.build(setup, settings) for name, path in GUIDED.items()}
         self.guidance = {name: guidance for name, guidance in built.items() if guidance is not None}
-        self.methods = tuple(m for m in METHODS if m not in GUIDED or m in self.guidance)
+        self.methods = tuple(
+            m
+            for m in METHODS
+            if m in self.guidance
+            or (m in LOOPS and (not LOOPS[m] or LOOPS[m] in setup.reward_models))
+            or m == "plain"
+        )
         reads_text = any(_reads_text(guidance) for guidance in self.guidance.values())
         self.prompt_texts = setup.prompt_texts if reads_text else []
         self.scorer_types = {
@@ -71,7 +78,7 @@ class Bench:
     def run(self, job: Job, run: int) -> RunResult:
         clock = StepClock(self.setup.prompts.shape[1], job.checkpoints, self.rss)
         self.load.start()
-        if job.method == "rm-loop":
+        if job.method in LOOPS:
             seconds_end = self._rm_loop(job, clock)
         else:
             seconds_end = self._generate(job, clock)
@@ -139,7 +146,9 @@ class Bench:
         )
 
     def _rm_loop(self, job: Job, clock: StepClock) -> tuple[float, float]:
-        """One CachedScorer step per new token: score k candidates on the cache, keep one."""
+        """One scorer step per new token: score k candidates on the cache, keep one. `rm-loop` drives a
+        CachedScorer of `setup.rm` (a k-token forward per step), `vocab-loop` a VocabScorer of the all-token reward
+        model (a 1-token forward per step, and k dot products)."""
         ids, mask = self.setup.prompt(job.batch)
         k = self.top_k
         generator = torch.Generator().manual_seed(job.batch * 1000 + job.new_tokens)
@@ -162,7 +171,8 @@ class Bench:
         )
         chosen = torch.randint(0, k, (job.new_tokens, job.batch), generator=generator)
         tokens = candidates.gather(2, chosen[..., None])[..., 0]
-        scorer = CachedScorer(self.setup.rm)
+        role = LOOPS[job.method]
+        scorer = VocabScorer(self.setup.reward_models[role]) if role else CachedScorer(self.setup.rm)
         self.rss.start()
         with torch.no_grad():
             start = time.perf_counter()

@@ -74,6 +74,12 @@ class Config:
     build: Callable[[int, int, int, int], Setup]
 
 
+def vocab_reward_model(lm) -> PrefixRewardModel:
+    """A separate all-token reward model of the language model's size: a copy of its backbone and a full vocab
+    head (started from its output embedding)."""
+    return PrefixRewardModel.from_language_model(lm, share_backbone=False, head_kind="vocab").eval()
+
+
 def weight_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.configuration import Setup
-from hf_rgtg import RewardGuidance
+from hf_rgtg import PrefixRewardModel, RewardGuidance
 
 Build = Callable[[Setup, dict[str, Any]], RewardGuidance | None]
 
@@ -61,6 +61,21 @@ def two_reward_models(setup: Setup, settings: dict[str, Any]) -> RewardGuidance 
     return RewardGuidance([setup.rm, second], scorer="cached", **{**settings, "beta": [beta, beta]})
 
 
+def vocab_backbone(setup: Setup, settings: dict[str, Any]) -> RewardGuidance:
+    """A factorised all-token head over the language model's own final hidden state: the backbone path, which
+    reads the LM's hidden state through a hook and runs no reward-model forward."""
+    rm = PrefixRewardModel.from_language_model(setup.lm, head_kind="vocab", vocab_head="factorised").eval()
+    return RewardGuidance(rm, language_model=setup.lm, scorer="backbone", **settings)
+
+
+def separate_vocab(setup: Setup, settings: dict[str, Any]) -> RewardGuidance | None:
+    """The separate all-token reward model of role `"vocab"`: one 1-token step per token on its own cache."""
+    rm = setup.reward_models.get("vocab")
+    if rm is None:
+        return None
+    return RewardGuidance(rm, scorer="vocab", **settings)
+
+
 GUIDED: dict[str, Guided] = {
     "fast": Guided(
         same_vocabulary("cached"),
@@ -71,6 +86,20 @@ GUIDED: dict[str, Guided] = {
         "two reward models of the RM's shape and vocabulary (different seeds), `RewardGuidance([rm, rm2], "
         'beta=[beta, beta], scorer="cached")`: each scored on its own cache, rewards summed. Its floor, `floor-2`, '
         "is plain + 2 × RM loop (one LM step and each RM's forward of k tokens).",
+    ),
+    "vocab-backbone": Guided(
+        vocab_backbone,
+        "an all-token (vocab) head over the LM's own final hidden state, `PrefixRewardModel.from_language_model(lm, "
+        'head_kind="vocab", vocab_head="factorised")` with `RewardGuidance(rm, language_model=lm, '
+        'scorer="backbone")`: a forward hook keeps the LM\'s hidden state, the k candidates are k dot products, '
+        "no reward-model forward runs.",
+    ),
+    "vocab": Guided(
+        separate_vocab,
+        "a separate all-token reward model of the LM's size (`from_language_model(lm, share_backbone=False, "
+        'head_kind="vocab")`, a copy of the backbone with a full V × d head), `scorer="vocab"`: one 1-token '
+        "forward per step on its own cache, the k candidates read with k dot products. Its floor, `floor-vocab`, "
+        "is plain + vocab loop.",
     ),
     "reference": Guided(
         same_vocabulary("reference"),
@@ -99,8 +128,13 @@ GUIDED: dict[str, Guided] = {
 }
 """The guided paths, in the order of the tables."""
 
-METHODS: tuple[str, ...] = ("plain", *GUIDED, "rm-loop")
+METHODS: tuple[str, ...] = ("plain", *GUIDED, "rm-loop", "vocab-loop")
 """Every method, in the order of the tables."""
+
+
+LOOPS: dict[str, str] = {"rm-loop": "", "vocab-loop": "vocab"}
+"""The scorer loops driven by hand, by the role of the reward model they drive (`""`: `setup.rm`); a setup without
+that reward model does not run the loop."""
 
 
 def is_slow(method: str) -> bool:

@@ -126,7 +126,7 @@ def _comparison_lines(cells: Cells) -> list[str]:
         return []
     return [
         "Each of the other paths against the time it is quoted against (medians, ms per token): bridged against "
-        "fast (the same RM shape reading the LM's own ids), two-rms against floor-2 (plain + 2 × RM loop), text against bridged (what the bridged path's cache "
+        "fast (the same RM shape reading the LM's own ids), two-rms against floor-2 (plain + 2 × RM loop), vocab-backbone against plain, vocab against floor-vocab (plain + vocab loop), text against bridged (what the bridged path's cache "
         "saves), encoder against reference (re-encoding text for an encoder against re-encoding ids for a decoder). "
         "`runs` counts the path's runs.",
         "",

@@ -26,10 +26,12 @@ Cells = dict[tuple[str, int, int], Cell]  # by (config, batch, new tokens)
 
 #: Times summed from the medians of the methods named, each where all of them were measured. `floor`: what a
 #: guided step costs at least, one LM step plus one RM forward of k tokens on top of a cache; `floor-2`, the same
-#: with two reward models of the RM's shape (the second's forward costs what the first's does).
+#: with two reward models of the RM's shape (the second's forward costs what the first's does); `floor-vocab`, one
+#: LM step plus one 1-token step of a separate all-token reward model on its cache.
 DERIVED: dict[str, tuple[str, ...]] = {
     "floor": ("plain", "rm-loop"),
     "floor-2": ("plain", "rm-loop", "rm-loop"),
+    "floor-vocab": ("plain", "vocab-loop"),
 }
 
 

@@ -13,7 +13,7 @@ def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
 
 def label(method: str) -> str:
     """How a column names a method."""
-    return "RM loop" if method == "rm-loop" else method
+    return {"rm-loop": "RM loop", "vocab-loop": "vocab loop"}.get(method, method)
 
 
 def measured_methods(cells: Cells) -> list[str]:
@@ -44,6 +44,8 @@ def timing_table(cells: Cells) -> str:
 COMPARISONS: tuple[tuple[str, str], ...] = (
     ("bridged", "fast"),
     ("two-rms", "floor-2"),
+    ("vocab-backbone", "plain"),
+    ("vocab", "floor-vocab"),
     ("text", "bridged"),
     ("encoder", "reference"),
 )

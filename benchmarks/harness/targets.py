@@ -49,6 +49,22 @@ def evaluate_targets(cells: Cells, info: dict, prompt_length: int) -> list[str]:
         )
         for batch in (1, 8)
     ]
+    lines += [
+        _verdict(
+            f"vocab head on the LM's own backbone ≤ 1.10× plain greedy on ({config}) at batch {batch}",
+            _ratio_checks(cells, config, batch, "plain", 1.10, method="vocab-backbone"),
+        )
+        for config in ("a", "b")
+        for batch in (1, 8)
+    ]
+    lines += [
+        _verdict(
+            f"separate vocab RM ≤ 1.15× its floor (plain + vocab loop) on ({config}) at batch {batch}",
+            _ratio_checks(cells, config, batch, "floor-vocab", 1.15, method="vocab"),
+        )
+        for config in ("a", "b")
+        for batch in (1, 8)
+    ]
     lines.append(
         _verdict("fast path ≥ 10× faster than the reference path at 256 new tokens", _reference_checks(cells))
     )
