@@ -11,8 +11,8 @@ Four ways to generate the same 64 new tokens for each of 64 chat prompts (every 
 - **generate() plain / guided, batch B**: `lm.generate` over the 64 prompts in batches of B (8 and 32), plain and
   with `RewardGuidance(load_default_rm(), beta=2.0, top_k=10)`.
 
-Tokens per second = 64 x 64 new tokens / wall time of the whole pass (prefill included). vLLM runs first (one
-warm-up request, then each pass), and its engine is shut down before `generate()` runs.
+Tokens per second = 64 x 64 new tokens / wall time of the whole pass (prefill included). vLLM runs first (two
+warm-up requests, then each pass) in a process of its own; `generate()` runs after it, in another.
 
 Usage::
 
@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
+import json
+import os
 import platform
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +51,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--beta", type=float, default=2.0)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--part", choices=["vllm", "generate"], help=argparse.SUPPRESS
+    )  # one process per part
+    parser.add_argument("--seconds-file", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -100,9 +107,6 @@ def run_vllm(args, prompts: list[list[int]]) -> dict[str, float]:
         seconds[name] = time.perf_counter() - start
         assert all(len(out.outputs[0].token_ids) == args.new_tokens for out in outputs)
         print(f"{name}: {seconds[name]:.1f} s", flush=True)
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
     return seconds
 
 
@@ -116,35 +120,44 @@ def run_generate(args, prompts: list[list[int]], batches: list[int]) -> dict[str
     rm = load_default_rm()
     pad = tokenizer.pad_token_id
     seconds = {}
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+
+    def generate(rows: list[list[int]], guided: bool, new_tokens: int) -> None:
+        width = max(map(len, rows))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
+        extra = (
+            RewardGuidance(
+                rm, tokenizer, reward_tokenizer=tokenizer, beta=args.beta, top_k=args.top_k
+            ).generate_kwargs(mask)
+            if guided
+            else {}
+        )
+        with torch.no_grad():
+            lm.generate(
+                ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                **extra,
+            )
+
+    generate(prompts[:2], True, 2)  # warm-up: the weights' pages come in
     for batch in batches:
         for guided in (False, True):
             name = f"generate() {'guided' if guided else 'plain'}, batch {batch}"
             start = time.perf_counter()
             for first in range(0, len(prompts), batch):
-                rows = prompts[first : first + batch]
-                width = max(map(len, rows))
-                ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows])
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
-                extra = (
-                    RewardGuidance(rm, tokenizer, beta=args.beta, top_k=args.top_k).generate_kwargs(mask)
-                    if guided
-                    else {}
-                )
-                with torch.no_grad():
-                    lm.generate(
-                        ids,
-                        attention_mask=mask,
-                        do_sample=False,
-                        max_new_tokens=args.new_tokens,
-                        min_new_tokens=args.new_tokens,
-                        **extra,
-                    )
+                generate(prompts[first : first + batch], guided, args.new_tokens)
             seconds[name] = time.perf_counter() - start
             print(f"{name}: {seconds[name]:.1f} s", flush=True)
     return seconds
 
 
-def render(args, seconds: dict[str, float], batches: list[int], elapsed: float) -> str:
+def render(
+    args, seconds: dict[str, float], batches: list[int], elapsed: float, load: tuple[float, float]
+) -> str:
     import torch
     import transformers
     import vllm
@@ -173,6 +186,7 @@ def render(args, seconds: dict[str, float], batches: list[int], elapsed: float) 
         f"| hf_rgtg | {hf_rgtg.__version__} |",
         f"| cpu | {platform.machine()}, 2 logical cores (shared) |",
         f"| wall time | {elapsed / 60:.1f} min |",
+        f"| load average (1 min) | {load[0]:.1f} at the start, {load[1]:.1f} at the end (the machine is shared) |",
         "",
         "## Setup",
         "",
@@ -205,20 +219,34 @@ def render(args, seconds: dict[str, float], batches: list[int], elapsed: float) 
     return "\n".join(lines)
 
 
+def run_part(args, part: str) -> dict[str, float]:
+    """Run one part in a process of its own (vLLM's engine processes and thread settings stay out of the
+    `generate()` timings) and return its seconds."""
+    with tempfile.TemporaryDirectory() as folder:
+        seconds_file = Path(folder) / "seconds.json"
+        command = [sys.executable, __file__, "--part", part, "--seconds-file", str(seconds_file)]
+        for name in ("prompts", "new_tokens", "batches", "beta", "top_k"):
+            command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        subprocess.run(command, check=True)
+        return json.loads(seconds_file.read_text())
+
+
 def main() -> None:
     args = parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    start = time.perf_counter()
-    from transformers import AutoTokenizer
+    if args.part is not None:
+        from transformers import AutoTokenizer
 
-    from hf_rgtg.defaults import default_lm_path
+        from hf_rgtg.defaults import default_lm_path
 
-    prompts = [
-        as_ids(ids) for ids in prompt_ids(AutoTokenizer.from_pretrained(default_lm_path()), args.prompts)
-    ]
-    seconds = run_vllm(args, prompts)
-    seconds.update(run_generate(args, prompts, batches))
-    text = render(args, seconds, batches, time.perf_counter() - start)
+        tokenizer = AutoTokenizer.from_pretrained(default_lm_path())
+        prompts = [as_ids(ids) for ids in prompt_ids(tokenizer, args.prompts)]
+        seconds = run_vllm(args, prompts) if args.part == "vllm" else run_generate(args, prompts, batches)
+        args.seconds_file.write_text(json.dumps(seconds))
+        return
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    seconds = {**run_part(args, "vllm"), **run_part(args, "generate")}
+    text = render(args, seconds, batches, time.perf_counter() - start, (load, os.getloadavg()[0]))
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
