@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from ...auto import resolve_reward_model
 from ...configuration import RewardGuidanceConfig
+from ...defaults import load_default_rm
 from ...modeling import PrefixRewardModel
 from ...processing import combine_scores, top_candidates
 from ...scoring import CandidateScorer, make_scorer
@@ -41,6 +43,16 @@ class GuidedRow:
         last_token (`int`): the sequence's last token.
         tokens (callable): returns the whole sequence, `length` token ids; called only when the request's
             reward-model state is built or rebuilt.
+
+    Examples:
+
+    ```python
+    >>> from hf_rgtg.integrations.vllm.core import GuidedRow
+    >>> prompt, output = [5, 6, 7], [8]  # a request's tokens, as vLLM holds them
+    >>> row = GuidedRow(0, "request-0", len(prompt) + len(output), output[-1], lambda: [*prompt, *output])
+    >>> row.length, row.last_token, row.tokens()
+    (4, 8, [5, 6, 7, 8])
+    ```
     """
 
     row: int
@@ -168,9 +180,6 @@ class GuidanceCore:
         cls, settings: VllmGuidanceSettings, vocab_size: int, device: torch.device | str
     ) -> GuidanceCore:
         """Load the reward model the engine's settings name, on `device`, and build the core around it."""
-        from ...auto import resolve_reward_model
-        from ...defaults import load_default_rm
-
         dtype = getattr(torch, settings.dtype)
         if settings.reward_model == "default":
             reward_model = load_default_rm(dtype=dtype)
@@ -352,4 +361,4 @@ class GuidanceCore:
                 handle.write("\n".join(lines) + "\n")
 
 
-__all__ = ["Cohort", "GuidanceCore", "GuidedRequest", "GuidedRow"]
+__all__ = ["GuidanceCore", "GuidedRow"]

@@ -68,9 +68,9 @@ class RewardGuidedProcessor(LogitsProcessor):
         for index in batch_update.removed:
             self.core.remove(index)
         for index, params, prompt_ids, output_ids in batch_update.added:
-            if prompt_ids is None:
-                if self.core.add(index, params.extra_args):
-                    self.core.remove(index)
+            if prompt_ids is None:  # prompt embeddings: no token ids for the reward model
+                self.core.remove(index)
+                if request_guidance(params.extra_args) is not None:
                     logger.warning("hf_rgtg: a request given as prompt embeddings passes through unguided.")
                 continue
             self.core.add(index, params.extra_args, (prompt_ids, output_ids))
