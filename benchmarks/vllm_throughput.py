@@ -8,6 +8,8 @@ Four ways to generate the same 64 new tokens for each of 64 chat prompts (every 
 - **vLLM plain**: `LLM.generate` of all 64 requests, no guidance;
 - **vLLM guided**: the same with `extra_args={"beta": 2.0, "top_k": 10}` through
   `hf_rgtg.integrations.vllm.v1:RewardGuidedProcessor` (the reward model in the engine's worker);
+- each of them with vLLM's default CPU binding (its worker on 1 of the 2 cores) and with the worker on both
+  (`VLLM_CPU_NUM_OF_RESERVED_CPU=0`);
 - **generate() plain / guided, batch B**: `lm.generate` over the 64 prompts in batches of B (8 and 32), plain and
   with `RewardGuidance(load_default_rm(), beta=2.0, top_k=10)`.
 
@@ -16,7 +18,7 @@ warm-up requests, then each pass) in a process of its own; `generate()` runs aft
 
 Usage::
 
-    python benchmarks/vllm_throughput.py            # about 10 minutes on 2 cores
+    python benchmarks/vllm_throughput.py            # about 20 minutes on 2 cores
     python benchmarks/vllm_throughput.py --prompts 16 --new-tokens 16 --batches 8
 
 It needs vLLM (docs/vllm.md), prints the table and writes ``benchmarks/results/vllm_throughput.md``.
@@ -40,6 +42,13 @@ sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks directory is no
 from configs.smollm2 import PROMPT_QUESTIONS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "vllm_throughput.md"
+#: vLLM's CPU thread binding, by label: its default reserves one of the 2 cores for the engine's scheduler process
+#: (the worker, which runs the model and the processor, gets the other); with 0 reserved, the worker gets both, as
+#: `generate()` does. The environment of each vLLM part.
+BINDINGS = {
+    "1-core": {},
+    "2-core": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+}
 PROCESSOR = "hf_rgtg.integrations.vllm.v1:RewardGuidedProcessor"
 
 
@@ -50,9 +59,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batches", default="8,32", help="generate()'s batch sizes, comma-separated")
     parser.add_argument("--beta", type=float, default=2.0)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument(
+        "--bindings", default=",".join(BINDINGS), help="vLLM's CPU bindings to run, comma-separated"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of generate() (1: like vLLM's worker under its default binding; on a loaded machine "
+        "2 threads stall at every barrier)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
-        "--part", choices=["vllm", "generate"], help=argparse.SUPPRESS
+        "--part", choices=[*BINDINGS, "generate"], help=argparse.SUPPRESS
     )  # one process per part
     parser.add_argument("--seconds-file", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -75,8 +94,8 @@ def as_ids(ids) -> list[int]:
     return list(getattr(ids, "input_ids", ids))
 
 
-def run_vllm(args, prompts: list[list[int]]) -> dict[str, float]:
-    """Seconds of one pass of every request through vLLM, plain and guided."""
+def run_vllm(args, prompts: list[list[int]], label: str) -> dict[str, float]:
+    """Seconds of one pass of every request through vLLM, plain and guided, named `vLLM <label> plain/guided`."""
     from vllm import LLM, SamplingParams
 
     from hf_rgtg.defaults import default_lm_path
@@ -101,7 +120,8 @@ def run_vllm(args, prompts: list[list[int]]) -> dict[str, float]:
     requests = [{"prompt_token_ids": ids} for ids in prompts]
     llm.generate(requests[:2], [params(None), params(guidance)], use_tqdm=False)  # warm-up
     seconds = {}
-    for name, extra_args in (("vLLM plain", None), ("vLLM guided", guidance)):
+    for kind, extra_args in (("plain", None), ("guided", guidance)):
+        name = f"vLLM {label} {kind}"
         start = time.perf_counter()
         outputs = llm.generate(requests, params(extra_args), use_tqdm=False)
         seconds[name] = time.perf_counter() - start
@@ -120,6 +140,7 @@ def run_generate(args, prompts: list[list[int]], batches: list[int]) -> dict[str
     rm = load_default_rm()
     pad = tokenizer.pad_token_id
     seconds = {}
+    torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
 
     def generate(rows: list[list[int]], guided: bool, new_tokens: int) -> None:
@@ -192,14 +213,15 @@ def render(
         "",
         f"SmolLM2-135M-Instruct (the converted default LM) with the default reward model (a head over SmolLM2's layer "
         f"24), fp32, CPU. {args.prompts} chat prompts, exactly {args.new_tokens} new tokens each, greedy, "
-        f"beta={args.beta}, top_k={args.top_k}. One pass per row; tokens/s = {tokens} new tokens / wall time.",
+        f"beta={args.beta}, top_k={args.top_k}. One pass per row; tokens/s = {tokens} new tokens / wall time. "
+        f"`generate()` runs with {args.threads} torch thread(s).",
         "",
         "## Results",
         "",
         "| method | seconds | tokens/s | guided / plain |",
         "| --- | ---: | ---: | ---: |",
     ]
-    pairs = [("vLLM plain", "vLLM guided")] + [
+    pairs = [(f"vLLM {label} plain", f"vLLM {label} guided") for label in args.bindings.split(",")] + [
         (f"generate() plain, batch {b}", f"generate() guided, batch {b}") for b in batches
     ]
     for plain, guided in pairs:
@@ -207,15 +229,23 @@ def render(
         lines.append(
             f"| {guided} | {seconds[guided]:.1f} | {rate[guided]:.1f} | {rate[guided] / rate[plain]:.2f}x |"
         )
-    ratio = rate["vLLM guided"] / best_guided
     lines += [
         "",
-        f"- vLLM guided / `generate()` guided at its best batch ({best}): **{ratio:.2f}x** (target >= 2x: "
-        f"{'met' if ratio >= 2 else 'not met'}).",
-        f"- guided / plain throughput: vLLM {rate['vLLM guided'] / rate['vLLM plain']:.2f}x, `generate()` at batch "
-        f"{best} {best_guided / rate[f'generate() plain, batch {best}']:.2f}x.",
+        "vLLM 1-core: vLLM's default CPU binding (one of the 2 cores reserved for its scheduler process, the worker "
+        "on the other); 2-core: `VLLM_CPU_NUM_OF_RESERVED_CPU=0`, the worker bound to both, as `generate()` uses "
+        "both.",
         "",
     ]
+    plain_best = rate[f"generate() plain, batch {best}"]
+    for label in args.bindings.split(","):
+        ratio = rate[f"vLLM {label} guided"] / best_guided
+        lines.append(
+            f"- vLLM {label} guided / `generate()` guided at its best batch ({best}): **{ratio:.2f}x** (target >= 2x: "
+            f"{'met' if ratio >= 2 else 'not met'}); guided / plain: vLLM {label} "
+            f"{rate[f'vLLM {label} guided'] / rate[f'vLLM {label} plain']:.2f}x, `generate()` at batch {best} "
+            f"{best_guided / plain_best:.2f}x."
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -225,9 +255,9 @@ def run_part(args, part: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         seconds_file = Path(folder) / "seconds.json"
         command = [sys.executable, __file__, "--part", part, "--seconds-file", str(seconds_file)]
-        for name in ("prompts", "new_tokens", "batches", "beta", "top_k"):
+        for name in ("prompts", "new_tokens", "batches", "beta", "top_k", "threads"):
             command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env={**os.environ, **BINDINGS.get(part, {})})
         return json.loads(seconds_file.read_text())
 
 
@@ -241,11 +271,16 @@ def main() -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(default_lm_path())
         prompts = [as_ids(ids) for ids in prompt_ids(tokenizer, args.prompts)]
-        seconds = run_vllm(args, prompts) if args.part == "vllm" else run_generate(args, prompts, batches)
+        if args.part == "generate":
+            seconds = run_generate(args, prompts, batches)
+        else:
+            seconds = run_vllm(args, prompts, args.part)
         args.seconds_file.write_text(json.dumps(seconds))
         return
     start, load = time.perf_counter(), os.getloadavg()[0]
-    seconds = {**run_part(args, "vllm"), **run_part(args, "generate")}
+    seconds = {}
+    for part in [*args.bindings.split(","), "generate"]:
+        seconds.update(run_part(args, part))
     text = render(args, seconds, batches, time.perf_counter() - start, (load, os.getloadavg()[0]))
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
