@@ -45,6 +45,11 @@ RESULTS = Path(__file__).parent / "results" / "vllm_throughput.md"
 #: vLLM's CPU thread binding, by label: its default reserves one of the 2 cores for the engine's scheduler process
 #: (the worker, which runs the model and the processor, gets the other); with 0 reserved, the worker gets both, as
 #: `generate()` does. The environment of each vLLM part.
+BINDING_NOTES = {
+    "1-core": "vLLM's default CPU binding, one of the 2 cores reserved for its scheduler process and the worker (the "
+    "language model and the reward model) bound to the other",
+    "2-core": "`VLLM_CPU_NUM_OF_RESERVED_CPU=0`, the worker bound to both cores",
+}
 BINDINGS = {
     "1-core": {},
     "2-core": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
@@ -231,9 +236,7 @@ def render(
         )
     lines += [
         "",
-        "vLLM 1-core: vLLM's default CPU binding (one of the 2 cores reserved for its scheduler process, the worker "
-        "on the other); 2-core: `VLLM_CPU_NUM_OF_RESERVED_CPU=0`, the worker bound to both, as `generate()` uses "
-        "both.",
+        " ".join(f"vLLM {label}: {BINDING_NOTES[label]}." for label in args.bindings.split(",")),
         "",
     ]
     plain_best = rate[f"generate() plain, batch {best}"]
