@@ -40,6 +40,35 @@ def standardize(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (rewards - mean) / (var.sqrt() + 1e-6)
 
 
+def top_candidates(config: RewardGuidanceConfig, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `top_k` candidates of each row of `scores` `(rows, V)`: their base scores (`log_softmax(scores)`, or the
+    raw scores with `score_with="logits"`) and their token ids, both `(rows, top_k)`."""
+    base = scores.log_softmax(dim=-1) if config.score_with == "logprobs" else scores
+    return base.topk(config.top_k, dim=-1)
+
+
+def combine_scores(
+    config: RewardGuidanceConfig, top_base: torch.Tensor, rewards: torch.Tensor
+) -> torch.Tensor:
+    """The package's rule: `top_base + sum_i beta_i * transform_i(r_i)` over the candidates `(rows, k)`, from each
+    reward model's rewards `(rows, k, reward models)`, each standardised on its own if `config` asks. A candidate an
+    earlier processor forbade keeps its -inf: -inf plus a finite reward is -inf.
+
+    The logits processor of `generate()` and the vLLM integration both weigh their candidates with it.
+    """
+    valid = top_base > float("-inf")
+    count = rewards.shape[-1]
+    combined = top_base
+    for model, (beta, standardized) in enumerate(
+        zip(config.per_model("beta", count), config.per_model("standardize_rewards", count), strict=True)
+    ):
+        weighed = config.transform(rewards[..., model], model)
+        if standardized:
+            weighed = standardize(weighed, valid)
+        combined = combined + beta * weighed
+    return combined
+
+
 class RewardGuidedLogitsProcessor(LogitsProcessor):
     r"""
     Reward-guided decoding (ARGS, PARGS) as a logits processor.
@@ -111,28 +140,15 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
             ended = torch.full_like(scores, float("-inf"))
             ended[:, self.tracker.end_token_id] = 0.0
             return ended
-        base = scores.log_softmax(dim=-1) if config.score_with == "logprobs" else scores
-        top_base, candidates = base.topk(config.top_k, dim=-1)
+        top_base, candidates = top_candidates(config, scores)
         rewards = self.scorers.score(candidates)  # (rows, k, reward models)
         self._record(candidates, rewards)
         combined = self.combine(top_base, rewards)
         return torch.full_like(scores, float("-inf")).scatter_(1, candidates, combined)
 
     def combine(self, top_base: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-        """`top_base + sum_i beta_i * transform_i(r_i)` over the candidates `(rows, k)`, from each reward model's
-        rewards `(rows, k, reward models)`, each standardised on its own if asked. A candidate an earlier processor
-        forbade keeps its -inf: -inf plus a finite reward is -inf."""
-        config, valid = self.config, top_base > float("-inf")
-        count = rewards.shape[-1]
-        combined = top_base
-        for model, (beta, standardized) in enumerate(
-            zip(config.per_model("beta", count), config.per_model("standardize_rewards", count), strict=True)
-        ):
-            weighed = config.transform(rewards[..., model], model)
-            if standardized:
-                weighed = standardize(weighed, valid)
-            combined = combined + beta * weighed
-        return combined
+        """`top_base + sum_i beta_i * transform_i(r_i)` over the candidates (see [`combine_scores`])."""
+        return combine_scores(self.config, top_base, rewards)
 
     def _record(self, candidates: torch.Tensor, rewards: torch.Tensor) -> None:
         """Have the tracker record the candidates' combined rewards, and each reward model's when there are
@@ -161,4 +177,10 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         return False
 
 
-__all__ = ["RewardGuidedLogitsProcessor", "standardize", "warn_out_of_positions"]
+__all__ = [
+    "RewardGuidedLogitsProcessor",
+    "combine_scores",
+    "standardize",
+    "top_candidates",
+    "warn_out_of_positions",
+]

@@ -450,3 +450,69 @@ def hub_cache(tmp_path):
         return repo_id
 
     return publish
+
+
+# A serving engine's schedule, for the vLLM processors (tests/test_vllm_core.py, tests/test_vllm.py): requests that
+# arrive, are reordered, are not scheduled for a step, finish, and leave their slot to another request.
+SERVED_REQUESTS = {
+    "a": ([3, 4, 5], {"beta": 1.0, "top_k": 4}),
+    "b": ([6, 7], {"beta": 2.0, "top_k": 4, "score_with": "logits"}),
+    "c": ([8, 9, 10], None),
+    "d": ([11], {"beta": 0.5, "top_k": 3, "reward_transform": "sigmoid", "standardize_rewards": True}),
+}
+#: Each step's rows: (request, slot) in row order. b is not scheduled at step 3 and comes back at step 4, when a has
+#: finished and d takes its slot; c finishes after step 4.
+SERVING_SCHEDULE = [
+    [("a", 0), ("b", 1), ("c", 2)],
+    [("c", 2), ("a", 0), ("b", 1)],
+    [("b", 1), ("a", 0), ("c", 2)],
+    [("a", 0), ("c", 2)],
+    [("b", 1), ("c", 2), ("d", 0)],
+    [("d", 0), ("b", 1)],
+    [("b", 1), ("d", 0)],
+]
+#: (step, request): the request appends a token that was none of its candidates (a later processor chose it).
+OFF_CANDIDATE = (5, "b")
+
+
+def guided_row_reference(rm, extra_args, tokens, scores):
+    """What a guided row of `scores` `(V,)` must become after `tokens`: the package's rule over rewards that the
+    reference scorer re-encodes from scratch."""
+    from hf_rgtg.integrations.vllm.settings import request_guidance
+    from hf_rgtg.processing import combine_scores, top_candidates
+    from hf_rgtg.scoring import ReferenceScorer
+
+    config = request_guidance(extra_args)
+    scorer = ReferenceScorer(rm)
+    ids = torch.tensor([tokens])
+    scorer.reset(ids, torch.ones_like(ids))
+    top_base, candidates = top_candidates(config, scores[None])
+    combined = combine_scores(config, top_base, scorer.score(candidates)[..., None])
+    return torch.full_like(scores[None], float("-inf")).scatter_(1, candidates, combined)[0]
+
+
+def drive_serving(step, rm, vocab_size=VOCAB_SIZE):
+    """Run [`SERVING_SCHEDULE`] through `step(rows, sequences, logits) -> logits`, where `rows` is the step's
+    `[(request, slot)]`, `sequences` each request's `(prompt, output)` lists (the output grows in place), and check
+    every row: guided ones against [`guided_row_reference`], the others untouched. Returns the steps checked."""
+    sequences = {name: (list(prompt), []) for name, (prompt, _) in SERVED_REQUESTS.items()}
+    generator = torch.Generator().manual_seed(0)
+    for number, rows in enumerate(SERVING_SCHEDULE):
+        logits = torch.randn(len(rows), vocab_size, generator=generator)
+        out = step(rows, sequences, logits.clone())
+        for index, (name, _) in enumerate(rows):
+            prompt, output = sequences[name]
+            extra_args = SERVED_REQUESTS[name][1]
+            if extra_args is None:
+                assert torch.equal(out[index], logits[index]), (number, name)
+                output.append(int(logits[index].argmax()))
+                continue
+            expected = guided_row_reference(rm, extra_args, [*prompt, *output], logits[index])
+            torch.testing.assert_close(
+                out[index], expected, atol=1e-4, rtol=1e-4, msg=f"step {number}, {name}"
+            )
+            token = int(out[index].argmax())
+            if (number, name) == OFF_CANDIDATE:
+                token = int(out[index].argmin())  # -inf: a token outside the candidates
+            output.append(token)
+    return len(SERVING_SCHEDULE)

@@ -21,6 +21,8 @@ MODULES = [
     "hf_rgtg.incremental.decoder",
     "hf_rgtg.incremental.gpt2",
     "hf_rgtg.incremental.llama",
+    "hf_rgtg.integrations.vllm.core",
+    "hf_rgtg.integrations.vllm.settings",
     "hf_rgtg.modeling",
     "hf_rgtg.pipelines",
     "hf_rgtg.processing",

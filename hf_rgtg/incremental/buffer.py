@@ -225,10 +225,11 @@ class KVBuffer:
         self.length = count
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Row `i` becomes the old row `rows[i]` (beam search), written positions included."""
+        """Row `i` becomes the old row `rows[i]`, written positions included: beam search reorders the rows, and
+        `rows` may also hold fewer of them (rows dropped, as when a served request ends)."""
         end = self._end
         for i, old in enumerate(self.layers):
-            new = _empty(old.shape, old)
+            new = _empty((old.shape[0], len(rows), *old.shape[2:]), old)
             # Only what was written: the rest of a reserved buffer stays untouched, and takes no memory.
             new[:, :, :, :end] = old[:, :, :, :end].index_select(1, rows)
             self.layers[i] = new
