@@ -62,7 +62,7 @@ def setup_b(max_batch: int, prompt_length: int, max_new_tokens: int, seed: int) 
         with torch.no_grad():
             for tensor in (*model.parameters(), *model.buffers()):
                 tensor.sum()
-    setup = Setup("b", lm, rm, torch.tensor(rows), eos, pad, [])
+    setup = Setup("b", lm, rm, torch.tensor(rows), eos, pad, [], lm_tokenizer=tokenizer)
     setup.reward_models["vocab"] = vocab_reward_model(lm)
     setup.description = [
         f"LM: SmolLM2-135M-Instruct via `load_default_lm()` ({type(lm).__name__}, {param_count(lm)}, "

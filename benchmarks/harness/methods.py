@@ -32,7 +32,7 @@ def same_vocabulary(scorer: str) -> Build:
     """A path over `setup.rm`, which reads the language model's ids."""
 
     def build(setup: Setup, settings: dict[str, Any]) -> RewardGuidance | None:
-        return RewardGuidance(setup.rm, scorer=scorer, **settings)
+        return RewardGuidance(setup.rm, setup.lm_tokenizer, scorer=scorer, **settings)
 
     return build
 
@@ -58,14 +58,16 @@ def two_reward_models(setup: Setup, settings: dict[str, Any]) -> RewardGuidance 
     if second is None:
         return None
     beta = settings["beta"]
-    return RewardGuidance([setup.rm, second], scorer="cached", **{**settings, "beta": [beta, beta]})
+    return RewardGuidance(
+        [setup.rm, second], setup.lm_tokenizer, scorer="cached", **{**settings, "beta": [beta, beta]}
+    )
 
 
 def vocab_backbone(setup: Setup, settings: dict[str, Any]) -> RewardGuidance:
     """A factorised all-token head over the language model's own final hidden state: the backbone path, which
     reads the LM's hidden state through a hook and runs no reward-model forward."""
     rm = PrefixRewardModel.from_language_model(setup.lm, head_kind="vocab", vocab_head="factorised").eval()
-    return RewardGuidance(rm, language_model=setup.lm, scorer="backbone", **settings)
+    return RewardGuidance(rm, setup.lm_tokenizer, language_model=setup.lm, scorer="backbone", **settings)
 
 
 def separate_vocab(setup: Setup, settings: dict[str, Any]) -> RewardGuidance | None:
@@ -73,7 +75,7 @@ def separate_vocab(setup: Setup, settings: dict[str, Any]) -> RewardGuidance | N
     rm = setup.reward_models.get("vocab")
     if rm is None:
         return None
-    return RewardGuidance(rm, scorer="vocab", **settings)
+    return RewardGuidance(rm, setup.lm_tokenizer, scorer="vocab", **settings)
 
 
 GUIDED: dict[str, Guided] = {
