@@ -17,14 +17,13 @@ def evaluate_targets(cells: Cells, info: dict, prompt_length: int) -> list[str]:
         )
         for batch, limit in ((1, 2.0), (8, 2.5))
     ]
-    lines += [
-        _verdict(
-            f"fast path ≤ 1.15× the floor (plain + RM loop) on ({config}) at batch {batch}",
-            _ratio_checks(cells, config, batch, "floor", 1.15),
-        )
-        for config in ("a", "b")
-        for batch in (1, 8)
-    ]
+    lines += _ratio_targets(
+        cells,
+        "fast path ≤ 1.15× the floor (plain + RM loop) on ({config}) at batch {batch}",
+        "fast",
+        "floor",
+        1.15,
+    )
     lines += [
         _verdict(
             f"fast path time per token at 512 new tokens ≤ 1.3× that at 64, ({config}) batch {batch}",
@@ -33,38 +32,39 @@ def evaluate_targets(cells: Cells, info: dict, prompt_length: int) -> list[str]:
         for config in ("a", "b")
         for batch in (1, 8)
     ]
-    lines += [
-        _verdict(
-            f"bridged path (an RM with another tokenizer) ≤ 1.5× the fast path at 256 new tokens on (a) at batch "
-            f"{batch}",
-            _ratio_checks(cells, "a", batch, "fast", 1.5, method="bridged", lengths=(256,)),
-        )
-        for batch in (1, 8)
-    ]
-    lines += [
-        _verdict(
-            f"two reward models of the RM's shape ≤ 1.1× their floor (plain + 2 × RM loop, stricter than the sum of "
-            f"two single-RM floors, which counts plain twice) on (a) at batch {batch}",
-            _ratio_checks(cells, "a", batch, "floor-2", 1.1, method="two-rms"),
-        )
-        for batch in (1, 8)
-    ]
-    lines += [
-        _verdict(
-            f"vocab head on the LM's own backbone ≤ 1.10× plain greedy on ({config}) at batch {batch}",
-            _ratio_checks(cells, config, batch, "plain", 1.10, method="vocab-backbone"),
-        )
-        for config in ("a", "b")
-        for batch in (1, 8)
-    ]
-    lines += [
-        _verdict(
-            f"separate vocab RM ≤ 1.15× its floor (plain + vocab loop) on ({config}) at batch {batch}",
-            _ratio_checks(cells, config, batch, "floor-vocab", 1.15, method="vocab"),
-        )
-        for config in ("a", "b")
-        for batch in (1, 8)
-    ]
+    lines += _ratio_targets(
+        cells,
+        "bridged path (an RM with another tokenizer) ≤ 1.5× the fast path at 256 new tokens on ({config}) at batch "
+        "{batch}",
+        "bridged",
+        "fast",
+        1.5,
+        configs=("a",),
+        lengths=(256,),
+    )
+    lines += _ratio_targets(
+        cells,
+        "two reward models of the RM's shape ≤ 1.1× their floor (plain + 2 × RM loop, stricter than the sum of "
+        "two single-RM floors, which counts plain twice) on ({config}) at batch {batch}",
+        "two-rms",
+        "floor-2",
+        1.1,
+        configs=("a",),
+    )
+    lines += _ratio_targets(
+        cells,
+        "vocab head on the LM's own backbone ≤ 1.10× plain greedy on ({config}) at batch {batch}",
+        "vocab-backbone",
+        "plain",
+        1.10,
+    )
+    lines += _ratio_targets(
+        cells,
+        "separate vocab RM ≤ 1.15× its floor (plain + vocab loop) on ({config}) at batch {batch}",
+        "vocab",
+        "floor-vocab",
+        1.15,
+    )
     lines.append(
         _verdict("fast path ≥ 10× faster than the reference path at 256 new tokens", _reference_checks(cells))
     )
@@ -76,6 +76,27 @@ def evaluate_targets(cells: Cells, info: dict, prompt_length: int) -> list[str]:
         )
     )
     return lines
+
+
+def _ratio_targets(
+    cells: Cells,
+    label: str,
+    method: str,
+    baseline: str,
+    limit: float,
+    configs: tuple[str, ...] = ("a", "b"),
+    lengths: tuple[int, ...] | None = None,
+) -> list[str]:
+    """The bullets of `method` / `baseline` ≤ `limit` for each of `configs` at batch 1 and 8; `label` is formatted
+    with `config` and `batch`."""
+    return [
+        _verdict(
+            label.format(config=config, batch=batch),
+            _ratio_checks(cells, config, batch, baseline, limit, method=method, lengths=lengths),
+        )
+        for config in configs
+        for batch in (1, 8)
+    ]
 
 
 def _verdict(label: str, checks: list[Check]) -> str:
