@@ -34,8 +34,8 @@ PER_POSITION_HEAD_DEFAULTS = {
 #: position, the reward of that prefix extended by every token of the vocabulary (`"vocab"`, an all-token head as
 #: in FaRMA).
 HEAD_KINDS = ("scalar", "vocab")
-#: The forms of a `"vocab"` head: a `vocab_size x hidden_size` linear map (`"full"`), or `r(v) = e_v . (A h + a) + b`
-#: over the language model's own output embedding `e` (`"factorised"`, `hidden_size**2 + hidden_size + 1` trained parameters).
+#: The forms of a `"vocab"` head: a `vocab_size x hidden_size` linear map (`"full"`), or `r(v) = e_v . (A h + a) + c . h + b`
+#: over the language model's own output embedding `e` (`"factorised"`, `hidden_size**2 + 2 * hidden_size + 1` trained parameters).
 VOCAB_HEADS = ("full", "factorised")
 #: Which weights a saved prefix reward model holds: all of them (`"full"`), or only the head, the backbone being
 #: loaded from the base model it declares (`"head"`).
@@ -103,8 +103,8 @@ class PrefixRewardConfig(PreTrainedConfig):
         vocab_head (`str`, *optional*, defaults to `"full"`):
             The form of a `"vocab"` head: `"full"`, a `vocab_size x hidden_size` linear map (FaRMA's, for reward
             models whose backbone is fine-tuned too; it starts from the language model's head when wrapped from a
-            causal-LM checkpoint); or `"factorised"`, `r(v) = e_v . (A h + a) + b` over the language model's output
-            embedding `e` (kept frozen, the backbone's input embedding when the two are tied): `hidden_size**2 + hidden_size + 1`
+            causal-LM checkpoint); or `"factorised"`, `r(v) = e_v . (A h + a) + c . h + b` over the language model's output
+            embedding `e` (kept frozen, the backbone's input embedding when the two are tied): `hidden_size**2 + 2 * hidden_size + 1`
             trained parameters, and tokens never seen in training still get a reward. `head_bias` applies to the
             full form.
         base_model_name_or_path (`str`, *optional*):

@@ -194,7 +194,7 @@ def _guided_decoding_lines(base_model: str, chat: bool) -> list[str]:
 #: How the card names each form of an all-token head.
 VOCAB_HEAD_NAMES = {
     "full": "an all-token (vocab) head, a full `vocab_size x hidden_size` map,",
-    "factorised": "an all-token (vocab) head, factorised as `r(v) = e_v . (A h + a) + b` over the language model's "
+    "factorised": "an all-token (vocab) head, factorised as `r(v) = e_v . (A h + a) + c . h + b` over the language model's "
     "output embedding,",
 }
 

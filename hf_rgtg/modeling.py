@@ -139,10 +139,16 @@ class PrefixRewardOutput(ModelOutput):
 
 class FactorisedVocabHead(nn.Module):
     r"""
-    The factorised all-token head: `r(v) = e_v . (A h + a) + b`, with `e` the language model's output embedding
-    (frozen), `A h + a` an affine map of the hidden state (`a` gives every token a reward of its own, `e_v . a`,
-    whatever the context) and `b` a scalar. Its `hidden_size**2 + hidden_size + 1` trained parameters do not grow
-    with the vocabulary, and a token never seen in training still gets a reward through its embedding.
+    The factorised all-token head: `r(v) = e_v . (A h + a) + c . h + b`, with `e` the language model's output
+    embedding (frozen), `A h + a` an affine map of the hidden state (`a` gives every token a reward of its own,
+    `e_v . a`, whatever the context), `c . h` the value of the context itself, shared by every token, and `b` a
+    scalar. Its `hidden_size**2 + 2 * hidden_size + 1` trained parameters do not grow with the vocabulary, and a
+    token never seen in training still gets a reward through its embedding.
+
+    The context's value `c . h` cancels between the candidates of one step, so it does not change which token
+    guidance picks; it lets the head compare prefixes of different contexts (the Bradley-Terry loss on `chosen[:t]`
+    against `rejected[:t]`, and the consistency constraint between positions) without routing that value through
+    the embedding of every token.
 
     The embedding is passed to each call: a model whose input and output embeddings are tied passes its
     backbone's input embedding; otherwise the head keeps a copy of the output embedding as the buffer
@@ -172,17 +178,18 @@ class FactorisedVocabHead(nn.Module):
     def __init__(self, hidden_size: int, vocab_size: int, tied: bool):
         super().__init__()
         self.proj = nn.Linear(hidden_size, hidden_size)
+        self.level = nn.Linear(hidden_size, 1, bias=False)
         self.bias = nn.Parameter(torch.zeros(()))
         if not tied:
             self.register_buffer("output_embedding", torch.zeros(vocab_size, hidden_size))
 
     def forward(self, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """Every token's reward `(..., vocab_size)` from hidden states `(..., hidden_size)`."""
-        return self.proj(hidden) @ embedding.T + self.bias
+        return self.proj(hidden) @ embedding.T + self.level(hidden) + self.bias
 
     def rows(self, hidden: torch.Tensor, tokens: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """The rewards `(..., k)` of `tokens` `(..., k)` only: k dot products per hidden state `(..., hidden_size)`."""
-        return (embedding[tokens] * self.proj(hidden).unsqueeze(-2)).sum(-1) + self.bias
+        return (embedding[tokens] * self.proj(hidden).unsqueeze(-2)).sum(-1) + self.level(hidden) + self.bias
 
 
 class PrefixRewardPreTrainedModel(PreTrainedModel):

