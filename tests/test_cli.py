@@ -57,8 +57,10 @@ def run(capsys, *args):
     return code, out, err
 
 
-def models(folders, lm="lm"):
-    return ("--lm", folders[lm], "--rm", folders["rm"])
+def models(folders, lm="lm", greedy=True):
+    """The models' flags; with `greedy`, `--greedy` too, as most tests compare against a greedy reference (the
+    CLI samples by default)."""
+    return ("--lm", folders[lm], "--rm", folders["rm"], *(("--greedy",) if greedy else ()))
 
 
 def reference(folders, max_new_tokens=5, beta=1.0, top_k=10, sample=False, seed=0):
@@ -189,14 +191,26 @@ def test_compare_with_show_rewards_gives_both_tables(folders, capsys):
     assert sequence_reward(guided[-1]) == pytest.approx(expected["guided_reward"], abs=1e-4)
 
 
-def test_sample_defaults_to_beta_2_and_is_reproducible_with_a_seed(folders, capsys):
-    args = (PROMPT, *models(folders), "--max-new-tokens", "5", "--sample")
+def test_sampling_is_the_default_at_beta_2_and_is_reproducible_with_a_seed(folders, capsys):
+    args = (PROMPT, *models(folders, greedy=False), "--max-new-tokens", "5")
     code, out, _ = run(capsys, *args, "--compare", "--seed", "3")
     assert code == 0
     assert "=== guided (beta=2.0, top-k=10) ===" in out
     assert run(capsys, *args, "--compare", "--seed", "3")[1] == out
+    assert run(capsys, *args, "--sample", "--compare", "--seed", "3")[1] == out
     code, out, _ = run(capsys, *args, "--seed", "3")
     assert out == reference(folders, beta=2.0, sample=True, seed=3)["guided_text"] + "\n"
+
+
+def test_greedy_decodes_at_beta_1_and_excludes_sample(folders, capsys):
+    flags = models(folders, greedy=False)
+    code, out, _ = run(capsys, PROMPT, *flags, "--max-new-tokens", "5", "--greedy", "--compare")
+    assert code == 0 and "=== guided (beta=1.0, top-k=10) ===" in out
+    code, out, _ = run(capsys, PROMPT, *flags, "--max-new-tokens", "5", "--greedy")
+    assert out == reference(folders, beta=1.0, sample=False)["guided_text"] + "\n"
+    code, out, err = run(capsys, PROMPT, *flags, "--greedy", "--sample")
+    assert code == 2 and out == ""
+    assert "--sample" in err and "--greedy" in err
 
 
 @pytest.fixture
@@ -238,8 +252,8 @@ def test_chat_template_is_applied_unless_disabled(folders, capsys, generate_inpu
         ("--beta", "inf", "beta"),
         ("--max-new-tokens", "0", "positive integer"),
         ("--num-return-sequences", "0", "positive integer"),
-        ("--temperature", "0.5", "add --sample"),
-        ("--top-p", "0.9", "add --sample"),
+        ("--temperature", "0.5", "drop --greedy"),
+        ("--top-p", "0.9", "drop --greedy"),
         ("--device", "gpu7", "not a device"),
         ("--device", "cuda:3", "cuda"),
     ],
@@ -333,7 +347,7 @@ def test_packaged_default_reward_model_is_used_when_rm_is_not_given(folders, cap
     monkeypatch.setattr(hf_rgtg.defaults, "load_default_rm", lambda: rm)
     # The default reward model reads the default language model's tokenizer: here the test LM's.
     monkeypatch.setattr(hf_rgtg.defaults, "default_lm_path", lambda *args, **kwargs: Path(folders["lm"]))
-    code, out, _ = run(capsys, PROMPT, "--lm", folders["lm"], "--max-new-tokens", "5")
+    code, out, _ = run(capsys, PROMPT, "--lm", folders["lm"], "--max-new-tokens", "5", "--greedy")
     assert code == 0
     assert out == reference(folders)["guided_text"] + "\n"
 
@@ -414,14 +428,14 @@ def test_beta_0_without_a_trace_skips_the_reward_model_while_decoding(
         )
     args = (
         PROMPT,
-        *models(folders),
+        *models(folders, greedy=False),
         "--max-new-tokens",
         "5",
         "--beta",
         "0",
         "--seed",
         "3",
-        *(["--sample"] * sample),
+        *([] if sample else ["--greedy"]),
     )
     code, out, _ = run(capsys, *args)
     assert code == 0 and calls == []
@@ -459,7 +473,7 @@ def test_trace_html_writes_the_guided_run_with_its_candidates(folders, capsys, t
     ],
 )
 def test_generate_options_are_checked_by_flag(folders, capsys, args, mentions):
-    code, out, err = run(capsys, PROMPT, *models(folders), *args)
+    code, out, err = run(capsys, PROMPT, *models(folders, greedy="--sample" not in args), *args)
     assert code == 2 and out == ""
     assert all(mention in err for mention in mentions), err
 
@@ -500,7 +514,14 @@ def test_streaming_prints_the_reply_token_by_token(folders, capsys, monkeypatch)
 
 def test_several_sequences_json_and_a_system_prompt(folders, capsys, generate_inputs):
     code, out, _ = run(
-        capsys, PROMPT, *models(folders), "--max-new-tokens", "4", "--sample", "--num-return-sequences", "3"
+        capsys,
+        PROMPT,
+        *models(folders, greedy=False),
+        "--max-new-tokens",
+        "4",
+        "--sample",
+        "--num-return-sequences",
+        "3",
     )
     assert code == 0
     assert [line for line in lines_of(out) if line.startswith("===")] == [
@@ -591,6 +612,7 @@ def two_rms(folders, *betas):
         "--rm",
         folders["rm2"],
         *(f"--beta={b}" for b in betas),
+        "--greedy",
     )
 
 

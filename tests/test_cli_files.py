@@ -48,6 +48,7 @@ def folders(tmp_path_factory):
 
 
 def command(folders, output, *extra):
+    """The file mode's command; greedy unless `extra` samples (the CLI samples by default)."""
     return [
         "generate",
         "--lm",
@@ -62,6 +63,7 @@ def command(folders, output, *extra):
         "4",
         "--batch-size",
         "2",
+        *(() if "--sample" in extra else ("--greedy",)),
         *extra,
     ]
 
@@ -110,6 +112,7 @@ def single(folders, prompt):
         "--max-new-tokens",
         "4",
         "--json",
+        "--greedy",
     ]
 
 
