@@ -1,25 +1,29 @@
 #!/usr/bin/env python
 """Build hf_rgtg's embedded default reward model: a prefix reward head over a hidden layer of the frozen
-SmolLM2-135M-Instruct backbone that prefers replies of positive sentiment.
+SmolLM2-135M-Instruct backbone that prefers replies of positive sentiment. Both head kinds are built from the same
+pairs and features, a scalar head and an all-token (FaRMA) one, and compared in the card; `--ship` says which one
+goes to `--output`.
 
 The stages, each cached in `--work-dir` so that a re-run picks up where the last one stopped:
 
 1. **prompts**: lines of the English chatterbot corpus (`pip install chatterbot-corpus`) as user messages, split
    into train / validation / test prompts, plus evaluation prompts kept out of every pair.
-2. **pairs**: two sampled replies per prompt from SmolLM2-135M-Instruct, scored by VADER (`pip install
+2. **pairs**: sampled replies from SmolLM2-135M-Instruct (4 per training prompt, every two of them a pair; 2 per
+   validation prompt; the test pairs of the shipped model reused), scored by VADER (`pip install
    vaderSentiment`). Reply A is chosen with probability `sigmoid((vader_A - vader_B) / tau)`: the labels follow
    a Bradley-Terry model of the VADER scores, noise included.
 3. **features**: the backbone run once over every pair; the hidden states of the response tokens at the
    candidate layers are kept. The backbone is frozen, so the heads can be fitted on them directly.
 4. **sweep**: per candidate layer, a linear and a small MLP head fitted with the all-prefix Bradley-Terry loss
    (`hf_rgtg.training.prefix_bradley_terry_loss`); the layer and head type are chosen by prefix accuracy on the
-   validation pairs.
+   validation pairs. **4b.** The same for all-token heads: a factorised head per layer with Bradley-Terry plus
+   FaRMA's consistency constraint, then a full head at the chosen layer.
 5. **final**: the chosen head written to `--output` (`head.safetensors`, `config.json`), loaded back with
    `hf_rgtg.defaults.load_reward_head` on the truncated backbone, checked against the cached features, evaluated
    with `evaluate_prefix_accuracy` on the test pairs, and a head trained with `PrefixRewardTrainer(train="head")`
    on the real backbone for comparison.
-6. **guidance**: the mean VADER compound score of sampled replies to the evaluation prompts, with the reward
-   model's guidance at `beta=0` (plain top-k sampling) and `beta=2`.
+6. **guidance**: the mean VADER compound score of sampled replies to the evaluation prompts, with each head's
+   guidance at `beta=0` (plain top-k sampling), 1 and 2, and of greedy replies at beta 0 and 1.
 
 The model card (`README.md` in `--output`) is rendered from the report of every stage.
 
@@ -41,6 +45,7 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -158,7 +163,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="scalar,vocab",
         help="head kinds to build and compare: scalar (one reward per prefix) and vocab (all-token, FaRMA)",
     )
-    add("--ship", choices=("scalar", "vocab"), default="scalar", help="the kind written to --output")
+    add(
+        "--ship",
+        choices=("scalar", "vocab", "packaged"),
+        default="scalar",
+        help="the kind written to --output, or (with --card-only) the packaged head kept, its card given the "
+        "comparison with the heads of this build",
+    )
+    add(
+        "--packaged",
+        type=Path,
+        default=REPO / "hf_rgtg" / "default_rm",
+        help="the packaged head that --evaluate-packaged measures beside this build's",
+    )
+    add(
+        "--evaluate-packaged",
+        action="store_true",
+        help="only measure the --packaged head on this build's test pairs and evaluation prompts (into the report)",
+    )
     add("--vocab-epochs", type=int, default=8, help="AdamW epochs per all-token head")
     add("--vocab-batch-size", type=int, default=4096, help="prefix pairs per AdamW step of an all-token head")
     add(
@@ -183,6 +205,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="betas of the sampled guidance comparison (the first is the baseline)",
     )
     add("--force", action="store_true", help="recompute every stage instead of reusing the work dir")
+    add(
+        "--card-only",
+        action="store_true",
+        help="only write the --ship kind's files and card to --output, from a finished build's report in --work-dir",
+    )
     return parser.parse_args(argv)
 
 
@@ -1394,6 +1421,7 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
         f"`hidden_states[{layer}]` of the full model to {final['max_difference_to_full_backbone']:.1e}.",
     ]
     lines += comparison_lines(report)
+    lines += decision_lines(report, args.ship)
     trainer = final.get("trainer")
     if trainer:
         acc = trainer["test"]["accuracy"]
@@ -1495,6 +1523,71 @@ def render_card(report: Report, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def evaluate_packaged(report: Report, args: argparse.Namespace) -> None:
+    """`--evaluate-packaged`: the packaged head's prefix accuracy on this build's test pairs and its guidance
+    strength on the evaluation prompts, measured as this build's heads are, into the report."""
+    lm, tokenizer = load_default_lm()
+    path = args.work_dir / "pairs.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"argument --evaluate-packaged: no pairs in {args.work_dir}; run the build first")
+    rows = [r for r in read_jsonl(path) if r["split"] == "test"]
+    test = tokenize_pairs(rows, tokenizer)
+    model = load_reward_head(args.packaged, default_lm_path())
+    accuracy = evaluate_prefix_accuracy(
+        model, test, tokenizer.pad_token_id, tokenizer.eos_token_id, batch_size=16
+    )
+    print(accuracy.to_markdown())
+    config = model.config
+    summary = config.training_summary or {}
+    report.update(
+        packaged_final={
+            "layer": config.head_layer,
+            "head": summary.get("settings", {}).get("head", "linear"),
+            "head_parameters": sum(p.numel() for p in model.score.parameters()),
+            "num_pairs": summary.get("num_pairs"),
+            "test": prefix_table(accuracy),
+            "output": str(args.packaged),
+        }
+    )
+    if args.guidance_seeds:
+        guidance_eval(lm, tokenizer, model, report["prompts"]["eval_prompts"], args, report, "packaged")
+
+
+def without_section(text: str, heading: str) -> str:
+    """`text` without the section under `heading` (up to the next `## ` heading)."""
+    start = text.find(f"\n{heading}\n")
+    if start < 0:
+        return text
+    end = text.find("\n## ", start + 1)
+    return text[:start] + (text[end:] if end >= 0 else "\n")
+
+
+def write_shipped(report: Report, args: argparse.Namespace) -> None:
+    """`--card-only`: copy the files of the `--ship` kind's built head (where its build wrote them) to `--output`
+    and render the card there, from the report alone. With `--ship packaged` the packaged head's files and card
+    stay; the card's comparison section is replaced by this build's."""
+    if args.ship == "packaged":
+        card = args.output / "README.md"
+        text = without_section(card.read_text(encoding="utf-8"), COMPARISON_HEADING)
+        before, reproduce, after = text.partition("\n## Reproduce\n")
+        section = "\n".join([*comparison_lines(report), *decision_lines(report, args.ship)])
+        card.write_text(
+            f"{before.rstrip()}\n{section}\n{reproduce}{after}" if reproduce else f"{text}\n{section}\n"
+        )
+        print(f"Kept the packaged head in {args.output}; its card now compares it with this build's heads.")
+        return
+    final = report.get(report_key(args.ship, "final"))
+    if final is None:
+        raise SystemExit(f"argument --card-only: the report in {args.work_dir} has no built {args.ship} head")
+    source = Path(final["output"])
+    args.output.mkdir(parents=True, exist_ok=True)
+    if source.resolve() != args.output.resolve():
+        for name in ("config.json", DEFAULT_RM_HEAD_FILE, HELDOUT_FILE):
+            shutil.copyfile(source / name, args.output / name)
+    (args.output / "README.md").write_text(render_card(report, args), encoding="utf-8")
+    print(f"Wrote the {args.ship} head and its card to {args.output}.")
+
+
 def vocab_sweep_lines(report: Report, args: argparse.Namespace) -> list[str]:
     """The card's account of the all-token heads' sweep, if they were built."""
     sweep = report.get("vocab_sweep")
@@ -1532,18 +1625,37 @@ def vocab_sweep_lines(report: Report, args: argparse.Namespace) -> list[str]:
     return lines
 
 
+COMPARISON_HEADING = "## Scalar and all-token heads"
+#: Greedy decoding at beta 1 is the CLI's default only if it raises the compound on this share of the prompts.
+GREEDY_TARGET = 0.75
+
+
+def head_row_name(report: Report, kind: str) -> str:
+    """A comparison row's name: the head's description, and for the packaged head the build it came from."""
+    final = report[report_key(kind, "final")]
+    name = head_description("scalar" if kind == "packaged" else kind, final["head"])
+    if kind == "packaged":
+        return f"packaged {name} ({final['num_pairs']} training pairs)"
+    return f"{name} ({report['pairs']['counts']['train']} training pairs)"
+
+
 def comparison_lines(report: Report) -> list[str]:
-    """The card's side-by-side rows of the scalar and the all-token head: prefix accuracy on the test pairs by
-    relative position, and guidance strength (sampled at each beta, greedy at beta 1)."""
-    kinds = [kind for kind in ("scalar", "vocab") if report.get(report_key(kind, "final"))]
+    """The card's side-by-side rows of the heads measured in this build (the packaged one, if
+    `--evaluate-packaged` ran, the scalar and the all-token head): prefix accuracy on the test pairs by relative
+    position, and guidance strength (sampled at each beta, greedy at beta 1)."""
+    kinds = [kind for kind in ("packaged", "scalar", "vocab") if report.get(report_key(kind, "final"))]
     if len(kinds) < 2:
         return []
+    counts = report["pairs"]["counts"]
     lines = [
         "",
-        "## Scalar and all-token heads",
+        COMPARISON_HEADING,
         "",
-        "Both kinds were built from the same pairs, features and layers. Prefix accuracy of each assembled model "
-        "on the test pairs, by relative position in the reply:",
+        f"Heads built from {counts['train']} training pairs ({report['pairs']['settings']['replies_per_prompt']} "
+        "replies per prompt, every two of them labelled), each kind with its own layer sweep on the same "
+        "features, and measured on the same test pairs and evaluation prompts"
+        + (" as the packaged head" if "packaged" in kinds else "")
+        + ". Prefix accuracy of each assembled model on the test pairs, by relative position in the reply:",
         "",
         fmt_row(["head", "layer", "parameters", *BUCKETS, "full", "mean margin"]),
         fmt_row(["---"] * (len(BUCKETS) + 5)),
@@ -1551,10 +1663,9 @@ def comparison_lines(report: Report) -> list[str]:
     for kind in kinds:
         final = report[report_key(kind, "final")]
         accuracy = final["test"]["accuracy"]
-        cells = [head_description(kind, final["head"]), final["layer"], f"{final['head_parameters']:,}"]
-        cells += [f"{accuracy[name]:.3f}" for name in (*BUCKETS, "full")] + [
-            f"{final['test']['mean_margin']:.4f}"
-        ]
+        cells = [head_row_name(report, kind), final["layer"], f"{final['head_parameters']:,}"]
+        cells += [f"{accuracy[name]:.3f}" for name in (*BUCKETS, "full")]
+        cells.append(f"{final['test']['mean_margin']:.4f}")
         lines.append(fmt_row(cells))
     guidance = {kind: report.get(report_key(kind, "guidance")) for kind in kinds}
     if all(guidance.values()):
@@ -1563,26 +1674,78 @@ def comparison_lines(report: Report) -> list[str]:
         lines += [
             "",
             f"Guidance strength: the mean VADER compound of SmolLM2's replies to the {entry['prompts']} evaluation "
-            f"prompts, sampled at each beta with {entry['seeds']} seeds (mean ± standard deviation over seeds), "
-            "greedy decoding at beta 1 against beta 0 (prompts whose reply it raises), and the seconds of one "
-            "sampled run of all prompts at the last beta (the all-token head on the language model's own "
-            "backbone, the scalar head on its own cache):",
+            f"prompts, sampled at each beta with {entry['seeds']} seeds (mean ± standard deviation over seeds); "
+            "the prompts on which greedy decoding at beta 1 gives a reply of higher compound than at beta 0 (then "
+            "unchanged, lowered); and the seconds of one sampled run of all prompts at the last beta (the "
+            "all-token head on the language model's own backbone, scalar heads on their own cache):",
             "",
-            fmt_row(["head", *[f"beta {beta}" for beta in betas], "greedy beta 1 raises", "seconds per run"]),
+            fmt_row(
+                [
+                    "head",
+                    *[f"beta {beta}" for beta in betas],
+                    "greedy beta 1: raised / same / lowered",
+                    "s/run",
+                ]
+            ),
             fmt_row(["---"] * (len(betas) + 3)),
         ]
         for kind in kinds:
             entry = guidance[kind]
-            summary = entry["summary"]
-            cells = [head_description(kind, report[report_key(kind, "final")]["head"])]
+            summary, greedy = entry["summary"], entry["greedy"]
+            cells = [head_row_name(report, kind)]
             cells += [
                 f"{summary[b]['vader_mean']:+.3f} ± {summary[b]['vader_std_over_seeds']:.3f}" for b in betas
             ]
             cells += [
-                f"{entry['greedy']['prompts_raised']} of {entry['prompts']}",
+                f"{greedy['prompts_raised']} / {greedy['prompts_unchanged']} / {greedy['prompts_lowered']}",
                 f"{summary[betas[-1]]['seconds_per_run']:.1f}",
             ]
             lines.append(fmt_row(cells))
+    return lines
+
+
+def decision_lines(report: Report, shipped: str) -> list[str]:
+    """What the comparison says about the shipped head, and whether greedy decoding at beta 1 works with it well
+    enough (`GREEDY_TARGET`) to be the CLI's default."""
+    kinds = [kind for kind in ("packaged", "scalar", "vocab") if report.get(report_key(kind, "guidance"))]
+    if shipped not in kinds:
+        return []
+    guidance = {kind: report[report_key(kind, "guidance")] for kind in kinds}
+    betas = list(guidance[shipped]["summary"])
+    strength = {kind: guidance[kind]["summary"][betas[-1]]["vader_mean"] for kind in kinds}
+    best = max(kinds, key=strength.get)
+    entry = guidance[shipped]
+    greedy = entry["greedy"]
+    lines = [
+        "",
+        f"**Shipped: the {head_row_name(report, shipped)}.** "
+        + (
+            f"It guides hardest: sampled at beta {betas[-1]} its replies reach {strength[shipped]:+.3f} "
+            f"from {entry['summary'][betas[0]]['vader_mean']:+.3f} at beta {betas[0]}, against "
+            + ", ".join(
+                f"{strength[k]:+.3f} for the {head_row_name(report, k)}" for k in kinds if k != shipped
+            )
+            + "."
+            if best == shipped
+            else f"(the {head_row_name(report, best)} guides harder at beta {betas[-1]})."
+        ),
+    ]
+    fragile = {
+        kind
+        for kind in kinds
+        if guidance[kind]["greedy"]["prompts_raised"] < GREEDY_TARGET * entry["prompts"]
+    }
+    if shipped in fragile:
+        which = "every head measured here" if fragile == set(kinds) else "the shipped head"
+        lines += [
+            "",
+            f"Greedy decoding at beta 1 stays fragile with {which}: with the shipped one it raises the compound "
+            f"on {greedy['prompts_raised']} of {entry['prompts']} prompts and lowers it on "
+            f"{greedy['prompts_lowered']} (mean {greedy['vader_mean_beta_0']:+.3f} at beta 0, "
+            f"{greedy['vader_mean_beta_1']:+.3f} at beta 1), short of {GREEDY_TARGET:.0%}. Sampling at beta 2, "
+            "PARGS's rule, is the mode that works, so `hf-rgtg generate` samples at beta 2 by default; `--greedy` "
+            "decodes greedily (beta 1).",
+        ]
     return lines
 
 
@@ -1596,6 +1759,12 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     torch.manual_seed(args.seed)
     report = Report(args.work_dir / "report.json")
+    if args.card_only:
+        write_shipped(report, args)
+        return
+    if args.evaluate_packaged:
+        evaluate_packaged(report, args)
+        return
     layers = [int(x) for x in args.layers.split(",")]
     kinds = args.head_kinds.split(",")
     if args.ship not in kinds or not set(kinds) <= {"scalar", "vocab"}:

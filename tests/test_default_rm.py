@@ -75,7 +75,10 @@ def test_the_truncated_backbone_reads_the_same_hidden_state_as_the_full_one(defa
     input_ids = torch.tensor([[1, 4093, 198, 19556, 457, 314, 2]])
     with torch.no_grad():
         hidden = full(input_ids, output_hidden_states=True).hidden_states[default_rm.config.head_layer]
-        expected = default_rm.score(hidden).squeeze(-1)
+        if default_rm.config.is_vocab_head:  # each token's value read at the position before it
+            expected = default_rm.vocab_rewards(hidden, input_ids, None)
+        else:
+            expected = default_rm.score(hidden).squeeze(-1)
         rewards = default_rm(input_ids).rewards
     torch.testing.assert_close(rewards, expected, atol=1e-4, rtol=1e-4)
 
