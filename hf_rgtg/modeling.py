@@ -137,6 +137,13 @@ class PrefixRewardOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def linear_rows(head: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """A full (linear, `vocab_size` outputs) vocab head's outputs `(..., k)` at only the `tokens` `(..., k)`, from
+    hidden states `(..., hidden_size)`: k dot products and the tokens' biases, not the whole vocabulary."""
+    rows = (head.weight[tokens] * hidden.unsqueeze(-2)).sum(-1)
+    return rows if head.bias is None else rows + head.bias[tokens]
+
+
 class FactorisedVocabHead(nn.Module):
     r"""
     The factorised all-token head: `r(v) = e_v . (A h + a) + c . h + b`, with `e` the language model's output
@@ -343,10 +350,7 @@ class PrefixRewardModel(PrefixRewardPreTrainedModel):
         # By the configuration, not the module's class: peft wraps the head it trains (`modules_to_save`).
         if self.config.vocab_head == "factorised":
             return self.score.rows(hidden, tokens, self._output_embedding()).float()
-        rows = (self.score.weight[tokens] * hidden.unsqueeze(-2)).sum(-1)
-        if self.score.bias is not None:
-            rows = rows + self.score.bias[tokens]
-        return rows.float()
+        return linear_rows(self.score, hidden, tokens).float()
 
     def vocab_rewards(
         self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None

@@ -80,7 +80,7 @@ from hf_rgtg.defaults import (  # noqa: E402
     load_reward_head,
 )
 from hf_rgtg.evaluation import BUCKETS  # noqa: E402
-from hf_rgtg.modeling import FactorisedVocabHead  # noqa: E402
+from hf_rgtg.modeling import FactorisedVocabHead, linear_rows  # noqa: E402
 from hf_rgtg.training import (  # noqa: E402
     PrefixRewardCollator,
     PrefixRewardTrainer,
@@ -737,7 +737,7 @@ def vocab_rows(head: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, embe
     """The head's value of one token per hidden state: `(n,)` from `(n, hidden_size)` and `(n,)`."""
     if isinstance(head, FactorisedVocabHead):
         return head.rows(hidden, tokens[:, None], embedding).squeeze(-1)
-    return (head.weight[tokens] * hidden).sum(-1) + head.bias[tokens]
+    return linear_rows(head, hidden, tokens[:, None]).squeeze(-1)
 
 
 def vocab_max(head: nn.Module, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
@@ -753,8 +753,12 @@ class VocabFitData:
     """One layer's cached features for an all-token head, per split: for each side the state before each token,
     the state at it, the token, and whether a real token follows (the positions the constraint covers)."""
 
-    def __init__(self, features: dict, tokens: dict, index: int, mask: torch.Tensor):
-        self.before = {side: states_before(features, index, side)[mask] for side in ("chosen", "rejected")}
+    def __init__(
+        self, features: dict, tokens: dict, index: int, mask: torch.Tensor, before: dict | None = None
+    ):
+        """`before` holds each side's `states_before` of the whole layer, when several splits are cut from it."""
+        before = before or {side: states_before(features, index, side) for side in ("chosen", "rejected")}
+        self.before = {side: before[side][mask] for side in ("chosen", "rejected")}
         self.at = {side: features[side][index][mask] for side in ("chosen", "rejected")}
         self.tokens = {side: tokens[side][mask] for side in ("chosen", "rejected")}
         self.t, self.length = features["t"][mask], features["length"][mask]
@@ -873,7 +877,8 @@ def run_vocab_sweep(
 
     def fit(layer: int, kind: str) -> dict:
         index = features["layers"].index(layer)
-        data = {name: VocabFitData(features, tokens, index, mask) for name, mask in masks.items()}
+        before = {side: states_before(features, index, side) for side in ("chosen", "rejected")}
+        data = {name: VocabFitData(features, tokens, index, mask, before) for name, mask in masks.items()}
         start = time.time()
         head, fitted = fit_vocab_head(data["train"], data["val"], kind, embedding, args)
         entry = {"layer": layer, "head": kind, **fitted, "seconds": round(time.time() - start, 1)}
@@ -1006,18 +1011,14 @@ def final_model(
             "all-prefix Bradley-Terry on the gathered values plus FaRMA's consistency constraint (weight "
             f"{args.consistency_weight}, on {args.consistency_positions} positions per step)"
         )
-        optimizer = (
-            f"AdamW on cached hidden states, lr={args.head_lr}, weight_decay={args.head_weight_decay}, batch "
-            f"{args.vocab_batch_size} prefix pairs, {args.vocab_epochs} epochs, best validation epoch "
-            f"{chosen['best_epoch']}"
-        )
+        batch, epochs = args.vocab_batch_size, args.vocab_epochs
     else:
         loss = "all-prefix Bradley-Terry (prefix_sampling=all, uniform weights)"
-        optimizer = (
-            f"AdamW on cached hidden states, lr={args.head_lr}, weight_decay={args.head_weight_decay}, batch "
-            f"{args.head_batch_size} prefix pairs, {args.head_epochs} epochs, best validation epoch "
-            f"{chosen['best_epoch']}"
-        )
+        batch, epochs = args.head_batch_size, args.head_epochs
+    optimizer = (
+        f"AdamW on cached hidden states, lr={args.head_lr}, weight_decay={args.head_weight_decay}, batch {batch} "
+        f"prefix pairs, {epochs} epochs, best validation epoch {chosen['best_epoch']}"
+    )
     summary = {
         "datasets": ["chatterbot-corpus (English) prompts; SmolLM2-135M-Instruct replies; VADER labels"],
         "num_pairs": stats["counts"]["train"],
@@ -1630,6 +1631,11 @@ COMPARISON_HEADING = "## Scalar and all-token heads"
 GREEDY_TARGET = 0.75
 
 
+def measured_kinds(report: Report, stage: str) -> list[str]:
+    """The heads whose `stage` (`final`, `guidance`) the report holds, in the card's order."""
+    return [kind for kind in ("packaged", "scalar", "vocab") if report.get(report_key(kind, stage))]
+
+
 def head_row_name(report: Report, kind: str) -> str:
     """A comparison row's name: the head's description, and for the packaged head the build it came from."""
     final = report[report_key(kind, "final")]
@@ -1643,7 +1649,7 @@ def comparison_lines(report: Report) -> list[str]:
     """The card's side-by-side rows of the heads measured in this build (the packaged one, if
     `--evaluate-packaged` ran, the scalar and the all-token head): prefix accuracy on the test pairs by relative
     position, and guidance strength (sampled at each beta, greedy at beta 1)."""
-    kinds = [kind for kind in ("packaged", "scalar", "vocab") if report.get(report_key(kind, "final"))]
+    kinds = measured_kinds(report, "final")
     if len(kinds) < 2:
         return []
     counts = report["pairs"]["counts"]
@@ -1718,7 +1724,7 @@ def comparison_lines(report: Report) -> list[str]:
 def decision_lines(report: Report, shipped: str) -> list[str]:
     """What the comparison says about the shipped head, and whether greedy decoding at beta 1 works with it well
     enough (`GREEDY_TARGET`) to be the CLI's default."""
-    kinds = [kind for kind in ("packaged", "scalar", "vocab") if report.get(report_key(kind, "guidance"))]
+    kinds = measured_kinds(report, "guidance")
     if shipped not in kinds:
         return []
     guidance = {kind: report[report_key(kind, "guidance")] for kind in kinds}
